@@ -1,0 +1,210 @@
+"""Small helpers with Dassl's names, plus atomic file writes."""
+import json
+import os
+import os.path as osp
+import random
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def set_random_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def mkdir_if_missing(dirname):
+    os.makedirs(dirname, exist_ok=True)
+
+
+def listdir_nohidden(path, sort=False):
+    items = [f for f in os.listdir(path) if not f.startswith(".")]
+    return sorted(items) if sort else items
+
+
+def user_cache_dir(*parts):
+    """Where the project caches things it may rebuild: $LLU_CACHE or ~/.cache/llu."""
+    root = os.environ.get("LLU_CACHE") or osp.join(osp.expanduser("~"), ".cache", "llu")
+    return osp.join(root, *parts)
+
+
+def is_writable_dir(path):
+    """True if files can be created in ``path`` (created if missing)."""
+    try:
+        mkdir_if_missing(path)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers therefore never see a partial file: either the old one or the complete new one.
+    """
+    directory = osp.dirname(osp.abspath(path))
+    mkdir_if_missing(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + osp.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(obj, path):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def save_torch(obj, path):
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path, map_location="cpu"):
+    """Load a tensor file without unpickling arbitrary objects."""
+    if not osp.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise UserError(f"{path}: cannot be read as a tensor file ({type(e).__name__}: {e})") from None
+
+
+def save_checkpoint(state, save_dir, model_name="model.pth.tar", is_best=False):
+    """Write ``state`` to ``save_dir/model_name-<epoch>`` atomically (Dassl's file naming)."""
+    mkdir_if_missing(save_dir)
+    fpath = osp.join(save_dir, f"{model_name}-{state['epoch']}")
+    save_torch(state, fpath)
+    with open(osp.join(save_dir, "checkpoint"), "w") as f:
+        f.write(osp.basename(fpath) + "\n")
+    if is_best:
+        save_torch(state, osp.join(save_dir, "model-best.pth.tar"))
+    return fpath
+
+
+def load_checkpoint(fpath):
+    return load_torch(fpath)
+
+
+def load_pretrained_weights(model, weight_path):
+    state = load_torch(weight_path)
+    state_dict = state.get("state_dict", state)
+    model.load_state_dict(state_dict, strict=False)
+
+
+def count_num_param(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+class Tee:
+    """Write to the terminal and to a log file at once (Dassl's ``log.txt``)."""
+
+    def __init__(self, fpath, stream):
+        self.stream = stream
+        self.file = open(fpath, "a")
+
+    def write(self, msg):
+        self.stream.write(msg)
+        self.file.write(msg)
+        self.file.flush()
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return False
+
+
+def setup_logger(output_dir):
+    """Tee stdout and stderr into ``output_dir/log.txt`` (or the file itself if it ends in .txt/.log)."""
+    if not output_dir:
+        return
+    if output_dir.endswith(".txt") or output_dir.endswith(".log"):
+        fpath = output_dir
+    else:
+        fpath = osp.join(output_dir, "log.txt")
+    if osp.exists(fpath):
+        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    mkdir_if_missing(osp.dirname(fpath) or ".")
+    if not isinstance(sys.stdout, Tee):
+        sys.stdout = Tee(fpath, sys.stdout)
+        sys.stderr = Tee(fpath, sys.stderr)
+
+
+class AverageMeter:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.val = self.sum = self.avg = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        if isinstance(val, torch.Tensor):
+            val = val.item()
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+class MetricMeter:
+    def __init__(self, delimiter=" "):
+        self.meters = {}
+        self.delimiter = delimiter
+
+    def update(self, input_dict):
+        for k, v in (input_dict or {}).items():
+            self.meters.setdefault(k, AverageMeter()).update(v)
+
+    def __str__(self):
+        return self.delimiter.join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in self.meters.items())
+
+
+def compute_accuracy(output, target, topk=(1,)):
+    maxk = max(topk)
+    batch_size = target.size(0)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    _, pred = output.topk(maxk, 1, True, True)
+    correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+    res = []
+    for k in topk:
+        res.append(correct[:k].reshape(-1).float().sum(0) * 100.0 / batch_size)
+    return res
+
+
+def collect_env_info():
+    import platform
+    lines = [f"Python: {platform.python_version()}", f"PyTorch: {torch.__version__}",
+             f"CUDA available: {torch.cuda.is_available()}", f"CPU threads: {torch.get_num_threads()}"]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Shared test fixtures: one thread, a tiny random CLIP file, and a small generated image folder."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(1)
+
+TINY_CLIP_DIMS = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
+                      context_length=16, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                      transformer_layers=1)
+
+
+def make_tiny_clip_state_dict(seed=0):
+    import clip.model
+    torch.manual_seed(seed)
+    model = clip.model.CLIP(**TINY_CLIP_DIMS)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory):
+    """A random CLIP with OpenAI's architecture, saved as an OpenAI-format state dict."""
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.pt"
+    torch.save(make_tiny_clip_state_dict(), path)
+    return str(path)
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
+
+
+def write_image_folder(root, classes=COLOURS, per_class=6, size=40, seed=0):
+    """``root/<class>/<i>.png``: noisy images of each class's colour; returns the class names."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in classes.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(root, name, f"{i:03d}.png"))
+    return list(classes)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    root = tmp_path / "data" / "my_images"
+    write_image_folder(str(root))
+    return str(root)

@@ -1,0 +1,159 @@
+"""One run: command line -> config -> trainer. CoOp's flags; trailing KEY VALUE pairs override the config.
+
+    python train.py --root DATA --trainer LLU --dataset-config-file configs/datasets/shapes.yaml \
+        --config-file configs/trainers/LLU/toy.yaml --output-dir output/run --seed 1 \
+        DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
+"""
+import argparse
+import difflib
+import os
+import os.path as osp
+import sys
+
+import torch
+
+import datasets  # noqa: F401  (registers the datasets)
+import trainers  # noqa: F401  (registers the trainers and their config keys)
+from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, mkdir_if_missing,
+                    set_random_seed, setup_logger)
+from engine.utils import atomic_path
+
+
+def _all_keys(cfg, prefix=""):
+    for k, v in cfg.items():
+        if hasattr(v, "items"):
+            yield from _all_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _merge(cfg, what, merge):
+    """Apply a yacs merge, turning its errors into one-line user errors with close key names."""
+    try:
+        merge()
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        if "Non-existent" not in message:
+            raise UserError(f"{what}: {message}") from None
+        key = message.split(":")[-1].strip()
+        close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"{what}: unknown config key {key}{hint}") from None
+
+
+def _merge_file(cfg, path):
+    if not osp.isfile(path):
+        raise UserError(f"{path}: config file not found")
+    _merge(cfg, path, lambda: cfg.merge_from_file(path))
+
+
+def reset_cfg(cfg, args):
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed is not None:
+        cfg.SEED = args.seed
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+
+
+def setup_cfg(args):
+    """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    if args.dataset_config_file:
+        _merge_file(cfg, args.dataset_config_file)
+        cfg.SOURCE_FILES.DATASET = args.dataset_config_file
+    if args.config_file:
+        _merge_file(cfg, args.config_file)
+        cfg.SOURCE_FILES.TRAINER = args.config_file
+    reset_cfg(cfg, args)
+    if len(args.opts) % 2:
+        raise UserError(f"trailing options must be KEY VALUE pairs, got {' '.join(args.opts)}")
+    _merge(cfg, "command line", lambda: cfg.merge_from_list(args.opts))
+    if not cfg.TRAINER.NAME:
+        raise UserError("no trainer given: pass --trainer NAME")
+    if not cfg.DATASET.NAME:
+        raise UserError("no dataset given: pass --dataset-config-file configs/datasets/<name>.yaml")
+    cfg.freeze()
+    return cfg
+
+
+def save_config(cfg):
+    """The frozen config of this run, next to its checkpoints (eval-only runs read it back)."""
+    mkdir_if_missing(cfg.OUTPUT_DIR)
+    with atomic_path(osp.join(cfg.OUTPUT_DIR, "config.yaml")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(cfg.dump())
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
+    parser.add_argument("--output-dir", type=str, default="", help="where logs, checkpoints and results.json go")
+    parser.add_argument("--resume", type=str, default="", help="continue training from this output folder")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (>= 0; 0 is a valid seed)")
+    parser.add_argument("--source-domains", type=str, nargs="+", help="source domains (kept for Dassl compatibility)")
+    parser.add_argument("--target-domains", type=str, nargs="+", help="target domains (kept for Dassl compatibility)")
+    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
+    parser.add_argument("--config-file", type=str, default="", help="trainer config file")
+    parser.add_argument("--dataset-config-file", type=str, default="", help="dataset config file")
+    parser.add_argument("--trainer", type=str, default="", help="trainer name, e.g. LLU")
+    parser.add_argument("--backbone", type=str, default="", help="CLIP model name or weights file")
+    parser.add_argument("--head", type=str, default="", help="unused; kept for Dassl compatibility")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate only")
+    parser.add_argument("--model-dir", type=str, default="", help="load the model from this output folder")
+    parser.add_argument("--load-epoch", type=int, help="load the checkpoint of this epoch")
+    parser.add_argument("--no-train", action="store_true", help="build everything but do not train")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE pairs overriding the config")
+    return parser
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        set_random_seed(cfg.SEED)
+    setup_logger(cfg.OUTPUT_DIR)
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        torch.backends.cudnn.benchmark = True
+    print("** Arguments **")
+    for key in sorted(vars(args)):
+        print(f"{key}: {getattr(args, key)}")
+    print("** Config **")
+    print(cfg)
+    print("** System info **")
+    print(collect_env_info())
+
+    save_config(cfg)
+    trainer = build_trainer(cfg)
+    if args.eval_only:
+        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        trainer.test()
+        return
+    if not args.no_train:
+        trainer.train()
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        main(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
