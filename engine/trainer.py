@@ -96,9 +96,8 @@ class TrainerBase:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
         self.model_source_dir = directory
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
+            model_path = self._checkpoint_path(directory, name, epoch)
             if not osp.exists(model_path):
                 raise UserError(f"--model-dir {directory}: no model at {model_path} "
                                 f"(check --load-epoch and that training finished)")
@@ -107,6 +106,18 @@ class TrainerBase:
             val = checkpoint.get("val_result")
             print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}"
                   + (f", val_result={val:.1f})" if val is not None else ")"))
+
+    @staticmethod
+    def _checkpoint_path(directory, name, epoch):
+        """The epoch's checkpoint; without an epoch, the best-val model, else the last one saved."""
+        if epoch is not None:
+            return osp.join(directory, name, f"model.pth.tar-{epoch}")
+        best = osp.join(directory, name, "model-best.pth.tar")
+        latest = osp.join(directory, name, "checkpoint")
+        if not osp.exists(best) and osp.isfile(latest):
+            with open(latest) as f:
+                return osp.join(directory, name, f.readline().strip())
+        return best
 
     def load_checkpoint_state(self, name, state_dict):
         self._models[name].load_state_dict(state_dict, strict=False)
