@@ -11,6 +11,7 @@ import os.path as osp
 import sys
 
 import torch
+import yaml
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers and their config keys)
@@ -42,9 +43,20 @@ def _merge(cfg, what, merge):
 
 
 def _merge_file(cfg, path):
+    """Merge a yaml file; a ``_BASE_: other.yaml`` entry (relative to the file) is merged first."""
     if not osp.isfile(path):
         raise UserError(f"{path}: config file not found")
-    _merge(cfg, path, lambda: cfg.merge_from_file(path))
+    with open(path) as f:
+        try:
+            content = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    base = content.pop("_BASE_", None)
+    if base:
+        _merge_file(cfg, osp.join(osp.dirname(path), base))
+    _merge(cfg, path, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
 
 
 def reset_cfg(cfg, args):
