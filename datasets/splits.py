@@ -80,21 +80,33 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=("split_fewshot
 
     ``rng`` defaults to a fixed-seed generator, so the split does not depend on the run's seed.
     """
-    rng = rng or random.Random(0)
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in ignored
                         and osp.isdir(osp.join(image_dir, c)))
-    train, val, test = [], [], []
-    for label, category in enumerate(categories):
+    groups = []
+    for category in categories:
         category_dir = osp.join(image_dir, category)
-        images = [osp.join(category_dir, im) for im in list_images(category_dir)]
+        classname = new_cnames.get(category, category) if new_cnames else category
+        groups.append((classname, [osp.join(category_dir, im) for im in list_images(category_dir)], category_dir))
+    return split_by_proportions(groups, p_trn, p_val, rng)
+
+
+def split_by_proportions(groups, p_trn=0.5, p_val=0.2, rng=None):
+    """[(class name, image paths, where they came from)], one per label in order -> train/val/test.
+
+    Each class is shuffled by ``rng`` (default: a fixed-seed generator) and cut by the proportions,
+    keeping at least one image in each part.
+    """
+    rng = rng or random.Random(0)
+    train, val, test = [], [], []
+    for label, (classname, images, source) in enumerate(groups):
         if len(images) < 3:
-            raise UserError(f"{category_dir}: needs at least 3 images (one each for train, val and test), "
+            raise UserError(f"{source}: needs at least 3 images (one each for train, val and test), "
                             f"found {len(images)}")
+        images = list(images)
         rng.shuffle(images)
         n_train = max(1, round(len(images) * p_trn))
         n_val = max(1, round(len(images) * p_val))
         n_train = min(n_train, len(images) - n_val - 1)
-        classname = new_cnames.get(category, category) if new_cnames else category
         make = lambda ims: [Datum(impath=im, label=label, classname=classname) for im in ims]  # noqa: E731
         train += make(images[:n_train])
         val += make(images[n_train:n_train + n_val])
@@ -102,14 +114,22 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=("split_fewshot
     return train, val, test
 
 
-def fewshot_cache_path(dataset_dir, num_shots, seed):
-    """``<dataset_dir>/split_fewshot/shot_K-seed_S.json``, or a user cache folder if that is read-only."""
-    name = f"shot_{num_shots}-seed_{seed}.json"
-    local_dir = osp.join(dataset_dir, "split_fewshot")
+def dataset_file_path(dataset_dir, subdir, name):
+    """``<dataset_dir>/<subdir>/<name>``, or the same file in the user cache if that folder is read-only.
+
+    An existing file in the dataset folder always wins; the cache path is
+    ``<cache>/<subdir or "splits">/<dataset folder name>-<hash of its path>/<name>``.
+    """
+    local_dir = osp.join(dataset_dir, subdir) if subdir else dataset_dir
     if osp.isfile(osp.join(local_dir, name)) or is_writable_dir(local_dir):
         return osp.join(local_dir, name)
     key = hashlib.sha1(osp.abspath(dataset_dir).encode()).hexdigest()[:10]
-    return user_cache_dir("split_fewshot", f"{osp.basename(osp.normpath(dataset_dir))}-{key}", name)
+    return user_cache_dir(subdir or "splits", f"{osp.basename(osp.normpath(dataset_dir))}-{key}", name)
+
+
+def fewshot_cache_path(dataset_dir, num_shots, seed):
+    """``<dataset_dir>/split_fewshot/shot_K-seed_S.json``, or a user cache folder if that is read-only."""
+    return dataset_file_path(dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
 
 
 def load_or_sample_fewshot(dataset, dataset_dir, num_shots, seed, train, val=None):
