@@ -329,7 +329,7 @@ class SimpleTrainer(TrainerBase):
 
     def training_source(self):
         """Which data the evaluated model was trained on: this run's, or the loaded model's run."""
-        source = {"train_dataset": self.cfg.DATASET.NAME,
+        source = {"train_dataset": self.cfg.DATASET.NAME, "train_shots": self.cfg.DATASET.NUM_SHOTS,
                   "train_subsample_classes": self.cfg.DATASET.SUBSAMPLE_CLASSES, "model_dir": ""}
         model_dir = getattr(self, "model_source_dir", "")
         config_path = osp.join(model_dir, "config.yaml") if model_dir else ""
@@ -337,7 +337,7 @@ class SimpleTrainer(TrainerBase):
             with open(config_path) as f:
                 trained = yaml.safe_load(f) or {}
             dataset = trained.get("DATASET", {})
-            source = {"train_dataset": dataset.get("NAME", ""),
+            source = {"train_dataset": dataset.get("NAME", ""), "train_shots": dataset.get("NUM_SHOTS", -1),
                       "train_subsample_classes": dataset.get("SUBSAMPLE_CLASSES", "all"), "model_dir": model_dir}
         elif model_dir:
             source["model_dir"] = model_dir

@@ -12,18 +12,21 @@ import importlib
 import json
 import os
 import os.path as osp
+import warnings
 import zipfile
 
-import clip
-import clip.model
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
+# clip-anytorch imports pkg_resources, which warns on every start; the pinned setuptools has it.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+import clip  # noqa: E402
+import clip.model  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from engine import CN, TrainerX, UserError, config_extension
-from engine.data import DatasetWrapper, build_transform
-from engine.utils import load_torch, save_torch, user_cache_dir
+from engine import CN, TrainerX, UserError, config_extension  # noqa: E402
+from engine.data import DatasetWrapper  # noqa: E402
+from engine.utils import load_torch, save_torch, user_cache_dir  # noqa: E402
 
 
 @config_extension

@@ -1,0 +1,37 @@
+"""bench/bench_step_time.py end to end on a tiny random CLIP and a generated image folder (no timing
+limits: only what it measured and wrote)."""
+import json
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import bench_step_time  # noqa: E402
+import parse_results  # noqa: E402
+
+
+@pytest.mark.parametrize("inputs", ["images", "features"])
+def test_bench_times_each_trainer_and_writes_what_parse_results_reads(tmp_path, image_folder, tiny_clip_file,
+                                                                      monkeypatch, inputs):
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "results" / "step_time.json"
+    bench_step_time.main([
+        "--backbone", tiny_clip_file, "--cfg", "vit_b16", "--dataset", "imagefolder",
+        "--root", os.path.dirname(image_folder),
+        "--trainers", "LLU", "CoOp", "CLIP_Adapter", "CoCoOp", "NoSuchTrainer", "--batch-sizes", "1", "2",
+        "--repeats", "1", "--warmup", "0", "--inputs", inputs, "--out", str(out),
+        # the tiny CLIP reads 16 tokens: a short context; workers off for a single-threaded test
+        "TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.CTX_INIT", "", "DATALOADER.NUM_WORKERS", "0"])
+    result = json.loads(out.read_text())
+    times = result["step_time_ms"]
+    assert set(times) == {"LLU", "CoOp", "CLIP_Adapter", "CoCoOp"}
+    assert set(times["LLU"]) == set(times["CoOp"]) == set(times["CLIP_Adapter"]) == {"1", "2"}
+    assert set(times["CoCoOp"]) == {"1"}  # batch size 1 only, as in the paper
+    assert all(ms > 0 for per_batch in times.values() for ms in per_batch.values())
+    assert result["skipped"] == {"NoSuchTrainer": "not registered in trainers/"}
+    assert result["num_classes"] == 4 and result["inputs"] == inputs
+    assert parse_results.load_bench(str(out))["step_time_ms"] == times
+    assert "(1.00x)" in parse_results.render_bench(result)  # LLU is the reference of the ratios

@@ -1,0 +1,295 @@
+"""parse_results.py on synthetic results trees: numbers checked against hand computations,
+classification of records, error messages, and the files written."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import parse_results as pr
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_result(root, relpath, **fields):
+    """A results.json as engine/trainer.py writes it, with ``fields`` overriding the defaults."""
+    record = {
+        "dataset": "Shapes", "trainer": "LLU", "backbone": "toy", "seed": 1, "shots": 16,
+        "subsample_classes": "base", "eval_split": "test", "accuracy": 50.0, "error": 50.0, "macro_f1": 50.0,
+        "num_classes": 2, "per_class_accuracy": {"circle": 50.0, "square": 50.0},
+        "config_files": {"dataset": "configs/datasets/shapes.yaml", "trainer": "configs/trainers/LLU/toy.yaml"},
+        "elapsed_seconds": 1.0, "train_dataset": "Shapes", "train_subsample_classes": "base", "model_dir": "",
+    }
+    record.update(fields)
+    folder = os.path.join(root, relpath)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "results.json")
+    with open(path, "w") as f:
+        json.dump(record, f)
+    return path
+
+
+def trainer_file(trainer, cfg):
+    return {"dataset": "configs/datasets/x.yaml", "trainer": f"configs/trainers/{trainer}/{cfg}.yaml"}
+
+
+def write_pair(root, dataset, trainer, seed, base, new, cfg="toy", shots=16, **extra):
+    """The two records of one base-to-new run, laid out as scripts/base2new.sh does."""
+    tail = f"{dataset}/shots_{shots}/{trainer}/{cfg}/seed{seed}"
+    train_dir = os.path.join(root, "train_base", tail)
+    common = dict(dataset=dataset, trainer=trainer, seed=seed, shots=shots, train_dataset=dataset,
+                  config_files=trainer_file(trainer, cfg), **extra)
+    write_result(root, f"train_base/{tail}", accuracy=base, subsample_classes="base",
+                 train_subsample_classes="base", **common)
+    write_result(root, f"test_new/{tail}", accuracy=new, subsample_classes="new", train_subsample_classes="base",
+                 model_dir=train_dir, **common)
+
+
+def pstdev(values):
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def harmonic(a, b):
+    return 2 * a * b / (a + b)
+
+
+def by_label(entries):
+    return {e["label"]: e for e in entries}
+
+
+# Accuracies of the synthetic base-to-new tree: {dataset: {trainer: [(base, new) per seed 1, 2, 3]}}.
+BASE2NEW = {
+    "Shapes": {"ZeroshotCLIP": [(60.0, 70.0)] * 3, "LLU": [(80.0, 70.0), (82.0, 70.0), (84.0, 76.0)],
+               "CoOp": [(90.0, 50.0), (90.0, 54.0), (93.0, 52.0)]},
+    "Patterns": {"ZeroshotCLIP": [(40.0, 30.0)] * 3, "LLU": [(50.0, 40.0), (52.0, 30.0), (54.0, 35.0)],
+                 "CoOp": [(70.0, 20.0), (72.0, 24.0), (68.0, 22.0)]},
+}
+
+
+@pytest.fixture
+def base2new_tree(tmp_path):
+    root = tmp_path / "base2new"
+    for dataset, by_trainer in BASE2NEW.items():
+        for trainer, accs in by_trainer.items():
+            for seed, (base, new) in enumerate(accs, start=1):
+                write_pair(str(root), dataset, trainer, seed, base, new)
+    return str(root)
+
+
+def test_table1_per_dataset_matches_hand_computation(base2new_tree):
+    report = pr.build_report(base2new_tree)
+    llu = by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])["LLU"]
+    assert llu["base"]["mean"] == pytest.approx((80 + 82 + 84) / 3)
+    assert llu["base"]["std"] == pytest.approx(math.sqrt(8 / 3))
+    assert llu["new"]["mean"] == pytest.approx(72.0)
+    assert llu["new"]["std"] == pytest.approx(math.sqrt(8))
+    # H of the means (the paper's convention), its spread from the per-seed H.
+    assert llu["h"]["mean"] == pytest.approx(2 * 82 * 72 / (82 + 72))
+    assert llu["h"]["std"] == pytest.approx(pstdev([harmonic(80, 70), harmonic(82, 70), harmonic(84, 76)]))
+    assert llu["seeds"] == [1, 2, 3]
+
+
+def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
+    report = pr.build_report(base2new_tree)
+    average = by_label(report.json["base2new"]["16"]["average"])["CoOp"]
+    shapes_base, patterns_base = (90 + 90 + 93) / 3, (70 + 72 + 68) / 3
+    shapes_new, patterns_new = (50 + 54 + 52) / 3, (20 + 24 + 22) / 3
+    base, new = (shapes_base + patterns_base) / 2, (shapes_new + patterns_new) / 2
+    assert average["base"]["mean"] == pytest.approx(base)
+    assert average["new"]["mean"] == pytest.approx(new)
+    assert average["h"]["mean"] == pytest.approx(2 * base * new / (base + new))
+    assert average["datasets"] == 2
+
+
+def test_table1_rows_and_rendering(base2new_tree):
+    report = pr.build_report(base2new_tree)
+    text = report.markdown
+    assert "## Table 1" in text and "### Average over 2 datasets (16 shots)" in text
+    # Method order as in the paper, zero-shot CLIP shown as "CLIP"; cells "mean ± std".
+    shapes = text.split("### Shapes")[1]
+    rows = [line.split("|")[1].strip() for line in shapes.splitlines() if line.startswith("| ") and "Base" not in line]
+    assert rows[:3] == ["CLIP", "CoOp", "LLU"]
+    assert f"{82:.2f} ± {math.sqrt(8 / 3):.2f}" in shapes
+
+
+def test_a_method_missing_a_dataset_has_no_average(base2new_tree):
+    write_pair(base2new_tree, "Shapes", "ProGrad", 1, 85.0, 60.0)
+    report = pr.build_report(base2new_tree)
+    assert "ProGrad" in by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])
+    assert "ProGrad" not in by_label(report.json["base2new"]["16"]["average"])
+
+
+def test_unpaired_half_is_left_out_with_a_note(tmp_path):
+    root = str(tmp_path)
+    write_pair(root, "Shapes", "LLU", 1, 80.0, 70.0)
+    lonely = write_result(root, "train_base/Shapes/shots_16/LLU/toy/seed2", seed=2, accuracy=99.0)
+    report = pr.build_report(root)
+    llu = by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])["LLU"]
+    assert llu["base"]["mean"] == 80.0 and llu["seeds"] == [1]
+    assert any(note.startswith(lonely) for note in report.json["notes"])
+
+
+def test_zero_shot_new_half_without_model_dir_pairs(tmp_path):
+    root = str(tmp_path)
+    zs = dict(trainer="ZeroshotCLIP", config_files=trainer_file("ZeroshotCLIP", "toy"))
+    write_result(root, "a", accuracy=60.0, **zs)
+    write_result(root, "b", accuracy=70.0, subsample_classes="new", train_subsample_classes="new", **zs)
+    # A trained method evaluated on new classes without loading a model is not a base-to-new half.
+    write_result(root, "c", accuracy=90.0, subsample_classes="new", train_subsample_classes="new")
+    classified = pr.classify(pr.load_records(root))
+    assert [(b.accuracy, n.accuracy) for b, n in classified.base2new] == [(60.0, 70.0)]
+
+
+def test_ablation_variants_go_to_table4_not_table1(tmp_path):
+    root = str(tmp_path)
+    for seed, (base, new, reg) in enumerate([(80.0, 70.0, 1e-5), (82.0, 72.0, 3e-5)], start=1):
+        write_pair(root, "Shapes", "LLU", seed, base, new, llu_regularizer=reg)
+        write_pair(root, "Shapes", "LLU", seed, base - 1, new - 10, cfg="toy_no_mask", llu_regularizer=1e-3)
+        write_pair(root, "Shapes", "LLU", seed, base - 20, new - 40, cfg="toy_linear")
+        write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0)
+    report = pr.build_report(root)
+    assert set(by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])) == {"CLIP", "LLU"}
+    (table,) = report.json["ablation"]["16"]
+    columns = {c["label"]: c for c in table["columns"]}
+    assert [c["label"] for c in table["columns"]] == ["CLIP", "Default", "no mask", "Linear"]
+    assert columns["no mask"]["cfg"] == "toy_no_mask"
+    assert columns["Default"]["average"]["base"]["mean"] == pytest.approx(81.0)
+    assert columns["no mask"]["average"]["h"]["mean"] == pytest.approx(harmonic(80.0, 61.0))
+    assert columns["Default"]["average"]["regularizer"] == pytest.approx(2e-5)
+    assert columns["Linear"]["average"]["regularizer"] is None
+    assert "## Table 4" in report.markdown and "| Regularization" in report.markdown
+
+
+def write_transfer(root, trainer, seed, source_acc, targets, source="Shapes", shots=16):
+    """A model trained on all of ``source`` and evaluated there and on ``targets`` ({name: (acc, classes)})."""
+    tail = f"shots_{shots}/{trainer}/toy/seed{seed}"
+    common = dict(trainer=trainer, seed=seed, shots=shots, subsample_classes="all", train_subsample_classes="all",
+                  config_files=trainer_file(trainer, "toy"), train_dataset=source)
+    write_result(root, f"{source}/train/{tail}", dataset=source, accuracy=source_acc,
+                 per_class_accuracy={"circle": 1.0, "square": 1.0, "star": 1.0}, **common)
+    for target, (acc, classes) in targets.items():
+        write_result(root, f"{source}/test/{target}/{tail}", dataset=target, accuracy=acc,
+                     per_class_accuracy={c: acc for c in classes}, model_dir="x", **common)
+
+
+def test_transfer_records_split_into_cross_dataset_and_domain_generalisation(tmp_path):
+    root = str(tmp_path)
+    for seed, shift in ((1, 0.0), (2, 2.0)):
+        write_transfer(root, "LLU", seed, 90.0 + shift, {
+            "Patterns": (40.0 + shift, ["stripes", "dots"]),  # other classes: cross-dataset
+            "Checkers": (30.0, ["checks"]),
+            "OxfordPets": (50.0, ["circle"]),  # a dataset with classes of its own, whatever its names
+            "ShapesSketch": (70.0 + shift, ["sketch of a circle"]),  # known variant: domain shift
+            "ShapesBlurry": (60.0, ["circle", "star"]),  # unknown name, the source's classes: domain shift
+        })
+    report = pr.build_report(root)
+    (xd,) = report.json["cross_dataset"]
+    (dg,) = report.json["domain_generalization"]
+    assert xd["source"] == dg["source"] == "Shapes" and xd["shots"] == 16
+    assert xd["targets"] == ["OxfordPets", "Patterns", "Checkers"]  # the known order first, then alphabetical
+    assert dg["targets"] == ["ShapesSketch", "ShapesBlurry"]
+    (row,) = xd["rows"]
+    assert row["source"]["mean"] == pytest.approx(91.0) and row["seeds"] == 2
+    assert row["targets"]["Patterns"]["mean"] == pytest.approx(41.0)
+    assert row["targets"]["Patterns"]["std"] == pytest.approx(1.0)
+    assert row["average"] == pytest.approx((50.0 + 41.0 + 30.0) / 3)
+    assert "average" not in dg["rows"][0]  # Table 3 has no average, as in the paper
+    assert "## Table 2" in report.markdown and "## Table 3" in report.markdown
+
+
+def test_train_shots_field_is_preferred_for_transfer(tmp_path):
+    root = str(tmp_path)
+    write_result(root, "a", dataset="Patterns", train_dataset="Shapes", subsample_classes="all",
+                 train_subsample_classes="all", shots=-1, train_shots=4, model_dir="x")
+    (xd,) = pr.build_report(root).json["cross_dataset"]
+    assert xd["shots"] == 4
+
+
+def test_fewshot_figure_and_data_when_several_shot_counts(tmp_path):
+    root = str(tmp_path / "tree")
+    for shots, (base, new) in {1: (70.0, 68.0), 16: (84.0, 60.0)}.items():
+        write_pair(root, "Shapes", "CoOp", 1, base, new, shots=shots)
+        write_pair(root, "Shapes", "ZeroshotCLIP", 1, 65.0, 70.0, shots=shots)
+    report = pr.build_report(root)
+    coop = [e for e in report.json["fewshot"]["Shapes"] if e["trainer"] == "CoOp"][0]
+    assert coop["shots"] == {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
+    assert "### Shapes (16 shots)" in report.markdown  # Table 1 at the largest shot count
+    written = pr.write_report(report, str(tmp_path / "out"))
+    assert os.path.basename(written[-1]) == "figure2_fewshot.png"
+    with open(written[-1], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def write_bench(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"device": "cpu", "backbone": "toy",
+                   "step_time_ms": {"LLU": {"1": 2.0, "2": 4.0}, "CoOp": {"1": 5.0, "2": 6.0}, "CoCoOp": {"1": 9.0}}},
+                  f)
+
+
+def test_bench_file_gives_figure3_with_ratios_to_llu(tmp_path):
+    root = str(tmp_path)
+    write_bench(os.path.join(root, "bench", "step_time.json"))
+    report = pr.build_report(root)
+    assert "figure3_step_time.png" in report.figures
+    text = report.markdown
+    assert "Figure 3" in text and "5.00 (2.50x)" in text and "6.00 (1.50x)" in text and "9.00 (4.50x)" in text
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, os.path.join(REPO, "parse_results.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path):
+    out = tmp_path / "tables"
+    write_bench(os.path.join(base2new_tree, "step_time.json"))
+    result = run_cli(base2new_tree, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "## Table 1" in result.stdout and "| CLIP" in result.stdout
+    assert sorted(os.listdir(out)) == ["figure3_step_time.png", "tables.json", "tables.md"]  # no temp files left
+    with open(out / "tables.json") as f:
+        tables = json.load(f)
+    assert tables["num_records"] == 36 and tables["notes"] == []
+    assert (out / "tables.md").read_text() == result.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"dataset": "Shapes"}), "missing field 'trainer'"),
+    (json.dumps({"dataset": 3}), "field 'dataset' has the wrong type"),
+])
+def test_malformed_results_file_is_one_line_error_naming_it(base2new_tree, content, message):
+    bad = os.path.join(base2new_tree, "broken", "results.json")
+    os.makedirs(os.path.dirname(bad))
+    with open(bad, "w") as f:
+        f.write(content)
+    result = run_cli(base2new_tree)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0] and message in lines[0]
+    assert not os.path.exists(os.path.join(base2new_tree, "tables.md"))
+
+
+def test_out_of_range_accuracy_is_an_error(tmp_path):
+    path = write_result(str(tmp_path), "a", accuracy=0.83 * 1000)
+    with pytest.raises(pr.ResultsError, match=f"{path}: field 'accuracy' must be a percentage"):
+        pr.build_report(str(tmp_path))
+
+
+def test_two_files_of_the_same_run_are_an_error(tmp_path):
+    first = write_result(str(tmp_path), "a")
+    second = write_result(str(tmp_path), "b")
+    with pytest.raises(pr.ResultsError, match="hold results of the same run") as error:
+        pr.build_report(str(tmp_path))
+    assert first in str(error.value) and second in str(error.value)
+
+
+def test_empty_tree_is_an_error(tmp_path):
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path}: no results.json found under it (has any run finished?)"
