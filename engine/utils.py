@@ -96,10 +96,11 @@ def load_torch(path, map_location="cpu"):
         raise UserError(f"{path}: cannot be read as a tensor file ({type(e).__name__}: {e})") from None
 
 
-def save_checkpoint(state, save_dir, model_name="model.pth.tar", is_best=False):
-    """Write ``state`` to ``save_dir/model_name-<epoch>`` atomically (Dassl's file naming)."""
+def save_checkpoint(state, save_dir, model_name="", is_best=False):
+    """Write ``state`` to ``save_dir/model_name`` atomically; without a name ``model.pth.tar-<epoch>``
+    (Dassl's file naming: ``save_model`` passes "" or "model-best.pth.tar")."""
     mkdir_if_missing(save_dir)
-    fpath = osp.join(save_dir, f"{model_name}-{state['epoch']}")
+    fpath = osp.join(save_dir, model_name or f"model.pth.tar-{state['epoch']}")
     save_torch(state, fpath)
     with open(osp.join(save_dir, "checkpoint"), "w") as f:
         f.write(osp.basename(fpath) + "\n")
