@@ -15,9 +15,8 @@ import yaml
 
 import datasets  # noqa: F401  (registers the datasets)
 import trainers  # noqa: F401  (registers the trainers and their config keys)
-from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, mkdir_if_missing,
-                    set_random_seed, setup_logger)
-from engine.utils import atomic_path
+from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
+                    setup_logger)
 
 
 def _all_keys(cfg, prefix=""):
@@ -102,14 +101,6 @@ def setup_cfg(args):
     return cfg
 
 
-def save_config(cfg):
-    """The frozen config of this run, next to its checkpoints (eval-only runs read it back)."""
-    mkdir_if_missing(cfg.OUTPUT_DIR)
-    with atomic_path(osp.join(cfg.OUTPUT_DIR, "config.yaml")) as tmp:
-        with open(tmp, "w") as f:
-            f.write(cfg.dump())
-
-
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
@@ -148,7 +139,6 @@ def main(args):
     print("** System info **")
     print(collect_env_info())
 
-    save_config(cfg)
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)

@@ -13,7 +13,7 @@ from .data.data_manager import DataManager
 from .errors import UserError
 from .evaluation import build_evaluator
 from .registry import Registry
-from .utils import (AverageMeter, MetricMeter, load_checkpoint, mkdir_if_missing, save_checkpoint,
+from .utils import (AverageMeter, MetricMeter, atomic_path, load_checkpoint, mkdir_if_missing, save_checkpoint,
                     write_json)
 
 TRAINER_REGISTRY = Registry("TRAINER")
@@ -213,6 +213,7 @@ class SimpleTrainer(TrainerBase):
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.time_start = time.time()
+        self.save_config()
         self.build_data_loader()
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
@@ -220,6 +221,13 @@ class SimpleTrainer(TrainerBase):
 
     def check_cfg(self, cfg):
         pass
+
+    def save_config(self):
+        """The run's config next to its checkpoints; an eval-only run reads it back from --model-dir."""
+        mkdir_if_missing(self.output_dir)
+        with atomic_path(osp.join(self.output_dir, "config.yaml")) as tmp:
+            with open(tmp, "w") as f:
+                f.write(self.cfg.dump())
 
     def build_data_loader(self):
         dm = DataManager(self.cfg)

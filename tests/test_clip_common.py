@@ -102,3 +102,12 @@ def test_openai_names_resolve_to_the_clip_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_DOWNLOAD_ROOT", str(tmp_path))
     (tmp_path / "ViT-B-16.pt").write_bytes(b"x")
     assert clip_common.resolve_weights("ViT-B/16") == str(tmp_path / "ViT-B-16.pt")
+
+
+def test_filling_the_cache_leaves_the_global_random_stream_alone(cache_setup):
+    cfg, model, data = cache_setup
+    torch.manual_seed(0)
+    FeatureCache(cfg, model, "cpu").get(data, build_transform(cfg, is_train=True), view=1)
+    after_extraction = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after_extraction)

@@ -292,7 +292,10 @@ class FeatureCache:
             except (UserError, KeyError, AttributeError):
                 pass
             print(f"Note: feature cache file {path} is unreadable; rebuilding it")
-        features, labels = self._encode(data_source, transform, view, desc)
+        # Extraction must not consume the global random stream (a DataLoader draws a seed from it),
+        # or a run that fills the cache would train differently from one that reads it.
+        with torch.random.fork_rng(devices=[]):
+            features, labels = self._encode(data_source, transform, view, desc)
         try:
             save_torch({"features": features, "labels": labels}, path)
         except OSError as e:
