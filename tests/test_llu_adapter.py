@@ -1,0 +1,273 @@
+"""The standalone LLU adapter: Eq. 5's interpolation weight, the localized blend (Eq. 4), the
+identity regulariser (Eq. 6), complete-linkage anchors against scipy, training, and state dicts."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from trainers import llu_adapter
+from trainers.llu_adapter import (DIRAC_THRESHOLD, AffineAdapter, LocalizedLinearAdapter, cluster_anchors,
+                                  complete_linkage, identity_regularizer, interpolation_weight)
+
+
+def unit(*shape, seed=0, dtype=torch.float32):
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype), dim=-1)
+
+
+def same_partition(a, b):
+    """Equal up to relabelling: the pairs (a_i, b_i) define a bijection between labels."""
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 5: the interpolation weight
+
+def test_alpha_lies_in_zero_beta_even_at_the_anchors():
+    anchors = unit(20, 16, seed=1)
+    x = torch.cat([unit(200, 16, seed=2), anchors, -anchors])
+    alpha = interpolation_weight(x, anchors, beta=0.5, gamma=20.0)
+    assert alpha.min() >= 0 and alpha.max() <= 0.5
+
+
+def test_alpha_is_beta_at_an_anchor_and_vanishes_at_its_antipode():
+    anchors = unit(5, 32, seed=1)
+    at = interpolation_weight(anchors, anchors, beta=0.5, gamma=20.0)
+    # float32 round-off of 1 - x^T x (~1e-7) is amplified by beta * gamma = 10.
+    torch.testing.assert_close(at, torch.full((5,), 0.5), rtol=0, atol=1e-5)
+    # One anchor: its antipode is at distance 2, alpha = beta e^{-40}.
+    far = interpolation_weight(-anchors[:1], anchors[:1], beta=0.5, gamma=20.0)
+    assert far.item() < 1e-17
+
+
+def test_alpha_equals_eq5_computed_literally_across_chunks(monkeypatch):
+    monkeypatch.setattr(llu_adapter, "_CHUNK_ELEMENTS", 64)  # 64 // 10 anchors = 6 rows per chunk
+    x, anchors = unit(50, 16, seed=3, dtype=torch.float64), unit(10, 16, seed=4, dtype=torch.float64)
+    literal = 0.7 * torch.exp(-5.0 * (1 - x @ anchors.t())).max(dim=1).values
+    torch.testing.assert_close(interpolation_weight(x, anchors, beta=0.7, gamma=5.0), literal, rtol=1e-12, atol=0)
+
+
+def test_the_max_is_over_anchors_per_sample_not_over_the_batch():
+    anchors = unit(2, 16, seed=5)
+    near, far = anchors[1], -anchors.sum(0)  # at the second anchor; far from both
+    alpha = interpolation_weight(torch.stack([near, far]), anchors, beta=0.5, gamma=20.0)
+    assert alpha[0].item() == pytest.approx(0.5, abs=1e-6)
+    assert alpha[1].item() < 1e-6
+
+
+def test_gamma_zero_gives_a_global_alpha_of_beta():
+    alpha = interpolation_weight(unit(30, 8, seed=6), unit(3, 8, seed=7), beta=0.5, gamma=0.0)
+    assert torch.equal(alpha, torch.full((30,), 0.5))
+
+
+def test_dirac_mask_is_beta_within_the_threshold_and_zero_beyond():
+    anchors = unit(4, 64, seed=8, dtype=torch.float64)
+    other = F.normalize(torch.randn(64, dtype=torch.float64), dim=0)
+    other = F.normalize(other - (other @ anchors[0]) * anchors[0], dim=0)  # orthogonal to anchor 0
+
+    def at_distance(delta):  # a unit vector with 1 - cos = delta to anchor 0
+        c = 1 - delta
+        return c * anchors[0] + math.sqrt(1 - c * c) * other
+
+    x = torch.stack([anchors[2], at_distance(DIRAC_THRESHOLD / 2), at_distance(DIRAC_THRESHOLD * 2), -anchors[0]])
+    alpha = interpolation_weight(x, anchors, beta=0.5, gamma=20.0, mask="dirac")
+    assert alpha.tolist() == [0.5, 0.5, 0.0, 0.0]
+
+
+def test_float32_round_off_at_an_anchor_is_within_the_dirac_threshold():
+    anchors = unit(300, 512, seed=9)
+    alpha = interpolation_weight(anchors * 3.0, anchors, beta=0.5, gamma=20.0, mask="dirac")
+    assert torch.equal(alpha, torch.full((300,), 0.5))
+
+
+def test_inputs_are_normalised_and_an_empty_anchor_set_gives_zero():
+    x, anchors = unit(10, 8, seed=10), unit(4, 8, seed=11)
+    torch.testing.assert_close(interpolation_weight(3 * x, 0.5 * anchors, 0.5, 20.0),
+                               interpolation_weight(x, anchors, 0.5, 20.0))
+    assert torch.equal(interpolation_weight(x, torch.empty(0, 8), 0.5, 0.0), torch.zeros(10))
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 4 and Eq. 1: the localized update at initialisation
+
+def test_identity_init_leaves_embeddings_and_zero_shot_logits_unchanged():
+    # Not bitwise: W = I gives g(f) = f exactly, but renormalising a unit float32 vector and
+    # alpha f + (1 - alpha) f each round the last bit; the error is a few ulps.
+    model = LocalizedLinearAdapter(64)
+    images, texts = unit(40, 64, seed=12), unit(7, 64, seed=13)
+    model.set_anchors(images[:20], texts)
+    torch.testing.assert_close(model.transform_image(images), images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.transform_text(texts), texts, rtol=0, atol=1e-6)
+    zero_shot = 100.0 * images @ texts.t()
+    torch.testing.assert_close(model.logits(images, texts, 100.0), zero_shot, rtol=0, atol=1e-4)
+
+
+def test_linear_ablation_applies_g_everywhere():
+    model = LocalizedLinearAdapter(16, beta=1.0, gamma=0.0, init="random")
+    model.set_anchors(unit(3, 16, seed=14), unit(2, 16, seed=15))
+    x = unit(25, 16, seed=16)
+    g = model.adapter("image")
+    torch.testing.assert_close(model.transform_image(x), F.normalize(g(x), dim=-1))
+
+
+def test_shared_adapter_is_one_function_and_adapt_image_leaves_texts_alone():
+    shared = LocalizedLinearAdapter(8, shared=True)
+    assert shared.adapter("image") is shared.adapter("text")
+    assert sum(p.numel() for p in shared.parameters()) == 8 * 8 + 8
+    image_only = LocalizedLinearAdapter(8, beta=1.0, gamma=0.0, init="random", adapt="image")
+    image_only.set_anchors(unit(2, 8, seed=17), unit(2, 8, seed=18))
+    texts = unit(5, 8, seed=19)
+    assert image_only.adapter("text") is None
+    torch.testing.assert_close(image_only.transform_text(texts), texts, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(mask="gauss"), "mask"), (dict(init="zeros"), "init"), (dict(adapt="none"), "adapt"),
+    (dict(gamma=-1.0), "gamma"), (dict(reg_form="l1"), "reg_form")])
+def test_invalid_settings_raise_a_value_error_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LocalizedLinearAdapter(8, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 6: the identity regulariser
+
+def test_regularizer_is_zero_at_identity_and_matches_both_forms_when_perturbed():
+    model = LocalizedLinearAdapter(6)
+    assert model.regularizer().item() == 0.0
+    with torch.no_grad():
+        for i, g in enumerate(model.adapters.values()):
+            g.weight.add_(torch.randn(6, 6, generator=torch.Generator().manual_seed(i)) * 0.1)
+            g.bias.add_(0.05 * (i + 1))
+    gs = list(model.adapters.values())
+    mse = sum(((g.weight - torch.eye(6)) ** 2).sum() / 36 + (g.bias ** 2).sum() / 6 for g in gs)
+    norm = sum(((g.weight - torch.eye(6)) ** 2).sum().sqrt() + (g.bias ** 2).sum().sqrt() for g in gs)
+    torch.testing.assert_close(model.regularizer(), mse)
+    torch.testing.assert_close(identity_regularizer(gs, "norm"), norm)
+
+
+def test_random_init_regularizer_has_table4_magnitude_in_mse_form():
+    # Table 4: "Linear" (random init, no regulariser) 6.5e-3. nn.Linear's init on d = 512 gives
+    # 1/(3d) + 1/d + 1/(3d) = 3.26e-3 per adapter, two adapters 6.5e-3; the norm form gives ~53.
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(512, init="random")
+    assert 6.2e-3 < model.regularizer().item() < 6.8e-3
+    assert 50 < identity_regularizer(model.adapters.values(), "norm").item() < 57
+
+
+def test_loss_is_cross_entropy_plus_lambda_times_regularizer():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(8, init="random")
+    images, texts, labels = unit(6, 8, seed=20), unit(3, 8, seed=21), torch.tensor([0, 1, 2, 0, 1, 2])
+    model.set_anchors(images, texts)
+    total, ce, reg = model.loss(images, labels, texts, 100.0, lam=1e3)
+    torch.testing.assert_close(ce, F.cross_entropy(model.logits(images, texts, 100.0), labels))
+    torch.testing.assert_close(total, ce + 1e3 * model.regularizer())
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: a local update
+
+def test_fit_changes_training_predictions_but_not_far_away_ones():
+    # Base data lives in dims 0-7, new data in dims 8-15: cos = 0 to every anchor, so alpha there
+    # is beta e^{-gamma} = 1e-9 and zero-shot CLIP is kept. Training images of class c sit near the
+    # text of class c + 1, so zero-shot is wrong on all of them and training must change that.
+    torch.manual_seed(0)
+    dim = 16
+    base_texts = F.pad(unit(3, 8, seed=22), (0, 8))
+    new_texts = F.pad(unit(4, 8, seed=23), (8, 0))
+    labels = torch.arange(3).repeat_interleave(8)
+    noise = 0.05 * F.pad(torch.randn(24, 8, generator=torch.Generator().manual_seed(24)), (0, 8))
+    images = F.normalize(base_texts[(labels + 1) % 3] + noise, dim=-1)
+    new_images = F.pad(unit(10, 8, seed=25), (8, 0))
+
+    model = LocalizedLinearAdapter(dim)
+    assert ((100 * images @ base_texts.t()).argmax(1) != labels).all()
+    model.set_anchors(images, base_texts)
+    before = model.loss(images, labels, base_texts, 100.0, lam=10.0)[0].item()
+    # lambda 10: at d = 16 the mean over d^2 entries makes Eq. 6 ~1000x stronger than at d = 512.
+    history = model.fit(images, labels, base_texts, epochs=30, batch_size=8, lam=10.0)
+    with torch.no_grad():
+        after = model.loss(images, labels, base_texts, 100.0, lam=10.0)[0].item()
+        trained = model.logits(images, base_texts, 100.0).argmax(1)
+        assert after < before and history[-1] < history[0]
+        assert (trained == labels).float().mean() > 0.9
+        torch.testing.assert_close(model.transform_image(new_images), new_images, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model.logits(new_images, new_texts, 100.0), 100 * new_images @ new_texts.t(),
+                                   rtol=0, atol=1e-4)
+        assert model.regularizer().item() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustering (Section 3.2): complete linkage on the cosine distance
+
+@pytest.mark.parametrize("k", [1, 4, 10, 25])
+def test_clusters_match_scipy_complete_linkage(k):
+    x = unit(60, 8, seed=26, dtype=torch.float64)
+    z = linkage(x.numpy(), method="complete", metric="cosine")
+    assignment, heights = complete_linkage(x, k)
+    assert same_partition(assignment, fcluster(z, k, criterion="maxclust"))
+    np.testing.assert_allclose(heights.numpy(), z[:60 - k, 2], rtol=0, atol=1e-6)
+
+
+def test_scipy_comparison_separates_complete_from_single_and_average_linkage():
+    # The reference test above would also pass for another linkage if the data could not tell them apart.
+    x = unit(60, 8, seed=26, dtype=torch.float64).numpy()
+    ours = complete_linkage(torch.from_numpy(x), 10)[0]
+    for method in ("single", "average"):
+        other = fcluster(linkage(x, method=method, metric="cosine"), 10, criterion="maxclust")
+        assert not same_partition(ours, other)
+
+
+def test_anchors_are_normalised_member_means_and_their_count_is_min_n_k():
+    x = unit(50, 12, seed=27)
+    anchors, assignment = cluster_anchors(x, 8)
+    assert anchors.shape == (8, 12) and sorted(set(assignment.tolist())) == list(range(8))
+    for c in range(8):
+        torch.testing.assert_close(anchors[c], F.normalize(x[assignment == c].mean(0), dim=0))
+    torch.testing.assert_close(anchors.norm(dim=1), torch.ones(8))
+    few, identity = cluster_anchors(3 * x[:5], 8)
+    torch.testing.assert_close(few, x[:5])
+    assert identity.tolist() == list(range(5))
+    assert cluster_anchors(x, 0)[0].shape == (50, 12)  # "no cluster"
+
+
+def test_clustering_is_deterministic_with_ties():
+    x = unit(30, 6, seed=28)
+    x = torch.cat([x, x[:10], x[5:15]])  # exact duplicates: many zero-distance ties
+    first, second = cluster_anchors(x, 12), cluster_anchors(x, 12)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert first[1][0] == 0  # clusters are numbered by their smallest member
+
+
+def test_set_anchors_clusters_each_set_to_at_most_n_clusters():
+    model = LocalizedLinearAdapter(12)
+    model.set_anchors(unit(40, 12, seed=29), unit(5, 12, seed=30), n_clusters=10)
+    assert model.image_anchors.shape == (10, 12) and model.text_anchors.shape == (5, 12)
+    model.set_anchors(unit(40, 12, seed=29), None, n_clusters=0)
+    assert model.image_anchors.shape == (40, 12) and model.text_anchors.shape == (5, 12)
+
+
+# ---------------------------------------------------------------------------------------------
+# State dict
+
+def test_state_dict_round_trips_variable_anchor_sets_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(16, beta=0.3, gamma=7.0, init="random")
+    model.set_anchors(unit(7, 16, seed=31), unit(3, 16, seed=32))
+    torch.save(model.state_dict(), tmp_path / "llu.pt")
+
+    loaded = LocalizedLinearAdapter(16)  # default beta, gamma, identity g, no anchors
+    loaded.load_state_dict(torch.load(tmp_path / "llu.pt", weights_only=True))
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.image_anchors.shape == (7, 16) and loaded.beta.item() == pytest.approx(0.3)
+
+    bigger = LocalizedLinearAdapter(16)
+    bigger.set_anchors(unit(20, 16, seed=33), unit(9, 16, seed=34))
+    bigger.load_state_dict(torch.load(tmp_path / "llu.pt", weights_only=True))
+    images, texts = unit(11, 16, seed=35), unit(4, 16, seed=36)
+    assert torch.equal(bigger.logits(images, texts, 100.0), model.logits(images, texts, 100.0))
