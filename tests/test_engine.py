@@ -132,3 +132,13 @@ def test_datamanager_missing_dataset_name_suggests(tmp_path):
     import datasets  # noqa: F401
     with pytest.raises(UserError, match="unknown dataset 'OxfordPet'"):
         DataManager(cfg)
+
+
+def test_atomic_writes_get_the_usual_file_permissions(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        write_json({}, tmp_path / "r.json")
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "r.json").st_mode & 0o777) == 0o644
