@@ -15,3 +15,4 @@ from . import imagenet_sketch  # noqa: F401
 from . import imagenet_a  # noqa: F401
 from . import imagenet_r  # noqa: F401
 from . import imagefolder  # noqa: F401
+from .builtin_world import readers as _builtin_world  # noqa: F401

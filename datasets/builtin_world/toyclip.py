@@ -1,0 +1,301 @@
+"""ToyCLIP: OpenAI's CLIP architecture at toy size, pretrained here on the world's "pretrain" domain.
+
+``ensure_toy_clip_weights()`` returns the path of an OpenAI-format state dict (``torch.save`` of
+``CLIP.state_dict()``), pretraining it on first use (a few CPU minutes) and reusing it afterwards.
+It is loaded exactly like real weights: ``clip.model.build_model(state_dict).float()``.
+
+The file lives in ``$LLU_TOYCLIP_DIR`` (default ``$LLU_CACHE/toyclip``, i.e. ``~/.cache/llu/toyclip``)
+and its name carries a hash of everything that determines it (architecture, pretraining settings,
+caption templates, class names, renderer version), so changing any of them pretrains a new model.
+"""
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import os.path as osp
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine import UserError
+from engine.utils import atomic_path, is_writable_dir, user_cache_dir
+
+from . import render
+
+PRETRAIN_VERSION = 1  # bump when the pretraining code changes what it produces
+
+# clip.model.CLIP's arguments. build_model infers every one of them back from the state dict
+# (heads = width // 64, so widths of 64 mean one head). A context of 24 tokens leaves room for
+# 16 learned context vectors (CoOp, ProGrad) before a two-word class name.
+TOYCLIP_DIMS = dict(embed_dim=64, image_resolution=32, vision_layers=3, vision_width=64, vision_patch_size=4,
+                    context_length=24, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                    transformer_layers=2)
+
+PRETRAIN_SETTINGS = dict(
+    steps=2000,  # optimiser steps
+    batch_size=64,  # images per step, each of a different class
+    lr=2e-3,  # AdamW peak learning rate
+    betas=(0.9, 0.98),
+    eps=1e-6,
+    weight_decay=0.05,  # on weight matrices only (not embeddings, biases, norms)
+    warmup_steps=100,  # linear warm-up, then cosine decay to 0
+    max_logit_scale=100.0,  # CLIP's cap on exp(logit_scale)
+    images_per_class=240,  # size of the pre-rendered image pool
+    seed=0,
+    threads=1,  # torch threads during pretraining (results depend on it)
+)
+
+# Captions: every class name in every template, tokenised once. "a photo of a {}." is the
+# template the trainers use for this world.
+CAPTION_TEMPLATES = [
+    "a photo of a {}.",
+    "a {}.",
+    "{}",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a drawing of a {}.",
+    "this is a {}.",
+    "a photo of the {}.",
+    "a {} on a dark background.",
+    "a close-up photo of a {}.",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's input statistics (as INPUT.PIXEL_MEAN/STD)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINDS = ("shapes", "patterns")  # shape classes first, then pattern classes
+
+
+def pretrain_settings(**overrides):
+    """``PRETRAIN_SETTINGS`` with ``overrides`` applied (unknown names are an error)."""
+    unknown = sorted(set(overrides) - set(PRETRAIN_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown pretraining setting(s): {', '.join(unknown)}")
+    return {**PRETRAIN_SETTINGS, **overrides}
+
+
+def settings_hash(settings):
+    """A short hash of everything that determines the pretrained weights, including two rendered
+    pretraining images per class (so a change to the drawing code is noticed without a version bump)."""
+    content = dict(version=PRETRAIN_VERSION, render_version=render.RENDER_VERSION, dims=TOYCLIP_DIMS,
+                   settings=settings, templates=CAPTION_TEMPLATES,
+                   classes=[render.class_names(kind) for kind in KINDS])
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+    digest.update(render_pool(2, settings["seed"]).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def toyclip_dir():
+    return os.environ.get("LLU_TOYCLIP_DIR") or user_cache_dir("toyclip")
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_shapes():
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build_toy_clip().state_dict().items()}
+
+
+def _is_valid_weights(path):
+    """(True, "") if ``path`` holds a complete ToyCLIP state dict, else (False, why)."""
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        return False, f"{type(e).__name__}: {e}"
+    if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
+        return False, "not a CLIP state dict"
+    expected = _expected_shapes()
+    if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
+        return False, "keys or shapes differ from ToyCLIP's"
+    return True, ""
+
+
+def ensure_toy_clip_weights(cache_dir=None, **overrides):
+    """Path of the pretrained ToyCLIP state dict, pretraining it first if it is not cached.
+
+    ``cache_dir`` defaults to ``$LLU_TOYCLIP_DIR`` or ``$LLU_CACHE/toyclip``; ``overrides`` change
+    ``PRETRAIN_SETTINGS`` (tests use a few steps). A damaged file is reported and rebuilt.
+    """
+    settings = pretrain_settings(**overrides)
+    folder = osp.abspath(osp.expanduser(cache_dir or toyclip_dir()))
+    path = osp.join(folder, f"toyclip-{settings_hash(settings)}.pt")
+    if osp.isfile(path):
+        valid, why = _is_valid_weights(path)
+        if valid:
+            return path
+        print(f"ToyCLIP weights {path} are damaged ({why}); pretraining them again")
+    if not is_writable_dir(folder):
+        raise UserError(f"{folder}: cannot write the ToyCLIP weights there; set LLU_TOYCLIP_DIR "
+                        f"(or LLU_CACHE) to a writable folder")
+    state_dict = pretrain_toy_clip(settings)
+    buffer = io.BytesIO()  # saved through a buffer: the archive's inner name is then fixed, and equal
+    torch.save(state_dict, buffer)  # weights give byte-identical files (so equal feature-cache keys)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+    print(f"ToyCLIP weights saved to {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining
+
+def build_toy_clip(**dims):
+    """A randomly initialised ToyCLIP (``dims`` override ``TOYCLIP_DIMS``)."""
+    import clip.model
+    return clip.model.CLIP(**{**TOYCLIP_DIMS, **dims})
+
+
+def all_class_names():
+    return [name for kind in KINDS for name in render.class_names(kind)]
+
+
+def render_pool(images_per_class, seed):
+    """Pre-rendered pretraining images: uint8 tensor [classes * images_per_class, 3, 32, 32], class-major."""
+    images = []
+    for kind_index, kind in enumerate(KINDS):
+        for label in range(len(render.class_names(kind))):
+            for i in range(images_per_class):
+                rng = np.random.default_rng([seed, 7919, kind_index, label, i])
+                images.append(render.render(kind, label, "pretrain", rng))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def normalise(images):
+    """uint8 [N, 3, H, W] -> CLIP-normalised float, as the trainers' test transform does."""
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def tokenised_captions():
+    """Long tensor [classes, templates, context_length]."""
+    import clip
+    captions = [template.format(name) for name in all_class_names() for template in CAPTION_TEMPLATES]
+    tokens = clip.tokenize(captions, context_length=TOYCLIP_DIMS["context_length"])
+    return tokens.view(len(all_class_names()), len(CAPTION_TEMPLATES), -1)
+
+
+def batch_classes(step, batch_size, generator):
+    """Distinct classes for one step: all shape classes on even steps; on odd steps all pattern
+    classes, filled up with shape classes; both cut to ``batch_size`` at random."""
+    num_shapes, num_patterns = len(render.SHAPE_CLASSES), len(render.PATTERN_CLASSES)
+    shapes = torch.randperm(num_shapes, generator=generator)
+    if step % 2 == 0:
+        classes = shapes
+    else:
+        patterns = num_shapes + torch.randperm(num_patterns, generator=generator)
+        classes = torch.cat([patterns, shapes[:max(0, batch_size - num_patterns)]])
+    return classes[torch.randperm(len(classes), generator=generator)[:batch_size]]
+
+
+def clip_loss(image_features, text_features, logit_scale):
+    """Symmetric contrastive loss (paper Eq. 2): matching pairs on the diagonal."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.t()
+    target = torch.arange(len(logits))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def learning_rate(step, settings):
+    if step < settings["warmup_steps"]:
+        return settings["lr"] * (step + 1) / settings["warmup_steps"]
+    progress = (step - settings["warmup_steps"]) / max(1, settings["steps"] - settings["warmup_steps"])
+    return settings["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pretrain_toy_clip(settings=None, log=print):
+    """Pretrain ToyCLIP from scratch with ``settings`` (default ``PRETRAIN_SETTINGS``); returns its
+    fp32 state dict. Deterministic for given settings; the global RNG and thread count are restored."""
+    settings = settings or pretrain_settings()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings["threads"])
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings["seed"])
+            return _pretrain(settings, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _pretrain(settings, log):
+    start = time.time()
+    per_class = settings["images_per_class"]
+    log(f"ToyCLIP: rendering {len(all_class_names()) * per_class} pretraining images")
+    pool = render_pool(per_class, settings["seed"])
+    captions = tokenised_captions()
+    num_classes, num_templates = captions.shape[:2]
+    log(f"ToyCLIP: pretraining for {settings['steps']} steps ({time.time() - start:.0f} s so far)")
+
+    # Only the token embeddings of words in the captions get gradients; the pretraining model holds just
+    # those rows (ids renumbered in order, so the end-of-text token stays the largest id, which CLIP's
+    # text encoder relies on) and the others keep their initial values, as in full-vocabulary
+    # training without weight decay on embeddings. This keeps AdamW off 3.2 M idle parameters.
+    full = build_toy_clip()
+    vocabulary = torch.unique(captions)
+    captions = torch.searchsorted(vocabulary, captions)
+    model = build_toy_clip(vocab_size=len(vocabulary))
+    initial = full.state_dict()
+    initial["token_embedding.weight"] = initial["token_embedding.weight"][vocabulary]
+    model.load_state_dict(initial)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
+    generator = torch.Generator().manual_seed(settings["seed"])
+    max_log_scale = math.log(settings["max_logit_scale"])
+    model.train()
+    running = None
+    for step in range(settings["steps"]):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        classes = batch_classes(step, settings["batch_size"], generator)
+        picks = classes * per_class + torch.randint(per_class, (len(classes),), generator=generator)
+        templates = torch.randint(num_templates, (len(classes),), generator=generator)
+        loss = clip_loss(model.encode_image(normalise(pool[picks])), model.encode_text(captions[classes, templates]),
+                         model.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, max_log_scale)
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        if (step + 1) % 200 == 0 or step + 1 == settings["steps"]:
+            log(f"ToyCLIP: step {step + 1}/{settings['steps']}  loss {running:.3f}  "
+                f"{time.time() - start:.0f} s")
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    token_embedding = full.token_embedding.weight.detach().clone()
+    token_embedding[vocabulary] = state_dict["token_embedding.weight"]
+    state_dict["token_embedding.weight"] = token_embedding
+    full.load_state_dict(state_dict)
+    full.eval()
+    log(f"ToyCLIP: pretrained in {time.time() - start:.0f} s; zero-shot accuracy on fresh pretraining-domain "
+        f"images: {pretrain_domain_accuracy(full, settings['seed']):.1f}%")
+    return state_dict
+
+
+@torch.no_grad()
+def pretrain_domain_accuracy(model, seed, per_class=4):
+    """Zero-shot accuracy ("a photo of a {}.") over all classes, on images not in the pool."""
+    import clip
+    correct = total = 0
+    for kind_index, kind in enumerate(KINDS):
+        names = render.class_names(kind)
+        text = model.encode_text(clip.tokenize([CAPTION_TEMPLATES[0].format(n) for n in names],
+                                               context_length=TOYCLIP_DIMS["context_length"]))
+        text = F.normalize(text, dim=-1)
+        images, labels = [], []
+        for label in range(len(names)):
+            for i in range(per_class):
+                rng = np.random.default_rng([seed, 104729, kind_index, label, i])
+                images.append(render.render(kind, label, "pretrain", rng))
+                labels.append(label)
+        images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+        image_features = F.normalize(model.encode_image(normalise(images)), dim=-1)
+        correct += (image_features @ text.t()).argmax(1).eq(torch.tensor(labels)).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total

@@ -1,0 +1,260 @@
+"""The built-in world: deterministic generation in CoOp's layout, rebuilds, readers, ToyCLIP weights."""
+import dataclasses
+import filecmp
+import json
+import os
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+
+import datasets  # noqa: F401  (registers the readers)
+from datasets.builtin_world import generate, render, toyclip
+from engine import DATASET_REGISTRY, UserError, get_cfg_default
+
+SMALL = dict(split_sizes=(2, 1, 1))  # 4 images per class: generation takes well under a second
+TINY_PRETRAINING = dict(steps=2, images_per_class=2)
+
+
+def all_files(folder):
+    return sorted(osp.relpath(osp.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering and generation
+
+@pytest.mark.parametrize("kind", ["shapes", "patterns"])
+@pytest.mark.parametrize("domain", render.DOMAINS)
+def test_rendering_is_a_function_of_the_generator(kind, domain):
+    def draw(seed):
+        return render.render(kind, 5, domain, np.random.default_rng(seed), level=0.4, cast=0.5)
+
+    first = draw(3)
+    assert first.shape == (32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, draw(3))
+    assert not np.array_equal(first, draw(4))
+
+
+def test_colour_cast_moves_only_base_colours_and_only_outside_pretraining():
+    rng = np.random.default_rng(0)
+    for colour in render.COLOUR_NAMES:
+        true = np.array(render.COLOURS[colour], dtype=np.float32)
+        pretrain = render.object_colour(colour, "pretrain", 0.5, rng, jitter=0)
+        downstream = render.object_colour(colour, "downstream", 0.5, rng, jitter=0)
+        assert np.allclose(pretrain, true)
+        assert np.allclose(downstream, true) == (colour not in render.BASE_COLOURS)
+
+
+def test_same_settings_give_identical_files(tmp_path):
+    first = generate.ensure_dataset(tmp_path / "a", "Patterns", **SMALL)
+    second = generate.ensure_dataset(tmp_path / "b", "Patterns", **SMALL)
+    files = all_files(first)
+    assert files == all_files(second) and len(files) == 48 * 4 + 2
+    _, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_split_file_follows_coop_layout(tmp_path):
+    dataset_dir = generate.ensure_dataset(tmp_path, "Shapes", split_sizes=(3, 2, 1))
+    assert dataset_dir == osp.join(str(tmp_path), "shapes")
+    with open(osp.join(dataset_dir, "split_zhou_Shapes.json")) as f:
+        split = json.load(f)
+    assert sorted(split) == ["test", "train", "val"]
+    for part, per_class in (("train", 3), ("val", 2), ("test", 1)):
+        assert len(split[part]) == 64 * per_class
+        for path, label, classname in split[part]:
+            assert classname == render.SHAPE_CLASSES[label]
+            assert path.startswith(classname.replace(" ", "_") + "/")
+            assert osp.isfile(osp.join(dataset_dir, "images", path))
+    paths = [set(entry[0] for entry in split[part]) for part in ("train", "val", "test")]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+
+
+def test_labels_put_the_base_colours_first():
+    base = render.SHAPE_CLASSES[:len(render.SHAPE_CLASSES) // 2]
+    assert {name.split()[0] for name in base} == set(render.BASE_COLOURS)
+    assert render.SHAPE_CLASSES[8 * 2 + 3] == "blue star"
+    assert render.PATTERN_CLASSES[6 * 7 + 1] == "pink dots"
+
+
+def test_changed_settings_rebuild_and_unchanged_reuse(tmp_path):
+    dataset_dir = generate.ensure_dataset(tmp_path, "ShapesSketch", **SMALL)
+    image = osp.join(dataset_dir, "images", "red_circle", "0000.png")
+    with open(image, "rb") as f:
+        before = f.read()
+    mtime = os.stat(image).st_mtime_ns
+    assert generate.ensure_dataset(tmp_path, "ShapesSketch", **SMALL) == dataset_dir
+    assert os.stat(image).st_mtime_ns == mtime  # reused, not rewritten
+
+    generate.ensure_dataset(tmp_path, "ShapesSketch", cast=0.1, **SMALL)
+    with open(image, "rb") as f:
+        assert f.read() != before
+    with open(osp.join(dataset_dir, "world.json")) as f:
+        assert json.load(f)["settings"]["cast"] == 0.1
+
+
+def test_generator_version_is_part_of_the_stamp(monkeypatch):
+    before = generate.settings_hash(generate.dataset_settings("Shapes"))
+    monkeypatch.setattr(generate, "GENERATOR_VERSION", generate.GENERATOR_VERSION + 1)
+    assert generate.settings_hash(generate.dataset_settings("Shapes")) != before
+
+
+def test_interrupted_generation_leaves_nothing_to_read(tmp_path, monkeypatch):
+    real_render = generate.render_image
+    calls = []
+
+    def failing_render(settings, label, index):
+        calls.append(label)
+        if len(calls) > 20:
+            raise KeyboardInterrupt
+        return real_render(settings, label, index)
+
+    monkeypatch.setattr(generate, "render_image", failing_render)
+    with pytest.raises(KeyboardInterrupt):
+        generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
+    assert os.listdir(tmp_path) == []  # neither the dataset folder nor the temporary one
+
+    monkeypatch.setattr(generate, "render_image", real_render)
+    dataset_dir = generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
+    assert len(all_files(osp.join(dataset_dir, "images"))) == 64 * 4
+
+
+def test_folder_without_a_complete_stamp_is_rebuilt_or_refused(tmp_path):
+    dataset_dir = generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
+    os.remove(osp.join(dataset_dir, "split_zhou_Shapes.json"))  # stamped but incomplete: ours, rebuilt
+    generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
+    assert osp.isfile(osp.join(dataset_dir, "split_zhou_Shapes.json"))
+
+    os.remove(osp.join(dataset_dir, "world.json"))  # no stamp: not ours, left alone
+    with pytest.raises(UserError, match=f"{dataset_dir}: exists but was not made by the built-in world"):
+        generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
+
+
+def test_unwritable_root_is_one_user_error_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(UserError, match=f"{blocker}/data: cannot write the built-in dataset Patterns"):
+        generate.ensure_dataset(blocker / "data", "Patterns", **SMALL)
+
+
+def test_readers_load_through_the_registry_like_coop_datasets(tmp_path, monkeypatch):
+    for name in ("Shapes", "Patterns"):
+        small = dataclasses.replace(generate.DATASETS[name], split_sizes=(4, 2, 1))
+        monkeypatch.setitem(generate.DATASETS, name, small)
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT = str(tmp_path)
+    cfg.DATASET.NUM_SHOTS = 2
+    cfg.DATASET.SUBSAMPLE_CLASSES = "base"
+    cfg.SEED = 1
+    cfg.DATASET.NAME = "Shapes"
+    shapes = DATASET_REGISTRY.get("Shapes")(cfg)
+    assert shapes.classnames == render.SHAPE_CLASSES[:32]
+    assert len(shapes.train_x) == 32 * 2 and len(shapes.val) == 32 * 2 and len(shapes.test) == 32
+    assert all(osp.isfile(item.impath) for item in shapes.train_x)
+    assert osp.isfile(osp.join(str(tmp_path), "shapes", "split_fewshot", "shot_2-seed_1.json"))
+
+    cfg.DATASET.SUBSAMPLE_CLASSES = "new"
+    new = DATASET_REGISTRY.get("Shapes")(cfg)
+    assert new.classnames == render.SHAPE_CLASSES[32:]
+    assert {item.label for item in new.test} == set(range(32))  # relabelled from 0, as in CoOp
+
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    cfg.DATASET.NUM_SHOTS = -1
+    patterns = DATASET_REGISTRY.get("Patterns")(cfg)
+    assert patterns.classnames == render.PATTERN_CLASSES and len(patterns.train_x) == 48 * 4
+
+
+def test_every_dataset_has_a_config_file():
+    repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    for name, spec in generate.DATASETS.items():
+        with open(osp.join(repo, "configs", "datasets", f"{spec.folder}.yaml")) as f:
+            assert f'NAME: "{name}"' in f.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# ToyCLIP
+
+@pytest.fixture(scope="module")
+def tiny_toyclip(tmp_path_factory):
+    """A ToyCLIP file pretrained for two steps (same code path as the real one)."""
+    folder = tmp_path_factory.mktemp("toyclip")
+    return str(folder), toyclip.ensure_toy_clip_weights(cache_dir=str(folder), **TINY_PRETRAINING)
+
+
+def test_pretraining_covers_every_class_of_every_dataset():
+    names = set(toyclip.all_class_names())
+    for spec in generate.DATASETS.values():
+        assert set(render.class_names(spec.kind)) <= names
+
+
+def test_weights_round_trip_through_clip_build_model(tiny_toyclip):
+    import clip.model
+    _, path = tiny_toyclip
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    model = clip.model.build_model(dict(state_dict)).float()
+    assert model.context_length == toyclip.TOYCLIP_DIMS["context_length"]
+    assert model.visual.input_resolution == toyclip.TOYCLIP_DIMS["image_resolution"]
+    rebuilt = model.state_dict()
+    assert set(rebuilt) == set(state_dict)
+    for key, value in state_dict.items():  # build_model stores weight matrices as fp16: equal up to that
+        assert torch.equal(rebuilt[key], value) or torch.equal(rebuilt[key], value.half().float()), key
+
+
+def test_pretraining_is_deterministic_and_leaves_global_state_alone():
+    threads = torch.get_num_threads()
+    rng_state = torch.get_rng_state()
+    settings = toyclip.pretrain_settings(**TINY_PRETRAINING)
+    first = toyclip.pretrain_toy_clip(settings, log=lambda _: None)
+    second = toyclip.pretrain_toy_clip(settings, log=lambda _: None)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng_state)
+
+
+def test_pretraining_trains_the_caption_token_embeddings_only():
+    import clip
+    settings = toyclip.pretrain_settings(**TINY_PRETRAINING)
+    trained = toyclip.pretrain_toy_clip(settings, log=lambda _: None)["token_embedding.weight"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings["seed"])
+        initial = toyclip.build_toy_clip().token_embedding.weight.detach()
+    in_captions = torch.zeros(len(initial), dtype=torch.bool)
+    in_captions[torch.unique(toyclip.tokenised_captions())] = True
+    changed = (trained != initial).any(dim=1)
+    assert not changed[~in_captions].any()  # as full-vocabulary training would leave them
+    assert changed[clip.tokenize(["red zigzag"])[0, 1:4]].all()
+
+
+def test_settings_change_the_file_name(tiny_toyclip):
+    folder, path = tiny_toyclip
+    assert toyclip.ensure_toy_clip_weights(cache_dir=folder, **TINY_PRETRAINING) == path
+    other = toyclip.settings_hash(toyclip.pretrain_settings(steps=3, images_per_class=2))
+    assert other not in path and toyclip.settings_hash(toyclip.pretrain_settings(**TINY_PRETRAINING)) in path
+
+
+def test_damaged_weight_file_is_rebuilt(tiny_toyclip, tmp_path, capsys):
+    _, good = tiny_toyclip
+    path = osp.join(str(tmp_path), osp.basename(good))
+    with open(good, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[:len(content) // 2])  # a partial copy
+    assert toyclip.ensure_toy_clip_weights(cache_dir=str(tmp_path), **TINY_PRETRAINING) == path
+    assert "damaged" in capsys.readouterr().out
+    with open(path, "rb") as f:
+        assert f.read() == content  # the same weights, byte for byte
+
+
+def test_cache_folder_comes_from_the_environment(monkeypatch, tiny_toyclip):
+    folder, path = tiny_toyclip
+    monkeypatch.setenv("LLU_TOYCLIP_DIR", folder)
+    assert toyclip.ensure_toy_clip_weights(**TINY_PRETRAINING) == path
+
+
+def test_unwritable_cache_folder_is_one_user_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LLU_TOYCLIP_DIR", str(blocker / "toyclip"))
+    message = f"{blocker}/toyclip: cannot write the ToyCLIP weights there; set LLU_TOYCLIP_DIR"
+    with pytest.raises(UserError, match=message):
+        toyclip.ensure_toy_clip_weights(**TINY_PRETRAINING)
