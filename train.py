@@ -14,9 +14,12 @@ import torch
 import yaml
 
 import datasets  # noqa: F401  (registers the datasets)
-import trainers  # noqa: F401  (registers the trainers and their config keys)
+import trainers
 from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
                     setup_logger)
+
+
+trainers.register_all()  # registers the trainers and declares their config keys
 
 
 def _all_keys(cfg, prefix=""):

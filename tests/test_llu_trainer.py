@@ -115,3 +115,28 @@ def test_vit_b16_config_carries_the_papers_defaults():
     assert (cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.OPTIM.LR_SCHEDULER, cfg.OPTIM.WARMUP_EPOCH, cfg.OPTIM.WARMUP_CONS_LR,
             cfg.DATALOADER.TRAIN_X.BATCH_SIZE) == ("sgd", 0.002, "cosine", 1, 1e-5, 32)
     assert cfg.MODEL.BACKBONE.NAME == "ViT-B/16"
+
+
+def _shapes_trainer(root, out, trainer, cfg_name, *opts):
+    argv = ["--root", root, "--trainer", trainer, "--dataset-config-file", "configs/datasets/shapes.yaml",
+            "--config-file", f"configs/trainers/{trainer}/{cfg_name}.yaml", "--output-dir", str(out), "--seed", "1",
+            "DATASET.NUM_SHOTS", "16", *opts]
+    cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def test_on_the_built_in_world_llu_lowers_the_loss_and_beats_zero_shot_on_base(shapes_world, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    zero_shot = _shapes_trainer(shapes_world, tmp_path / "zs", "ZeroshotCLIP", "toy", "DATASET.SUBSAMPLE_CLASSES", "base")
+    zero_shot_accuracy = zero_shot.test()
+    llu = _shapes_trainer(shapes_world, tmp_path / "llu", "LLU", "toy", "DATASET.SUBSAMPLE_CLASSES", "base")
+    features, labels = llu.split_features("train")
+    llu.before_train()
+    with torch.no_grad():
+        loss_before = llu.adapter.loss(features, labels, llu.text_features, llu.logit_scale)[0].item()
+    llu.train()
+    with torch.no_grad():
+        loss_after = llu.adapter.loss(features, labels, llu.text_features, llu.logit_scale)[0].item()
+    assert loss_after < loss_before
+    assert llu.test() > zero_shot_accuracy + 5
