@@ -5,9 +5,13 @@ the submodules, so that the same files run on the real Dassl when ``LLU_ENGINE=d
 (see ``engine/dassl_backend.py``). The built-in engine is the default.
 """
 import os
+import warnings
 
-from .errors import UserError
-from .registry import Registry
+# clip-anytorch imports pkg_resources, which warns on every start; the pinned setuptools has it.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+from .errors import UserError  # noqa: E402
+from .registry import Registry  # noqa: E402
 
 ENGINE_NAME = os.environ.get("LLU_ENGINE", "builtin")
 

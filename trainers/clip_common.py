@@ -12,21 +12,19 @@ import importlib
 import json
 import os
 import os.path as osp
-import warnings
 import zipfile
 
-# clip-anytorch imports pkg_resources, which warns on every start; the pinned setuptools has it.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-import clip  # noqa: E402
-import clip.model  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import engine  # noqa: F401  (first: it silences the pkg_resources warning `import clip` gives)
+import clip  # noqa: I100
+import clip.model
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
-from engine import CN, TrainerX, UserError, config_extension  # noqa: E402
-from engine.data import DatasetWrapper  # noqa: E402
-from engine.utils import load_torch, save_torch, user_cache_dir  # noqa: E402
+from engine import CN, TrainerX, UserError, config_extension
+from engine.data import DatasetWrapper
+from engine.utils import load_torch, save_torch, user_cache_dir
 
 
 @config_extension
