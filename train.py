@@ -13,10 +13,16 @@ import sys
 import torch
 import yaml
 
-import datasets  # noqa: F401  (registers the datasets)
-import trainers
-from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
-                    setup_logger)
+try:
+    import datasets  # noqa: F401  (registers the datasets)
+    import trainers
+    from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
+                        setup_logger)
+except Exception as e:  # the engine stops at import on a bad LLU_ENGINE, with a user error
+    if type(e).__name__ != "UserError":
+        raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 trainers.register_all()  # registers the trainers and declares their config keys
