@@ -16,6 +16,7 @@ import yaml
 try:
     import datasets  # noqa: F401  (registers the datasets)
     import trainers
+    from engine.errors import exit_on_user_error
     from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
                         setup_logger)
 except Exception as e:  # the engine stops at import on a bad LLU_ENGINE, with a user error
@@ -158,12 +159,7 @@ def main(args):
 
 
 def cli(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        main(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(main, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, REPO)
 import train  # noqa: E402  (registers datasets and trainers)
 from parse_results import render_bench  # noqa: E402  (the table of Figure 3, with ratios to LLU)
 from engine import TRAINER_REGISTRY, UserError, build_trainer, set_random_seed  # noqa: E402
+from engine.errors import exit_on_user_error  # noqa: E402
 from engine.utils import user_cache_dir, write_json  # noqa: E402
 
 TRAINERS = ["LLU", "CoOp", "ProGrad", "CLIP_Adapter", "CoCoOp"]
@@ -88,7 +89,7 @@ def build(trainer_name, args, output_dir):
 
 
 def skip_reason(trainer_name, args):
-    if trainer_name not in TRAINER_REGISTRY:
+    if trainer_name not in TRAINER_REGISTRY.registered_names():
         return "not registered in trainers/"
     if not osp.isfile(config_file(trainer_name, args.cfg)):
         return f"no config {osp.relpath(config_file(trainer_name, args.cfg), REPO)}"
@@ -217,12 +218,7 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

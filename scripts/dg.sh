@@ -10,18 +10,6 @@
 # Settings: as scripts/base2new.sh, plus SOURCE (default shapes) and TARGETS (default
 # "shapes_sketch shapes_noisy").
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-SOURCE=${SOURCE:-shapes}
-TARGETS=${TARGETS:-shapes_sketch shapes_noisy}
-TRAINERS=${TRAINERS:-ZeroshotCLIP CoOp CoCoOp ProGrad CLIP_Adapter LLU}
-
-for shots in $SHOTS; do
-    for trainer in $TRAINERS; do
-        for seed in $SEEDS; do
-            transfer_runs "$SOURCE" "$TARGETS" "$trainer" "$CFG" "$shots" "$seed"
-        done
-    done
-done
-
-print_tables "$OUTPUT/transfer"
+# The same runs as the cross-dataset sweep, with domain-shifted targets.
+TARGETS=${TARGETS:-shapes_sketch shapes_noisy} exec bash "$(dirname "${BASH_SOURCE[0]}")/xd.sh"
