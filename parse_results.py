@@ -127,14 +127,18 @@ class Record:
                 self.train_subsample, self.train_shots)
 
 
-def find_results(root):
-    """Every ``results.json`` under ``root`` (hidden folders skipped), sorted."""
+def find_files(root, name):
+    """Every file called ``name`` under ``root`` (hidden folders skipped), in sorted walk order."""
     paths = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        if "results.json" in files:
-            paths.append(osp.join(directory, "results.json"))
+        if name in files:
+            paths.append(osp.join(directory, name))
     return paths
+
+
+def find_results(root):
+    return find_files(root, "results.json")
 
 
 def read_json_file(path):
@@ -478,12 +482,7 @@ def load_bench(path):
 def find_bench_files(root, explicit):
     if explicit:
         return [explicit]
-    found = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        if "step_time.json" in files:
-            found.append(osp.join(directory, "step_time.json"))
-    return found
+    return find_files(root, "step_time.json")
 
 
 # ---------------------------------------------------------------------------------------------
