@@ -109,8 +109,9 @@ def save_checkpoint(state, save_dir, model_name="", is_best=False):
     mkdir_if_missing(save_dir)
     fpath = osp.join(save_dir, model_name or f"model.pth.tar-{state['epoch']}")
     save_torch(state, fpath)
-    with open(osp.join(save_dir, "checkpoint"), "w") as f:
-        f.write(osp.basename(fpath) + "\n")
+    with atomic_path(osp.join(save_dir, "checkpoint")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(osp.basename(fpath) + "\n")
     if is_best:
         save_torch(state, osp.join(save_dir, "model-best.pth.tar"))
     return fpath
