@@ -10,6 +10,8 @@ The adapter itself lives in ``llu_adapter.py`` (usable without this trainer); th
 to the data: the anchor sets D_image (training image features) and D_text (training class
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
+import torch
+
 from engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
 
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
@@ -58,7 +60,8 @@ class LLU(FeatureTrainer):
         total, ce, reg = self.adapter.loss(image_features, label, self.text_features, self.logit_scale,
                                            lam=self.cfg.TRAINER.LLU.LAMBDA)
         self.model_backward_and_update(total)
-        logits = self.model_inference(image_features)
+        with torch.no_grad():
+            logits = self.model_inference(image_features)
         summary = {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
                    "acc": (logits.argmax(1) == label).float().mean().item() * 100}
         if (self.batch_idx + 1) == self.num_batches:
