@@ -6,7 +6,6 @@
 """
 import argparse
 import difflib
-import os
 import os.path as osp
 import sys
 

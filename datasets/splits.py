@@ -5,7 +5,6 @@ few-shot split for a (dataset, shots, seed), stored as JSON with paths relative 
 folder, and the same base/new classes.
 """
 import hashlib
-import os
 import os.path as osp
 import random
 from collections import defaultdict

@@ -1,6 +1,5 @@
 """Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
 import datetime
-import os
 import os.path as osp
 import time
 from collections import OrderedDict

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from trainers import llu_adapter
-from trainers.llu_adapter import (DIRAC_THRESHOLD, AffineAdapter, LocalizedLinearAdapter, cluster_anchors,
+from trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, cluster_anchors,
                                   complete_linkage, identity_regularizer, interpolation_weight)
 
 

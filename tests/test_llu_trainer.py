@@ -65,7 +65,6 @@ def test_save_load_round_trip_reproduces_logits(world):
 
 
 def test_untrained_llu_is_zero_shot_clip(world):
-    from trainers.zsclip import ZeroshotCLIP  # noqa: F401
     trainer = llu_trainer(world, world["tmp"] / "a")
     features = trainer.split_features("test")[0]
     zero_shot = trainer.logit_scale * features @ trainer.text_features.t()

@@ -19,7 +19,7 @@ on base classes is evaluated on new ones with the new class names' texts (``--ev
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
+from engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
 
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
 
@@ -67,11 +67,3 @@ class CLIP_Adapter(FeatureTrainer):
         features = adapted_features(self.adapter, image_features, self.ratio)
         return self.logit_scale * features @ self.text_features.t()  # Eq. 1's logits
 
-    def forward_backward(self, batch):
-        image_features, label = self.parse_batch_train(batch)
-        output = self.model_inference(image_features)
-        loss = F.cross_entropy(output, label)  # Eq. 3
-        self.model_backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}

@@ -7,6 +7,7 @@
 - the on-disk image-feature cache, and ``FeatureTrainer`` which trains on cached features;
 - ``ClipTrainer``, the base that loads CLIP before the data so the input size follows the model.
 """
+import contextlib
 import hashlib
 import importlib
 import json
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine import CN, TrainerX, UserError, config_extension
+from engine import CN, TrainerX, UserError, compute_accuracy, config_extension
 from engine.data import DatasetWrapper
 from engine.utils import load_torch, save_torch, user_cache_dir
 
@@ -334,6 +335,22 @@ class ClipTrainer(TrainerX):
     @property
     def logit_scale(self):
         return self.clip_model.logit_scale.exp().float()
+
+    def autocast(self):
+        """Mixed precision for the training step; trainers that support amp return an autocast."""
+        return contextlib.nullcontext()
+
+    def forward_backward(self, batch):
+        """One cross-entropy step (Eq. 3 of the LLU paper) on ``model_inference``'s logits; the
+        learning rate steps once per epoch, after its last batch (Dassl's convention)."""
+        inputs, label = self.parse_batch_train(batch)
+        with self.autocast():
+            logits = self.model_inference(inputs)
+            loss = F.cross_entropy(logits, label)
+        self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
 
 
 class FeatureTrainer(ClipTrainer):

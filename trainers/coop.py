@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import (CN, TRAINER_REGISTRY, TrainerX, UserError, build_lr_scheduler, build_optimizer,
-                    compute_accuracy, config_extension)
+                    config_extension)
 
 from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
 
@@ -222,16 +222,6 @@ class PromptTrainer(FeatureTrainer):
         for name in self.get_model_names(names):
             self.scaler.step(self._optims[name])
         self.scaler.update()
-
-    def forward_backward(self, batch):
-        inputs, label = self.parse_batch_train(batch)
-        with self.autocast():
-            logits = self.model(inputs)
-            loss = F.cross_entropy(logits, label)
-        self.model_backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
 
     def model_inference(self, inputs):
         return self.model(inputs)

@@ -24,8 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine import (CN, TRAINER_REGISTRY, UserError, build_lr_scheduler, build_optimizer, compute_accuracy,
-                    config_extension)
+from engine import CN, TRAINER_REGISTRY, UserError, build_lr_scheduler, build_optimizer, config_extension
 
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
 
@@ -201,15 +200,6 @@ class TipAdapterF(TipAdapter):
 
     def train(self):
         FeatureTrainer.train(self)  # the epoch loop, which the training-free TipAdapter.train skips
-
-    def forward_backward(self, batch):
-        image_features, label = self.parse_batch_train(batch)
-        output = self.model_inference(image_features)
-        loss = F.cross_entropy(output, label)
-        self.model_backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(output, label)[0].item()}
 
     def after_epoch(self):
         if self.epoch + 1 == self.max_epoch and self.cfg.TRAINER.TIP_ADAPTER.SEARCH:
