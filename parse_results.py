@@ -670,6 +670,9 @@ class atomic_write:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
             os.replace(self.tmp, self.path)
         elif osp.exists(self.tmp):
             os.remove(self.tmp)

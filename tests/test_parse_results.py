@@ -293,3 +293,12 @@ def test_empty_tree_is_an_error(tmp_path):
     result = run_cli(str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: no results.json found under it (has any run finished?)"
+
+
+def test_tables_get_the_usual_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        pr.write_text("x", str(tmp_path / "tables.md"))
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "tables.md").st_mode & 0o777) == 0o644
