@@ -219,10 +219,46 @@ def test_pretraining_trains_the_caption_token_embeddings_only():
         torch.manual_seed(settings["seed"])
         initial = toyclip.build_toy_clip().token_embedding.weight.detach()
     in_captions = torch.zeros(len(initial), dtype=torch.bool)
-    in_captions[torch.unique(toyclip.tokenised_captions())] = True
+    in_captions[toyclip.caption_vocabulary()] = True
     changed = (trained != initial).any(dim=1)
     assert not changed[~in_captions].any()  # as full-vocabulary training would leave them
     assert changed[clip.tokenize(["red zigzag"])[0, 1:4]].all()
+
+
+def test_captions_name_the_conditions_an_image_was_drawn_under():
+    conditions = render.PretrainConditions(light="blue", background=True, clutter=True, small=True)
+    text = toyclip.caption("red circle", conditions, "a photo of a {}.", np.random.default_rng(0))
+    assert text.startswith("a photo of a small red circle ") and text.endswith(".")
+    for phrase in ("in blue light", toyclip.BACKGROUND_PHRASE, toyclip.CLUTTER_PHRASE):
+        assert phrase in text
+    plain = toyclip.caption("red circle", render.NO_CONDITIONS, "a photo of a {}.", np.random.default_rng(0))
+    assert plain == "a photo of a red circle."
+
+
+def test_every_caption_token_is_in_the_pretraining_vocabulary():
+    vocabulary = toyclip.caption_vocabulary()
+    rng = np.random.default_rng(0)
+    captions = [toyclip.random_caption(name, render.PretrainConditions.sample(rng, 1.0), rng)
+                for name in toyclip.all_class_names()]
+    ids = toyclip.tokenise_captions(captions, vocabulary)
+    assert ids.max() == len(vocabulary) - 1  # the end-of-text token keeps the largest id
+    with pytest.raises(ValueError, match="outside"):
+        toyclip.tokenise_captions(["a photo of a red giraffe."], vocabulary)
+
+
+def test_pretraining_conditions_change_the_drawing_and_only_in_pretraining():
+    def draw(**conditions):
+        image = render.render("shapes", 0, "pretrain", np.random.default_rng(3),
+                              conditions=render.PretrainConditions(**conditions))
+        return image.astype(float)
+
+    plain = draw()
+    assert draw(light="blue")[..., 0].mean() < plain[..., 0].mean()  # a red circle under blue light
+    assert draw(background=True).mean() > plain.mean()  # a lit background instead of near-black
+    assert (draw(small=True).max(axis=2) > 100).sum() < (plain.max(axis=2) > 100).sum()
+    with pytest.raises(ValueError, match="pretraining"):
+        render.render("shapes", 0, "downstream", np.random.default_rng(3), level=0.3,
+                      conditions=render.PretrainConditions(small=True))
 
 
 def test_settings_change_the_file_name(tiny_toyclip):

@@ -288,12 +288,8 @@ def test_toy_class_specific_contexts_beat_zero_shot_on_base_classes(toy_run, toy
     assert toy_run("CoOp", "TRAINER.COOP.CSC", "True", "OPTIM.NAME", "adam") > toy_zero_shot + 5
 
 
-# On ToyCLIP (a 2-layer, width-64 text encoder) a context shared by all classes, or shifted per image,
-# mostly rescales the logits: the cross-entropy falls while base accuracy stays at zero-shot's (CoOp)
-# or drops (CoCoOp; ProGrad's 16-vector init starts below zero-shot). Strict, so that a world on which
-# they do learn reports it.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="shared or per-image contexts do not improve ToyCLIP's base accuracy")
+# ToyCLIP's captions name the conditions an image was drawn under (toyclip.caption), so its text
+# encoder reads context words; a context learned on the base classes then moves their text features.
 @pytest.mark.parametrize("name", ["CoOp", "CoCoOp", "ProGrad"])
 def test_toy_training_beats_zero_shot_on_base_classes(name, toy_run, toy_zero_shot):
-    assert toy_run(name) > toy_zero_shot
+    assert toy_run(name) > toy_zero_shot + 5

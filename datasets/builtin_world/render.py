@@ -10,7 +10,8 @@ base/new split (sorted labels, first half base) makes red, green, blue and yello
 Domains (``render_shape`` / ``render_pattern``, argument ``domain``):
 
 - ``"pretrain"``: what ToyCLIP is pretrained on: near-black background, large objects, small
-  rotations, mild colour jitter and noise.
+  rotations, mild colour jitter and noise; optionally under ``PretrainConditions`` (a coloured
+  background, faint distractors, a small object, coloured light) that its captions name.
 - ``"downstream"``: the fine-tuning domain at shift level ``level`` (0 = the pretraining domain).
   A global shift (smooth coloured background, background stripes, faint distractor shapes, smaller
   and more rotated objects, colour jitter and noise, all growing with ``level``) plus a
@@ -22,6 +23,7 @@ Domains (``render_shape`` / ``render_pattern``, argument ``domain``):
 
 Outside pretraining every domain shares the cast: it is a property of the downstream "camera".
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -59,6 +61,43 @@ PATTERN_CLASSES = [f"{colour} {texture}" for colour in COLOUR_NAMES for texture 
 COLOUR_CAST = {"red": "pink", "green": "orange", "blue": "white", "yellow": "purple"}
 
 DOMAINS = ("pretrain", "downstream", "sketch", "noisy")
+
+# Coloured lights of the pretraining domain: the whole canvas is multiplied by the light's colour,
+# so each light changes every class colour in its own way.
+LIGHTS = {
+    "red": (255, 90, 90),
+    "green": (110, 255, 110),
+    "blue": (100, 130, 255),
+    "yellow": (255, 240, 90),
+    "purple": (200, 110, 255),
+    "orange": (255, 170, 70),
+}
+CONDITION_BACKGROUND_LEVEL = 0.35  # a "colourful background" is the downstream background at this level
+CONDITION_CLUTTER_LEVEL = 0.4  # "among faint shapes": distractors as in the downstream domain at this level
+SMALL_SHAPE_RADIUS = (11, 15)  # "small": canvas pixels (pretraining objects: 16 to 24)
+SMALL_PATCH_SIZE = (28, 40)  # "small" pattern patches (pretraining patches: 40 to 58)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConditions:
+    """Variations of a pretraining image that its caption names ("a small red circle on a colourful
+    background in blue light."). They make the context words of ToyCLIP's captions carry meaning,
+    as they do for CLIP, so that learned context vectors (CoOp and its kin) have something to move."""
+    light: str = ""  # a LIGHTS name, or "" for none
+    background: bool = False
+    clutter: bool = False
+    small: bool = False
+
+    @classmethod
+    def sample(cls, rng, probability):
+        """Each condition with ``probability`` (clutter and small with 0.6 of it)."""
+        light = LIGHT_NAMES[int(rng.integers(len(LIGHT_NAMES)))] if rng.random() < probability else ""
+        return cls(light=light, background=bool(rng.random() < probability),
+                   clutter=bool(rng.random() < 0.6 * probability), small=bool(rng.random() < 0.6 * probability))
+
+
+LIGHT_NAMES = list(LIGHTS)
+NO_CONDITIONS = PretrainConditions()
 SKETCH_SHADING = 0.55  # opacity of the fill under a sketch's outline
 
 
@@ -249,12 +288,35 @@ def _object_placement(params, rng):
     return cx, cy, radius, angle
 
 
-def render_shape(label, domain, rng, level=0.0, cast=0.0):
+def _conditioned_params(domain, level, conditions):
+    params = domain_params(domain, level)
+    if conditions != NO_CONDITIONS and domain != "pretrain":
+        raise ValueError(f"conditions are a property of the pretraining domain, not of {domain!r}")
+    if conditions.small:
+        params["radius"] = SMALL_SHAPE_RADIUS
+    return params
+
+
+def _conditioned_background(domain, level, conditions, params, rng):
+    """The background with its distractors."""
+    if conditions.background:
+        canvas = background("downstream", CONDITION_BACKGROUND_LEVEL, rng)
+    else:
+        canvas = background(domain, level, rng)
+    return add_distractors(canvas, CONDITION_CLUTTER_LEVEL if conditions.clutter else params["distract"], rng)
+
+
+def _finish_conditioned(canvas, params, conditions, rng):
+    if conditions.light:
+        canvas *= np.array(LIGHTS[conditions.light], dtype=np.float32) / 255
+    return finish(canvas, params["noise"], rng, blur=params["blur"], occlusions=params["occlusions"])
+
+
+def render_shape(label, domain, rng, level=0.0, cast=0.0, conditions=NO_CONDITIONS):
     """One image (32x32x3 uint8 array) of class ``SHAPE_CLASSES[label]`` in ``domain``."""
     colour, shape = COLOUR_NAMES[label // len(SHAPES)], SHAPES[label % len(SHAPES)]
-    params = domain_params(domain, level)
-    canvas = background(domain, level, rng)
-    add_distractors(canvas, params["distract"], rng)
+    params = _conditioned_params(domain, level, conditions)
+    canvas = _conditioned_background(domain, level, conditions, params, rng)
     cx, cy, radius, angle = _object_placement(params, rng)
     rgb = object_colour(colour, domain, cast, rng, params["jitter"])
     if domain == "sketch":  # a coloured outline over light shading
@@ -262,16 +324,20 @@ def render_shape(label, domain, rng, level=0.0, cast=0.0):
         paint(canvas, shape_mask(shape, cx, cy, radius, angle, outline=int(rng.integers(4, 7))), rgb)
     else:
         paint(canvas, shape_mask(shape, cx, cy, radius, angle), rgb)
-    return finish(canvas, params["noise"], rng, blur=params["blur"], occlusions=params["occlusions"])
+    return _finish_conditioned(canvas, params, conditions, rng)
 
 
-def render_pattern(label, domain, rng, level=0.0, cast=0.0):
+def render_pattern(label, domain, rng, level=0.0, cast=0.0, conditions=NO_CONDITIONS):
     """One image (32x32x3 uint8 array) of class ``PATTERN_CLASSES[label]``: a textured patch in ``domain``."""
     colour, texture = COLOUR_NAMES[label // len(TEXTURES)], TEXTURES[label % len(TEXTURES)]
-    params = domain_params(domain, level)
-    canvas = background(domain, level, rng)
-    add_distractors(canvas, params["distract"], rng)
-    low, high = (40, 58) if domain == "pretrain" else (34 - 6 * level, 54 - 6 * level)
+    params = _conditioned_params(domain, level, conditions)
+    canvas = _conditioned_background(domain, level, conditions, params, rng)
+    if conditions.small:
+        low, high = SMALL_PATCH_SIZE
+    elif domain == "pretrain":
+        low, high = 40, 58
+    else:
+        low, high = 34 - 6 * level, 54 - 6 * level
     width, height = rng.uniform(low, high, 2)
     x0, y0 = rng.uniform(1, CANVAS - 1 - width), rng.uniform(1, CANVAS - 1 - height)
     patch = rounded_box_mask(x0, y0, x0 + width, y0 + height, 4)
@@ -282,15 +348,16 @@ def render_pattern(label, domain, rng, level=0.0, cast=0.0):
             x0 + 3, y0 + 3, x0 + width - 3, y0 + height - 3, 2)
         ink = np.clip(border + ink * (np.abs(np.gradient(ink)[0]) + np.abs(np.gradient(ink)[1]) > 0), 0, 1)
     paint(canvas, patch * ink, object_colour(colour, domain, cast, rng, params["jitter"]))
-    return finish(canvas, params["noise"], rng, blur=params["blur"], occlusions=params["occlusions"])
+    return _finish_conditioned(canvas, params, conditions, rng)
 
 
-def render(kind, label, domain, rng, level=0.0, cast=0.0):
-    """``kind`` "shapes" or "patterns": one 32x32x3 uint8 image of class ``label``."""
+def render(kind, label, domain, rng, level=0.0, cast=0.0, conditions=NO_CONDITIONS):
+    """``kind`` "shapes" or "patterns": one 32x32x3 uint8 image of class ``label`` (``conditions``:
+    pretraining domain only)."""
     if kind == "shapes":
-        return render_shape(label, domain, rng, level, cast)
+        return render_shape(label, domain, rng, level, cast, conditions)
     if kind == "patterns":
-        return render_pattern(label, domain, rng, level, cast)
+        return render_pattern(label, domain, rng, level, cast, conditions)
     raise ValueError(f"unknown kind {kind!r}; expected 'shapes' or 'patterns'")
 
 

@@ -26,7 +26,7 @@ from engine.utils import atomic_path, is_writable_dir, user_cache_dir
 
 from . import render
 
-PRETRAIN_VERSION = 1  # bump when the pretraining code changes what it produces
+PRETRAIN_VERSION = 2  # bump when the pretraining code changes what it produces
 
 # clip.model.CLIP's arguments. build_model infers every one of them back from the state dict
 # (heads = width // 64, so widths of 64 mean one head). A context of 24 tokens leaves room for
@@ -45,12 +45,15 @@ PRETRAIN_SETTINGS = dict(
     warmup_steps=100,  # linear warm-up, then cosine decay to 0
     max_logit_scale=100.0,  # CLIP's cap on exp(logit_scale)
     images_per_class=240,  # size of the pre-rendered image pool
+    condition_probability=0.5,  # how often a pretraining image is drawn under each named condition
     seed=0,
     threads=1,  # torch threads during pretraining (results depend on it)
 )
 
-# Captions: every class name in every template, tokenised once. "a photo of a {}." is the
-# template the trainers use for this world.
+# Captions: a template around the class name, plus the phrases naming the image's conditions
+# (render.PretrainConditions) in random order. "a photo of a {}." is the template the trainers use
+# for this world. With templates alone the context words carry no information and ToyCLIP learns to
+# ignore them; then a learned context (CoOp, CoCoOp, ProGrad) cannot change its predictions.
 CAPTION_TEMPLATES = [
     "a photo of a {}.",
     "a {}.",
@@ -63,6 +66,10 @@ CAPTION_TEMPLATES = [
     "a {} on a dark background.",
     "a close-up photo of a {}.",
 ]
+SMALL_WORD = "small"  # before the class name
+BACKGROUND_PHRASE = "on a colourful background"
+CLUTTER_PHRASE = "among faint shapes"
+LIGHT_PHRASE = "in {} light"
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's input statistics (as INPUT.PIXEL_MEAN/STD)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -84,7 +91,7 @@ def settings_hash(settings):
                    settings=settings, templates=CAPTION_TEMPLATES,
                    classes=[render.class_names(kind) for kind in KINDS])
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
-    digest.update(render_pool(2, settings["seed"]).numpy().tobytes())
+    digest.update(render_pool(2, settings["seed"], settings["condition_probability"])[0].numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
@@ -152,15 +159,17 @@ def all_class_names():
     return [name for kind in KINDS for name in render.class_names(kind)]
 
 
-def render_pool(images_per_class, seed):
-    """Pre-rendered pretraining images: uint8 tensor [classes * images_per_class, 3, 32, 32], class-major."""
-    images = []
+def render_pool(images_per_class, seed, condition_probability=PRETRAIN_SETTINGS["condition_probability"]):
+    """Pre-rendered pretraining images, class-major: a uint8 tensor [classes * images_per_class, 3, 32, 32]
+    and the ``render.PretrainConditions`` of each image."""
+    images, conditions = [], []
     for kind_index, kind in enumerate(KINDS):
         for label in range(len(render.class_names(kind))):
             for i in range(images_per_class):
                 rng = np.random.default_rng([seed, 7919, kind_index, label, i])
-                images.append(render.render(kind, label, "pretrain", rng))
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+                conditions.append(render.PretrainConditions.sample(rng, condition_probability))
+                images.append(render.render(kind, label, "pretrain", rng, conditions=conditions[-1]))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), conditions
 
 
 def normalise(images):
@@ -170,12 +179,41 @@ def normalise(images):
     return (images.float() / 255 - mean) / std
 
 
-def tokenised_captions():
-    """Long tensor [classes, templates, context_length]."""
+def caption(name, conditions, template, rng):
+    """'a photo of a small red circle in blue light on a colourful background.'"""
+    text = template.format(f"{SMALL_WORD} {name}" if conditions.small else name).rstrip(".")
+    phrases = []
+    if conditions.background:
+        phrases.append(BACKGROUND_PHRASE)
+    if conditions.clutter:
+        phrases.append(CLUTTER_PHRASE)
+    if conditions.light:
+        phrases.append(LIGHT_PHRASE.format(conditions.light))
+    order = rng.permutation(len(phrases))
+    return " ".join([text] + [phrases[i] for i in order]) + "."
+
+
+def random_caption(name, conditions, rng):
+    """``caption`` in a template drawn from ``CAPTION_TEMPLATES``."""
+    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+    return caption(name, conditions, template, rng)
+
+
+def caption_vocabulary():
+    """Sorted ids of every token a caption can contain (with start, end and padding)."""
     import clip
-    captions = [template.format(name) for name in all_class_names() for template in CAPTION_TEMPLATES]
+    pieces = all_class_names() + CAPTION_TEMPLATES + [SMALL_WORD, BACKGROUND_PHRASE, CLUTTER_PHRASE]
+    pieces += [LIGHT_PHRASE.format(light) for light in render.LIGHT_NAMES]
+    return torch.unique(clip.tokenize(pieces, context_length=TOYCLIP_DIMS["context_length"]))
+
+
+def tokenise_captions(captions, vocabulary):
+    """Captions as ids into ``vocabulary`` (the pretraining model's renumbered token table)."""
+    import clip
     tokens = clip.tokenize(captions, context_length=TOYCLIP_DIMS["context_length"])
-    return tokens.view(len(all_class_names()), len(CAPTION_TEMPLATES), -1)
+    if not torch.isin(tokens, vocabulary).all():
+        raise ValueError("a caption holds a token outside caption_vocabulary()")
+    return torch.searchsorted(vocabulary, tokens)
 
 
 def batch_classes(step, batch_size, generator):
@@ -225,9 +263,8 @@ def _pretrain(settings, log):
     start = time.time()
     per_class = settings["images_per_class"]
     log(f"ToyCLIP: rendering {len(all_class_names()) * per_class} pretraining images")
-    pool = render_pool(per_class, settings["seed"])
-    captions = tokenised_captions()
-    num_classes, num_templates = captions.shape[:2]
+    pool, conditions = render_pool(per_class, settings["seed"], settings["condition_probability"])
+    names = all_class_names()
     log(f"ToyCLIP: pretraining for {settings['steps']} steps ({time.time() - start:.0f} s so far)")
 
     # Only the token embeddings of words in the captions get gradients; the pretraining model holds just
@@ -235,8 +272,7 @@ def _pretrain(settings, log):
     # text encoder relies on) and the others keep their initial values, as in full-vocabulary
     # training without weight decay on embeddings. This keeps AdamW off 3.2 M idle parameters.
     full = build_toy_clip()
-    vocabulary = torch.unique(captions)
-    captions = torch.searchsorted(vocabulary, captions)
+    vocabulary = caption_vocabulary()
     model = build_toy_clip(vocab_size=len(vocabulary))
     initial = full.state_dict()
     initial["token_embedding.weight"] = initial["token_embedding.weight"][vocabulary]
@@ -247,6 +283,7 @@ def _pretrain(settings, log):
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=settings["lr"], betas=tuple(settings["betas"]), eps=settings["eps"])
     generator = torch.Generator().manual_seed(settings["seed"])
+    caption_rng = np.random.default_rng(settings["seed"] + 1)
     max_log_scale = math.log(settings["max_logit_scale"])
     model.train()
     running = None
@@ -255,9 +292,10 @@ def _pretrain(settings, log):
             group["lr"] = learning_rate(step, settings)
         classes = batch_classes(step, settings["batch_size"], generator)
         picks = classes * per_class + torch.randint(per_class, (len(classes),), generator=generator)
-        templates = torch.randint(num_templates, (len(classes),), generator=generator)
-        loss = clip_loss(model.encode_image(normalise(pool[picks])), model.encode_text(captions[classes, templates]),
-                         model.logit_scale)
+        captions = [random_caption(names[c], conditions[i], caption_rng)
+                    for c, i in zip(classes.tolist(), picks.tolist())]
+        loss = clip_loss(model.encode_image(normalise(pool[picks])),
+                         model.encode_text(tokenise_captions(captions, vocabulary)), model.logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
