@@ -12,8 +12,8 @@ import train
 from conftest import write_image_folder
 from engine import DATASET_REGISTRY, DatasetBase, Datum, UserError, build_trainer, load_checkpoint
 from trainers.clip_adapter import Adapter, adapted_features
-from trainers.clip_common import encode_class_texts
-from trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid
+from trainers.clip_common import ENSEMBLE_TEMPLATES, encode_class_texts
+from trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid, text_templates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train": slice(0, 4), "val": slice(4, 6), "test": slice(6, 8)}
@@ -188,6 +188,22 @@ def _official_search(cache, features, labels, clip_logits, scale, steps):
             if correct > best:
                 best, best_beta, best_alpha = correct, beta, alpha
     return best_beta, best_alpha, 100.0 * best / len(labels)
+
+
+def test_text_templates_are_the_imagenet_ensemble_on_imagenet_only():
+    assert text_templates("auto", "ImageNet") == ENSEMBLE_TEMPLATES
+    assert text_templates("auto", "ImageNetSketch") == ENSEMBLE_TEMPLATES
+    assert text_templates("auto", "OxfordPets") == ["a photo of a {}, a type of pet."]
+    assert text_templates("dataset", "ImageNet") == ["a photo of a {}."]
+    assert text_templates("ensemble", "OxfordPets") == ENSEMBLE_TEMPLATES
+    with pytest.raises(UserError, match="TEXT_TEMPLATES must be auto, dataset or ensemble"):
+        text_templates("all", "ImageNet")
+
+
+def test_ensemble_text_features_are_the_renormalised_template_mean(build):
+    tip = build("TipAdapter", "TRAINER.TIP_ADAPTER.TEXT_TEMPLATES", "ensemble", "TRAINER.TIP_ADAPTER.SEARCH", "False")
+    per_template = [encode_class_texts(tip.clip_model, tip.classnames, t) for t in ENSEMBLE_TEMPLATES]
+    assert torch.allclose(tip.text_features, F.normalize(torch.stack(per_template).mean(0), dim=-1), atol=1e-6)
 
 
 def test_search_picks_the_brute_force_best_of_the_official_grid():

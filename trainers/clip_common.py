@@ -214,6 +214,12 @@ def encode_class_texts(clip_model, classnames, template):
     return encode_texts(clip_model, class_prompts(classnames, template))
 
 
+def ensemble_class_texts(clip_model, classnames, templates):
+    """Prompt ensembling: per class, the renormalised mean of its unit-norm features over ``templates``."""
+    per_template = [encode_class_texts(clip_model, classnames, t) for t in templates]
+    return F.normalize(sum(per_template) / len(per_template), dim=-1)
+
+
 class TextEncoder(nn.Module):
     """CLIP's text transformer run over prompt *embeddings* (what prompt learners optimise)."""
 

@@ -8,7 +8,8 @@ prediction is added to zero-shot CLIP's:
 
     logits = s * f W_c^T + alpha * exp(-beta (1 - f F_train^T)) L_train
 
-(W_c: the class texts of the dataset's hand-made template; s: CLIP's logit scale, 100 for
+(W_c: the class texts of the dataset's hand-made template, or on ImageNet the average over CLIP's
+seven selected ImageNet templates, as in the official code; s: CLIP's logit scale, 100 for
 OpenAI's weights, the constant of the official code). Tip-Adapter trains nothing; Tip-Adapter-F
 fine-tunes the keys F_train by cross-entropy with alpha and beta fixed at their initial values.
 Both then pick alpha and beta on a grid by accuracy on the *validation* split, never on test (the
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from engine import CN, TRAINER_REGISTRY, UserError, build_lr_scheduler, build_optimizer, config_extension
 
-from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
+from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
 
 
 @config_extension
@@ -39,6 +40,18 @@ def add_tip_adapter_config(cfg):
     cfg.TRAINER.TIP_ADAPTER.SEARCH_SCALE = (7.0, 3.0)  # largest (beta, alpha) of the grid ("search_scale")
     cfg.TRAINER.TIP_ADAPTER.SEARCH_STEP = (200, 20)  # grid points for (beta, alpha) ("search_step")
     cfg.TRAINER.TIP_ADAPTER.ADAM_EPS = 1e-4  # Tip-Adapter-F's AdamW epsilon (official main.py)
+    # Class texts: "dataset" (the dataset's template), "ensemble" (CLIP's seven ImageNet templates,
+    # averaged), or "auto": the ensemble on ImageNet and its variants, the dataset template elsewhere.
+    cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES = "auto"
+
+
+def text_templates(choice, dataset_name):
+    """The templates whose class texts Tip-Adapter averages, by TRAINER.TIP_ADAPTER.TEXT_TEMPLATES."""
+    if choice not in ("auto", "dataset", "ensemble"):
+        raise UserError(f"TRAINER.TIP_ADAPTER.TEXT_TEMPLATES must be auto, dataset or ensemble, got {choice!r}")
+    if choice == "ensemble" or (choice == "auto" and dataset_name.startswith("ImageNet")):
+        return ENSEMBLE_TEMPLATES
+    return [dataset_template(dataset_name)]
 
 
 def search_grid(largest, steps):
@@ -97,8 +110,8 @@ class TipAdapter(FeatureTrainer):
 
     def build_model(self):
         tip = self.cfg.TRAINER.TIP_ADAPTER
-        self.text_features = encode_class_texts(
-            self.clip_model, self.classnames, dataset_template(self.cfg.DATASET.NAME)).to(self.device)
+        templates = text_templates(tip.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
+        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, templates).to(self.device)
         labels = self.split_features("train")[1]
         self.cache = CacheModel(self.cache_keys(), labels, len(self.classnames), tip.INIT_ALPHA, tip.INIT_BETA,
                                 learn_keys=self.learn_keys).to(self.device)

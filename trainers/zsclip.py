@@ -3,11 +3,9 @@
 Class texts come from the dataset's hand-made template (``ZeroshotCLIP``) or from the average of
 that template and CLIP's seven selected ImageNet templates (``ZeroshotCLIP2``); logits are Eq. 1.
 """
-import torch.nn.functional as F
-
 from engine import TRAINER_REGISTRY
 
-from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, encode_class_texts
+from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
 
 
 @TRAINER_REGISTRY.register()
@@ -16,8 +14,7 @@ class ZeroshotCLIP(FeatureTrainer):
         return [dataset_template(self.cfg.DATASET.NAME)]
 
     def build_model(self):
-        per_template = [encode_class_texts(self.clip_model, self.classnames, t) for t in self.templates()]
-        self.text_features = F.normalize(sum(per_template) / len(per_template), dim=-1)
+        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, self.templates())
 
     def model_inference(self, image_features):
         return self.logit_scale * image_features @ self.text_features.t()
