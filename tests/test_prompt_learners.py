@@ -207,6 +207,28 @@ def test_class_specific_contexts_reload_but_refuse_other_classes(build):
         shared.load_model(trained.output_dir, epoch=1)
 
 
+@pytest.mark.parametrize("name", ["CoOp", "CoCoOp"])
+def test_init_weights_start_training_from_a_trained_context(build, name, tmp_path):
+    trained = build(name, "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.NO_TEST", "True", out="run")
+    trained.train()
+    checkpoint = os.path.join(trained.output_dir, "prompt_learner", "model.pth.tar-1")
+    started = build(name, "MODEL.INIT_WEIGHTS", checkpoint, out="started")  # all classes, not only base
+    for key, value in trained.prompt_learner.named_parameters():
+        assert torch.equal(dict(started.prompt_learner.named_parameters())[key], value)
+    fresh = build(name, out="fresh")
+    assert not torch.equal(fresh.prompt_learner.ctx, trained.prompt_learner.ctx)
+
+
+def test_init_weights_from_another_trainer_or_a_missing_file_is_one_line(build, tmp_path):
+    coop = build("CoOp", "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.NO_TEST", "True", out="run")
+    coop.train()
+    checkpoint = os.path.join(coop.output_dir, "prompt_learner", "model.pth.tar-1")
+    with pytest.raises(UserError, match=r"MODEL.INIT_WEIGHTS .*model.pth.tar-1: the checkpoint does not fit"):
+        build("CoCoOp", "MODEL.INIT_WEIGHTS", checkpoint, out="cocoop")
+    with pytest.raises(UserError, match="missing.pth: file not found"):
+        build("CoOp", "MODEL.INIT_WEIGHTS", str(tmp_path / "missing.pth"), out="missing")
+
+
 def test_prograd_template_init_uses_the_dataset_template(build):
     trainer = build("ProGrad", "TRAINER.COOP.N_CTX", "6", "TRAINER.COOP.CTX_INIT", "template")
     assert trainer.prompt_learner.init_text == "X X a photo of a"  # the default template "a photo of a {}."

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from engine import (CN, TRAINER_REGISTRY, TrainerX, UserError, build_lr_scheduler, build_optimizer,
                     config_extension)
+from engine.utils import load_torch
 
 from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
 
@@ -190,9 +191,23 @@ class PromptTrainer(FeatureTrainer):
         optimizer = build_optimizer(self.prompt_learner, self.cfg.OPTIM)
         scheduler = build_lr_scheduler(optimizer, self.cfg.OPTIM)
         self.register_model("prompt_learner", self.prompt_learner, optimizer, scheduler)
+        if self.cfg.MODEL.INIT_WEIGHTS:  # CoOp's way to start from a trained context
+            self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS)
         # fp16: CLIP runs in half precision, the prompt learner stays fp32; amp: autocast + loss scaling.
         use_amp = self.device.type == "cuda" and self.cfg.TRAINER.PREC == "amp"
         self.scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    def load_init_weights(self, path):
+        """Start from the contexts in ``path`` (a checkpoint of this trainer, or its bare state dict)."""
+        state = load_torch(path)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: expected a checkpoint or a state dict")
+        try:
+            self.load_checkpoint_state("prompt_learner", state)
+        except UserError as e:
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: {e}") from None
+        print(f"Initialised the prompt learner from {path}")
 
     @property
     def augments_images(self):
