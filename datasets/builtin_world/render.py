@@ -61,6 +61,7 @@ PATTERN_CLASSES = [f"{colour} {texture}" for colour in COLOUR_NAMES for texture 
 COLOUR_CAST = {"red": "pink", "green": "orange", "blue": "white", "yellow": "purple"}
 
 DOMAINS = ("pretrain", "downstream", "sketch", "noisy")
+SKETCH_SHADING = 0.55  # opacity of the fill under a sketch's outline
 
 # Coloured lights of the pretraining domain: the whole canvas is multiplied by the light's colour,
 # so each light changes every class colour in its own way.
@@ -72,6 +73,7 @@ LIGHTS = {
     "purple": (200, 110, 255),
     "orange": (255, 170, 70),
 }
+LIGHT_NAMES = list(LIGHTS)
 CONDITION_BACKGROUND_LEVEL = 0.35  # a "colourful background" is the downstream background at this level
 CONDITION_CLUTTER_LEVEL = 0.4  # "among faint shapes": distractors as in the downstream domain at this level
 SMALL_SHAPE_RADIUS = (11, 15)  # "small": canvas pixels (pretraining objects: 16 to 24)
@@ -96,9 +98,7 @@ class PretrainConditions:
                    clutter=bool(rng.random() < 0.6 * probability), small=bool(rng.random() < 0.6 * probability))
 
 
-LIGHT_NAMES = list(LIGHTS)
 NO_CONDITIONS = PretrainConditions()
-SKETCH_SHADING = 0.55  # opacity of the fill under a sketch's outline
 
 
 # ---------------------------------------------------------------------------------------------
