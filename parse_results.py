@@ -119,6 +119,7 @@ class Record:
     model_dir: str
     classnames: tuple
     regularizer: float = None
+    backbone_sha256: str = None  # the weights file's hash (results.json's provenance)
 
     @property
     def run_key(self):
@@ -196,7 +197,18 @@ def load_record(path):
         train_shots=int(train_shots) if train_shots is not None else content["shots"],
         model_dir=content.get("model_dir") or "",
         classnames=tuple(sorted(content.get("per_class_accuracy", {}))),
-        regularizer=optional_number(content, "llu_regularizer", path))
+        regularizer=optional_number(content, "llu_regularizer", path),
+        backbone_sha256=backbone_sha256(content, path))
+
+
+def backbone_sha256(content, path):
+    provenance = content.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        raise ResultsError(f"{path}: field 'provenance' must be an object")
+    value = provenance.get("backbone_sha256")
+    if value is not None and not isinstance(value, str):
+        raise ResultsError(f"{path}: field 'provenance.backbone_sha256' must be a string, got {value!r}")
+    return value
 
 
 def load_records(root):
@@ -767,6 +779,21 @@ def add_bench(report, bench_paths):
         report.figures["figure3_step_time.png"] = lambda path: plot_bench(benches[0], path)
 
 
+def mixed_weights_warnings(records, table):
+    """One warning per backbone name whose runs in ``table`` come from different weights files."""
+    by_backbone = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.backbone_sha256:
+            by_backbone[r.method.backbone][r.backbone_sha256].append(r.path)
+    warnings = []
+    for backbone, by_hash in sorted(by_backbone.items()):
+        if len(by_hash) > 1:
+            parts = ", ".join(f"{digest[:12]}... in {len(paths)} run(s) (e.g. {paths[0]})"
+                              for digest, paths in sorted(by_hash.items(), key=lambda item: -len(item[1])))
+            warnings.append(f"{table} mix runs of backbone {backbone!r} with different weights: {parts}")
+    return warnings
+
+
 def build_report(root, bench=None):
     """Read ``root`` (and a step-time file) and build every table the records allow."""
     if not osp.isdir(root):
@@ -781,6 +808,10 @@ def build_report(root, bench=None):
     add_transfer(report, classified)
     add_bench(report, bench_paths)
     report.json["notes"] = classified.notes
+    report.json["warnings"] = (
+        mixed_weights_warnings([r for pair in classified.base2new for r in pair], "the base-to-new tables")
+        + mixed_weights_warnings(classified.cross_dataset + classified.domain_generalization + classified.sources,
+                                 "the transfer tables"))
     report.json["num_records"] = len(records)
     if not report.sections:
         report.sections.append(f"No table: {len(records)} record(s) found, none fits a table.")
@@ -809,6 +840,8 @@ def main(argv=None):
     print(report.markdown, end="")
     for note in report.json["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    for warning in report.json["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     for path in write_report(report, args.out or args.output_dir):
         print(f"wrote {path}", file=sys.stderr)
 

@@ -184,6 +184,7 @@ class ProjectTrainerMixin:
     test = _builtin_trainer.SimpleTrainer.test
     training_source = _builtin_trainer.SimpleTrainer.training_source
     extra_results = _builtin_trainer.SimpleTrainer.extra_results
+    provenance = _builtin_trainer.SimpleTrainer.provenance
     parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)
 
     def __init__(self, cfg):

@@ -12,8 +12,8 @@ from .data.data_manager import DataManager
 from .errors import UserError
 from .evaluation import build_evaluator
 from .registry import Registry
-from .utils import (AverageMeter, MetricMeter, atomic_path, load_checkpoint, mkdir_if_missing, save_checkpoint,
-                    write_json)
+from .utils import (AverageMeter, MetricMeter, atomic_path, load_checkpoint, mkdir_if_missing, run_provenance,
+                    save_checkpoint, write_json)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
@@ -329,6 +329,7 @@ class SimpleTrainer(TrainerBase):
         }
         record.update(self.training_source())
         record.update(self.extra_results())
+        record["provenance"] = self.provenance()
         mkdir_if_missing(self.output_dir)
         path = osp.join(self.output_dir, "results.json")
         write_json(record, path)
@@ -353,6 +354,10 @@ class SimpleTrainer(TrainerBase):
     def extra_results(self):
         """Trainer-specific entries for results.json (e.g. a regulariser value)."""
         return {}
+
+    def provenance(self):
+        """results.json's record of what produced the numbers (trainers add their weights' hash)."""
+        return run_provenance(self.device)
 
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

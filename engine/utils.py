@@ -1,8 +1,14 @@
-"""Small helpers with Dassl's names, plus atomic file writes."""
+"""Small helpers with Dassl's names, plus atomic file writes and run provenance."""
+import datetime
+import functools
+import hashlib
+import importlib.metadata
 import json
 import os
 import os.path as osp
+import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -12,6 +18,50 @@ import numpy as np
 import torch
 
 from .errors import UserError
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=1)
+def git_state():
+    """(commit, has uncommitted changes) of the project's checkout, or (None, None) outside one."""
+    try:
+        commit = subprocess.run(["git", "-C", _REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", _REPO, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, bool(changes)
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def run_provenance(device):
+    """What produced a result, for results.json: code, library versions, hardware and time."""
+    commit, dirty = git_state()
+    if device.type == "cuda":
+        hardware = {"gpu": torch.cuda.get_device_name(device)}
+    else:
+        hardware = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": platform.machine()}
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "clip": package_version("clip-anytorch"), "numpy": np.__version__,
+            **hardware, "torch_threads": torch.get_num_threads(),
+            "utc_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def set_random_seed(seed):
@@ -211,7 +261,6 @@ def compute_accuracy(output, target, topk=(1,)):
 
 
 def collect_env_info():
-    import platform
     lines = [f"Python: {platform.python_version()}", f"PyTorch: {torch.__version__}",
              f"CUDA available: {torch.cuda.is_available()}", f"CPU threads: {torch.get_num_threads()}"]
     if torch.cuda.is_available():

@@ -45,7 +45,7 @@ def build_world(root, overrides):
         generate.ensure_dataset(root, name, **overrides)
         timings[name] = time.time() - start
     start = time.time()
-    toyclip.ensure_toy_clip_weights()
+    toyclip.weights_file()
     timings["ToyCLIP"] = time.time() - start
     return timings
 

@@ -53,14 +53,7 @@ def image_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def shapes_world():
-    """The built-in world (generated Shapes datasets + pretrained ToyCLIP), built once per machine.
-
-    Returns the data root to pass as DATASET.ROOT; the backbone name is "toy". The first call on a
-    new machine generates the images and pretrains ToyCLIP (a few CPU minutes); later calls reuse
-    the caches.
-    """
-    from datasets.builtin_world.toyclip import ensure_toy_clip_weights
+    """The built-in world's data root (pass it as DATASET.ROOT; the backbone is "toy", ToyCLIP's
+    shipped weights). Each dataset is generated on first use and reused afterwards."""
     from engine.utils import user_cache_dir
-    root = os.environ.get("LLU_WORLD_ROOT") or user_cache_dir("world")
-    ensure_toy_clip_weights()
-    return root
+    return os.environ.get("LLU_WORLD_ROOT") or user_cache_dir("world")

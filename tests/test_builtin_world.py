@@ -46,6 +46,23 @@ def test_colour_cast_moves_only_base_colours_and_only_outside_pretraining():
         assert np.allclose(downstream, true) == (colour not in render.BASE_COLOURS)
 
 
+def test_sine_wave_is_sine_shaped():
+    t = np.arange(-2048, 2049, dtype=np.float32) / 1024  # exact in float32, as is t + 1
+    wave = render.sine_wave(t)
+    assert wave.dtype == np.float32
+    assert np.abs(wave - np.sin(2 * np.pi * t)).max() < 0.06  # two parabolic arcs per period
+    assert np.array_equal(render.sine_wave(t + 1), wave)
+
+
+def test_the_world_holds_the_reference_images(shapes_world):
+    # The same datasets on every machine: the renderer uses no transcendental array functions (whose
+    # SIMD code paths differ between CPUs). If this fails on your machine, the world differs there.
+    for name in generate.DATASETS:
+        dataset_dir = generate.ensure_dataset(shapes_world, name)
+        with open(osp.join(dataset_dir, generate.STAMP_FILE)) as f:
+            assert json.load(f)["content_sha256"] == generate.REFERENCE_CONTENT_SHA256[name], name
+
+
 def test_same_settings_give_identical_files(tmp_path):
     first = generate.ensure_dataset(tmp_path / "a", "Patterns", **SMALL)
     second = generate.ensure_dataset(tmp_path / "b", "Patterns", **SMALL)
@@ -177,9 +194,12 @@ def test_every_dataset_has_a_config_file():
 
 @pytest.fixture(scope="module")
 def tiny_toyclip(tmp_path_factory):
-    """A ToyCLIP file pretrained for two steps (same code path as the real one)."""
-    folder = tmp_path_factory.mktemp("toyclip")
-    return str(folder), toyclip.ensure_toy_clip_weights(cache_dir=str(folder), **TINY_PRETRAINING)
+    """A ToyCLIP pretrained for two steps, saved in the shipped format (same code path as the real one)."""
+    path = str(tmp_path_factory.mktemp("toyclip") / "tiny.npz")
+    settings = toyclip.pretrain_settings(**TINY_PRETRAINING)
+    state_dict = toyclip.pretrain_toy_clip(settings, log=lambda _: None)
+    toyclip.save_weights(state_dict, path, dict(seed=settings["seed"], settings_hash="tiny"))
+    return path, state_dict
 
 
 def test_pretraining_covers_every_class_of_every_dataset():
@@ -190,8 +210,10 @@ def test_pretraining_covers_every_class_of_every_dataset():
 
 def test_weights_round_trip_through_clip_build_model(tiny_toyclip):
     import clip.model
-    _, path = tiny_toyclip
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    path, pretrained = tiny_toyclip
+    state_dict = toyclip.read_weights(path)
+    assert set(state_dict) == set(pretrained)
+    assert all(torch.equal(state_dict[k], pretrained[k]) for k in pretrained)  # the file loses nothing
     model = clip.model.build_model(dict(state_dict)).float()
     assert model.context_length == toyclip.TOYCLIP_DIMS["context_length"]
     assert model.visual.input_resolution == toyclip.TOYCLIP_DIMS["image_resolution"]
@@ -199,6 +221,42 @@ def test_weights_round_trip_through_clip_build_model(tiny_toyclip):
     assert set(rebuilt) == set(state_dict)
     for key, value in state_dict.items():  # build_model stores weight matrices as fp16: equal up to that
         assert torch.equal(rebuilt[key], value) or torch.equal(rebuilt[key], value.half().float()), key
+
+
+def test_weights_file_bytes_depend_on_the_weights_only(tiny_toyclip, tmp_path):
+    path, state_dict = tiny_toyclip
+    again = str(tmp_path / "again.npz")
+    toyclip.save_weights(state_dict, again, dict(seed=0, settings_hash="tiny"))
+    with open(path, "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_shipped_weights_are_checked_and_come_from_this_code():
+    path = toyclip.weights_file()
+    metadata = toyclip.read_metadata(path)
+    # Changing the renderer, the captions or a pretraining setting changes this hash: then rebuild
+    # and ship new weights (python -m datasets.builtin_world.toyclip rebuild).
+    assert metadata["settings_hash"] == toyclip.settings_hash(toyclip.pretrain_settings())
+    assert metadata["pretrain_version"] == toyclip.PRETRAIN_VERSION
+
+
+def test_a_modified_shipped_file_is_one_user_error(tmp_path, monkeypatch):
+    with open(toyclip.SHIPPED_FILE, "rb") as f:
+        content = f.read()
+    copy = tmp_path / "toyclip-v3.npz"
+    copy.write_bytes(content[:len(content) // 2])  # a partial copy
+    monkeypatch.setattr(toyclip, "SHIPPED_FILE", str(copy))
+    with pytest.raises(UserError, match=f"{copy}: sha256 .* differs from the shipped"):
+        toyclip.weights_file()
+    with pytest.raises(UserError, match=f"{copy}: not a ToyCLIP weights file"):
+        toyclip.read_weights(str(copy))
+
+
+def test_a_weights_file_holding_objects_is_refused_without_unpickling(tmp_path, tiny_toyclip):
+    path = str(tmp_path / "evil.npz")
+    np.savez(path, metadata=np.array([{"seed": 0}], dtype=object))
+    with pytest.raises(UserError, match="not a ToyCLIP weights file"):
+        toyclip.read_weights(path)
 
 
 def test_pretraining_is_deterministic_and_leaves_global_state_alone():
@@ -215,14 +273,20 @@ def test_pretraining_trains_the_caption_token_embeddings_only():
     import clip
     settings = toyclip.pretrain_settings(**TINY_PRETRAINING)
     trained = toyclip.pretrain_toy_clip(settings, log=lambda _: None)["token_embedding.weight"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings["seed"])
-        initial = toyclip.build_toy_clip().token_embedding.weight.detach()
+    initial = toyclip.portable_token_embedding(settings["seed"])
     in_captions = torch.zeros(len(initial), dtype=torch.bool)
     in_captions[toyclip.caption_vocabulary()] = True
     changed = (trained != initial).any(dim=1)
     assert not changed[~in_captions].any()  # as full-vocabulary training would leave them
     assert changed[clip.tokenize(["red zigzag"])[0, 1:4]].all()
+
+
+def test_the_portable_token_embedding_has_clips_scale():
+    embedding = toyclip.portable_token_embedding(0)
+    assert embedding.shape == (49408, 64) and embedding.dtype == torch.float32
+    assert abs(embedding.std().item() - toyclip.TOKEN_EMBEDDING_STD) < 1e-4
+    assert torch.equal(embedding, toyclip.portable_token_embedding(0))
+    assert not torch.equal(embedding, toyclip.portable_token_embedding(1))
 
 
 def test_captions_name_the_conditions_an_image_was_drawn_under():
@@ -259,38 +323,3 @@ def test_pretraining_conditions_change_the_drawing_and_only_in_pretraining():
     with pytest.raises(ValueError, match="pretraining"):
         render.render("shapes", 0, "downstream", np.random.default_rng(3), level=0.3,
                       conditions=render.PretrainConditions(small=True))
-
-
-def test_settings_change_the_file_name(tiny_toyclip):
-    folder, path = tiny_toyclip
-    assert toyclip.ensure_toy_clip_weights(cache_dir=folder, **TINY_PRETRAINING) == path
-    other = toyclip.settings_hash(toyclip.pretrain_settings(steps=3, images_per_class=2))
-    assert other not in path and toyclip.settings_hash(toyclip.pretrain_settings(**TINY_PRETRAINING)) in path
-
-
-def test_damaged_weight_file_is_rebuilt(tiny_toyclip, tmp_path, capsys):
-    _, good = tiny_toyclip
-    path = osp.join(str(tmp_path), osp.basename(good))
-    with open(good, "rb") as f:
-        content = f.read()
-    with open(path, "wb") as f:
-        f.write(content[:len(content) // 2])  # a partial copy
-    assert toyclip.ensure_toy_clip_weights(cache_dir=str(tmp_path), **TINY_PRETRAINING) == path
-    assert "damaged" in capsys.readouterr().out
-    with open(path, "rb") as f:
-        assert f.read() == content  # the same weights, byte for byte
-
-
-def test_cache_folder_comes_from_the_environment(monkeypatch, tiny_toyclip):
-    folder, path = tiny_toyclip
-    monkeypatch.setenv("LLU_TOYCLIP_DIR", folder)
-    assert toyclip.ensure_toy_clip_weights(**TINY_PRETRAINING) == path
-
-
-def test_unwritable_cache_folder_is_one_user_error(tmp_path, monkeypatch):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("LLU_TOYCLIP_DIR", str(blocker / "toyclip"))
-    message = f"{blocker}/toyclip: cannot write the ToyCLIP weights there; set LLU_TOYCLIP_DIR"
-    with pytest.raises(UserError, match=message):
-        toyclip.ensure_toy_clip_weights(**TINY_PRETRAINING)

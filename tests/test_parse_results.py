@@ -302,3 +302,20 @@ def test_tables_get_the_usual_file_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (os.stat(tmp_path / "tables.md").st_mode & 0o777) == 0o644
+
+
+def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys):
+    root = str(tmp_path / "tree")
+    for seed, digest in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
+        write_pair(root, "Shapes", "LLU", seed, 80.0, 70.0, provenance={"backbone_sha256": digest})
+    pr.main([root])
+    err = capsys.readouterr().err
+    assert "warning: the base-to-new tables mix runs of backbone 'toy' with different weights" in err
+    assert "aaaaaaaaaaaa... in 4 run(s)" in err and "bbbbbbbbbbbb... in 2 run(s)" in err
+    tables = json.loads(open(os.path.join(root, "tables.json")).read())
+    assert len(tables["warnings"]) == 1
+
+
+def test_one_set_of_weights_gives_no_warning(base2new_tree, capsys):
+    pr.main([base2new_tree])
+    assert "warning" not in capsys.readouterr().err

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_close
 
 import train
 from conftest import write_image_folder
@@ -117,7 +118,7 @@ def test_word_initialised_prompts_encode_like_the_written_sentence(tiny_clip_fil
     with torch.no_grad():
         features = TextEncoder(model)(learner(), learner.tokenized_prompts)
         expected = model.encode_text(tokenize([sentence.format("blue"), sentence.format("dark green")], model))
-    assert torch.allclose(features, expected, atol=1e-5)
+    assert_close(features, expected)
 
 
 def test_short_init_fills_the_last_context_vectors_and_templates_become_contexts(tiny_clip_file):
@@ -151,7 +152,7 @@ def test_checkpoint_reproduces_logits_and_moves_to_new_classes(build, name):
     with torch.no_grad():
         assert not torch.allclose(reloaded.model_inference(features), expected)
         reloaded.load_model(run_dir, epoch=1)
-        assert torch.allclose(reloaded.model_inference(features), expected, atol=1e-6)
+        assert_close(reloaded.model_inference(features), expected)
 
     # Base-to-new: the trained context with the new classes' names.
     new = build(name, "DATASET.SUBSAMPLE_CLASSES", "new", out="new")
@@ -271,10 +272,15 @@ def test_prograd_step_follows_the_projected_cross_entropy_gradient(build):
     kl_grad, = torch.autograd.grad(kl, ctx)
     dot = (ce_grad * kl_grad).sum()
     assert dot < 0
-    expected = start - lr * (ce_grad - lam * dot / kl_grad.pow(2).sum() * kl_grad)
+    projected_step = -lr * (ce_grad - lam * dot / kl_grad.pow(2).sum() * kl_grad)
 
     trainer.forward_backward(batch)
-    assert torch.allclose(ctx, expected, atol=1e-6)
+    # The step, not the context, is compared: its size sets the round-off of the gradients (the two
+    # sides sum the KL in other orders; measured 4e-7 to 1e-6 of the step). The unprojected step
+    # differs from it by a third of its size.
+    step = ctx.detach() - start
+    assert_close(step, projected_step)
+    assert (step + lr * ce_grad).abs().max() > 0.1 * projected_step.abs().max()
 
 
 @pytest.fixture(scope="module")

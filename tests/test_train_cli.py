@@ -42,6 +42,27 @@ def test_zero_shot_eval_prints_dassl_lines_and_writes_results(image_folder, tiny
     assert "INPUT.SIZE (224, 224) differs from the model's input resolution 32" in printed
 
 
+def test_results_record_what_produced_them(image_folder, tiny_clip_file, tmp_path, monkeypatch):
+    import datetime
+    import hashlib
+
+    import torch
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    train.cli(_args(image_folder, tiny_clip_file, out, "--eval-only", "--seed", "0"))
+    provenance = json.loads((out / "results.json").read_text())["provenance"]
+    with open(tiny_clip_file, "rb") as f:
+        assert provenance["backbone_sha256"] == hashlib.sha256(f.read()).hexdigest()
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert provenance["git_commit"] == (commit or None)
+    assert provenance["torch"] == torch.__version__ and provenance["clip"]
+    assert provenance["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    stamp = datetime.datetime.strptime(provenance["utc_time"], "%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    assert abs((now - stamp).total_seconds()) < 3600
+
+
 def test_config_is_layered_dataset_then_trainer_then_flags_then_options(tmp_path):
     trainer_yaml = tmp_path / "t.yaml"
     trainer_yaml.write_text("OPTIM:\n  LR: 0.5\n  MAX_EPOCH: 3\nDATASET:\n  NUM_SHOTS: 4\n")

@@ -1,6 +1,6 @@
 """What every CLIP trainer shares, written once.
 
-- loading CLIP weights by name (OpenAI's table, the project's own ``toy``) or from a file;
+- loading CLIP weights by name (OpenAI's table, the project's shipped ``toy``) or from a file;
 - precision (fp16 only where a GPU runs it);
 - the per-dataset prompt templates and class-text encoding;
 - the text encoder over prompt embeddings used by prompt-learning trainers;
@@ -9,7 +9,6 @@
 """
 import contextlib
 import hashlib
-import importlib
 import json
 import os
 import os.path as osp
@@ -25,7 +24,8 @@ from tqdm import tqdm
 
 from engine import CN, TrainerX, UserError, compute_accuracy, config_extension
 from engine.data import DatasetWrapper
-from engine.utils import load_torch, save_torch, user_cache_dir
+from datasets.builtin_world import toyclip
+from engine.utils import file_sha256, load_torch, save_torch, user_cache_dir
 
 
 @config_extension
@@ -40,8 +40,7 @@ def add_clip_config(cfg):
 # ---------------------------------------------------------------------------------------------
 # Loading weights
 
-# Weights this project makes itself, by name -> "module:function returning a file path".
-PROJECT_WEIGHTS = {"toy": "datasets.builtin_world.toyclip:ensure_toy_clip_weights"}
+TOY_BACKBONE = "toy"  # the built-in world's ToyCLIP, shipped with the project
 
 
 def openai_download_root():
@@ -50,9 +49,8 @@ def openai_download_root():
 
 def resolve_weights(name):
     """Map a backbone name (``ViT-B/16``, ``toy``) or a file path to a local weights file."""
-    if name in PROJECT_WEIGHTS:
-        module_name, fn_name = PROJECT_WEIGHTS[name].split(":")
-        return getattr(importlib.import_module(module_name), fn_name)()
+    if name == TOY_BACKBONE:
+        return toyclip.weights_file()
     if name in clip.clip._MODELS:
         url = clip.clip._MODELS[name]
         root = openai_download_root()
@@ -68,7 +66,7 @@ def resolve_weights(name):
                 f"or pass the weights file path as --backbone") from None
     if osp.isfile(osp.expanduser(name)):
         return osp.expanduser(name)
-    names = ", ".join(list(clip.available_models()) + list(PROJECT_WEIGHTS))
+    names = ", ".join(list(clip.available_models()) + [TOY_BACKBONE])
     raise UserError(f"MODEL.BACKBONE.NAME {name!r}: neither a known model ({names}) nor an existing file")
 
 
@@ -77,7 +75,10 @@ def read_clip_state_dict(path):
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path}: not a CLIP weights file (expected OpenAI's .pt archive or a torch.save'd state dict)")
     with zipfile.ZipFile(path) as archive:
-        is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+        names = archive.namelist()
+    if toyclip.is_weights_archive(names):
+        return toyclip.read_weights(path)
+    is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
     if is_torchscript:
         try:
             return torch.jit.load(path, map_location="cpu").state_dict()
@@ -91,20 +92,16 @@ def read_clip_state_dict(path):
     return state_dict
 
 
-_weights_ids = {}
+_weights_sha256 = {}
 
 
-def weights_id(path):
-    """A content hash of a weights file (memoised per process by path, size and mtime)."""
+def weights_sha256(path):
+    """The sha256 of a weights file (memoised per process by path, size and mtime)."""
     stat = os.stat(path)
     key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _weights_ids:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _weights_ids[key] = digest.hexdigest()[:16]
-    return _weights_ids[key]
+    if key not in _weights_sha256:
+        _weights_sha256[key] = file_sha256(path)
+    return _weights_sha256[key]
 
 
 _warned_fp16_on_cpu = False
@@ -132,7 +129,8 @@ def load_clip(name, device="cpu", prec="fp32"):
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model.weights_id = weights_id(path)
+    model.weights_sha256 = weights_sha256(path)
+    model.weights_id = model.weights_sha256[:16]
     model.backbone_name = name
     return model
 
@@ -341,6 +339,9 @@ class ClipTrainer(TrainerX):
     @property
     def logit_scale(self):
         return self.clip_model.logit_scale.exp().float()
+
+    def provenance(self):
+        return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
 
     def autocast(self):
         """Mixed precision for the training step; trainers that support amp return an autocast."""

@@ -4,6 +4,6 @@ a small CLIP pretrained on them, so that every trainer runs end to end without d
 - ``render``: drawing one image of a class in a domain;
 - ``generate``: ``ensure_dataset(root, name)`` writes a dataset in CoOp's layout;
 - ``readers``: the registered dataset classes (importing this package registers them);
-- ``toyclip``: ``ensure_toy_clip_weights()`` pretrains ToyCLIP once and returns its weights file.
+- ``toyclip``: ToyCLIP, a small CLIP pretrained on the world; ``weights_file()`` is its shipped weights.
 """
 from . import readers  # noqa: F401

@@ -29,7 +29,7 @@ from engine.utils import is_writable_dir
 
 from . import render
 
-GENERATOR_VERSION = 1  # bump when this file changes what it writes
+GENERATOR_VERSION = 2  # bump when this file changes what it writes
 STAMP_FILE = "world.json"
 
 
@@ -47,6 +47,17 @@ class DatasetSpec:
 # trained on the base classes raises base accuracy while lowering new-class accuracy.
 WORLD_SHIFT = dict(level=0.25, cast=0.55)
 WORLD_SEED = 1
+
+# What the datasets hold when generated with the settings above: a sha256 over every image's pixels
+# and its split entry, in order (``write_dataset``; PNG bytes are not hashed, as zlib versions differ).
+# The renderer uses only IEEE + - * / and integer arithmetic on arrays, so every machine should
+# give these; ``ensure_dataset`` warns where one does not, and tests/test_builtin_world.py checks it.
+REFERENCE_CONTENT_SHA256 = {
+    "Shapes": "765741d33dbae19b805b4e12190d99f796347546d45b4931713229102e7b22ac",
+    "ShapesSketch": "57c3c9a8c18399afe822b3297c7dd419e1b706fff872489cb56aafbe022642a7",
+    "ShapesNoisy": "920bb6bdc3790e1637b27288cc20fffc4046ad1725a04c399bf500d1ccc4e835",
+    "Patterns": "30d3aa46ae0c8ce38048b40878b1ad81877f675a29d5d3e5442805467b48c08e",
+}
 
 DATASETS = {
     "Shapes": DatasetSpec("shapes", "shapes", "downstream", (48, 8, 20)),  # the world's "ImageNet"
@@ -101,20 +112,38 @@ def render_image(settings, label, index):
 
 
 def write_dataset(dataset_dir, settings, stamp_hash):
-    """Write images, split file and stamp into ``dataset_dir`` (an empty folder)."""
+    """Write images, split file and stamp into ``dataset_dir`` (an empty folder); returns the
+    dataset's content hash (``content_sha256``)."""
     image_dir = osp.join(dataset_dir, "images")
     split = {"train": [], "val": [], "test": []}
+    content = hashlib.sha256()
     n_train, n_val, n_test = settings["split_sizes"]
     for label, classname in enumerate(settings["classes"]):
         folder = class_folder(classname)
         os.makedirs(osp.join(image_dir, folder))
         for index in range(n_train + n_val + n_test):
             relative = f"{folder}/{index:04d}.png"
-            Image.fromarray(render_image(settings, label, index)).save(osp.join(image_dir, relative))
+            pixels = render_image(settings, label, index)
+            Image.fromarray(pixels).save(osp.join(image_dir, relative))
             part = "train" if index < n_train else "val" if index < n_train + n_val else "test"
             split[part].append([relative, label, classname])
+            content.update(f"{part}/{relative}/{label}/{classname}\n".encode())
+            content.update(pixels.tobytes())
     write_json(split, osp.join(dataset_dir, split_file_name(settings["name"])))
-    write_json({"hash": stamp_hash, "settings": settings}, osp.join(dataset_dir, STAMP_FILE))
+    content_sha256 = content.hexdigest()
+    write_json({"hash": stamp_hash, "content_sha256": content_sha256, "settings": settings},
+               osp.join(dataset_dir, STAMP_FILE))
+    return content_sha256
+
+
+def check_content(name, content_sha256, overrides):
+    """Say so when a dataset with the default settings came out other than on the reference machine."""
+    expected = REFERENCE_CONTENT_SHA256.get(name)
+    if overrides or expected is None or content_sha256 == expected:
+        return
+    print(f"Warning: the built-in dataset {name} came out different on this machine (content sha256 "
+          f"{content_sha256[:12]}..., reference {expected[:12]}...): its images differ, so tables will not "
+          f"match the README's. Please report this with your CPU and the versions of NumPy and Pillow.")
 
 
 def split_file_name(name):
@@ -154,7 +183,8 @@ def ensure_dataset(root, name, **overrides):
     print(f"Generating the built-in dataset {name} in {dataset_dir}")
     building = tempfile.mkdtemp(dir=root, prefix=f".{settings['folder']}.building-")
     try:
-        write_dataset(building, settings, expected_hash)
+        content_sha256 = write_dataset(building, settings, expected_hash)
+        check_content(name, content_sha256, overrides)
         if is_current(dataset_dir, settings, expected_hash):  # another process finished first: use its copy
             return dataset_dir
         if osp.exists(dataset_dir):  # stale: move it aside first, so the rename below cannot fail on it

@@ -29,7 +29,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-RENDER_VERSION = 1  # bump when drawing changes: generated datasets and ToyCLIP rebuild
+RENDER_VERSION = 2  # bump when drawing changes: generated datasets and ToyCLIP rebuild
 CANVAS = 64
 IMAGE_SIZE = 32
 
@@ -158,6 +158,16 @@ def shape_mask(shape, cx, cy, radius, angle, outline=0):
 _GRID = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float32)
 
 
+def sine_wave(t):
+    """A sine-shaped wave of period 1 in [-1, 1] from + - * only: two parabolic arcs, 16 r (1/2 - r).
+
+    NumPy's sin takes other SIMD code paths on other CPUs and differs in the last bits, which can
+    flip a pixel of a thresholded texture; IEEE + - * give the same bits on every machine.
+    """
+    r = t % 0.5
+    return np.where(t % 1.0 < 0.5, 1.0, -1.0).astype(r.dtype) * 16 * r * (0.5 - r)
+
+
 def texture_mask(texture, period, angle, phase):
     """A periodic two-level pattern over the whole canvas (1 = ink)."""
     ys, xs = _GRID
@@ -175,7 +185,7 @@ def texture_mask(texture, period, angle, phase):
     elif texture == "grid":
         ink = ((u % p) < p * 0.25) | ((v % p) < p * 0.25)
     elif texture == "waves":
-        ink = ((u + p * 0.45 * np.sin(2 * np.pi * v / (1.6 * p))) % p) < p * 0.5
+        ink = ((u + p * 0.45 * sine_wave(v / (1.6 * p))) % p) < p * 0.5
     elif texture == "zigzag":
         tri = np.abs((v / p) % 2 - 1)  # triangle wave in [0, 1]
         ink = ((u + p * 1.1 * tri) % p) < p * 0.45

@@ -1,32 +1,40 @@
-"""ToyCLIP: OpenAI's CLIP architecture at toy size, pretrained here on the world's "pretrain" domain.
+"""ToyCLIP: OpenAI's CLIP architecture at toy size, pretrained on the world's "pretrain" domain.
 
-``ensure_toy_clip_weights()`` returns the path of an OpenAI-format state dict (``torch.save`` of
-``CLIP.state_dict()``), pretraining it on first use (a few CPU minutes) and reusing it afterwards.
-It is loaded exactly like real weights: ``clip.model.build_model(state_dict).float()``.
+The project ships its pretrained weights (``toyclip-v3.npz`` beside this file, sha256
+``SHIPPED_SHA256``), so every machine runs the same ToyCLIP: float32 training gives other bits on
+other CPUs (other SIMD kernels in MKL, oneDNN and ATen), and a model pretrained on each machine
+would make every table in the README one draw among many. ``weights_file()`` returns the shipped
+file after checking its hash; ``read_weights(path)`` gives the OpenAI-format state dict that
+``clip.model.build_model`` reads, as for real weights.
 
-The file lives in ``$LLU_TOYCLIP_DIR`` (default ``$LLU_CACHE/toyclip``, i.e. ``~/.cache/llu/toyclip``)
-and its name carries a hash of everything that determines it (architecture, pretraining settings,
-caption templates, class names, renderer version), so changing any of them pretrains a new model.
+The pretraining code stays: ``python -m datasets.builtin_world.toyclip rebuild`` pretrains from
+scratch and compares the result with the shipped file (bit-identical on the machine class that
+made it; elsewhere it prints how far the weights are apart).
+
+The file is an ``.npz`` (read with ``allow_pickle=False``) written byte-for-byte deterministically.
+It holds every tensor of the state dict except the token embedding's rows for words that never
+occur in a caption: those are never trained and are filled on reading from a portable generator
+(``portable_token_embedding``), which keeps the file at 1 MB instead of 13 MB.
 """
-import functools
+import argparse
 import hashlib
-import io
 import json
 import math
-import os
 import os.path as osp
+import sys
 import time
+import zipfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from engine import UserError
-from engine.utils import atomic_path, is_writable_dir, user_cache_dir
+from engine.utils import atomic_path, file_sha256
 
 from . import render
 
-PRETRAIN_VERSION = 2  # bump when the pretraining code changes what it produces
+PRETRAIN_VERSION = 3  # bump when the pretraining code changes what it produces (then rebuild and ship)
 
 # clip.model.CLIP's arguments. build_model infers every one of them back from the state dict
 # (heads = width // 64, so widths of 64 mean one head). A context of 24 tokens leaves room for
@@ -49,6 +57,11 @@ PRETRAIN_SETTINGS = dict(
     seed=0,
     threads=1,  # torch threads during pretraining (results depend on it)
 )
+
+# The weights this version of the project ships, and the sha256 of that file.
+SHIPPED_FILE = osp.join(osp.dirname(osp.abspath(__file__)), "toyclip-v3.npz")
+SHIPPED_SHA256 = "b8848cba72f6d6f22cc50a01e04de621fc8fd2ff443b6f17a7e49dc79bfa0b0d"
+TOKEN_EMBEDDING_STD = 0.02  # CLIP's initialisation of the token embedding
 
 # Captions: a template around the class name, plus the phrases naming the image's conditions
 # (render.PretrainConditions) in random order. "a photo of a {}." is the template the trainers use
@@ -86,7 +99,8 @@ def pretrain_settings(**overrides):
 
 def settings_hash(settings):
     """A short hash of everything that determines the pretrained weights, including two rendered
-    pretraining images per class (so a change to the drawing code is noticed without a version bump)."""
+    pretraining images per class (so a change to the drawing code is noticed without a version bump).
+    The shipped file records the hash of the code that made it (a test compares the two)."""
     content = dict(version=PRETRAIN_VERSION, render_version=render.RENDER_VERSION, dims=TOYCLIP_DIMS,
                    settings=settings, templates=CAPTION_TEMPLATES,
                    classes=[render.class_names(kind) for kind in KINDS])
@@ -95,55 +109,99 @@ def settings_hash(settings):
     return digest.hexdigest()[:12]
 
 
-def toyclip_dir():
-    return os.environ.get("LLU_TOYCLIP_DIR") or user_cache_dir("toyclip")
+# ---------------------------------------------------------------------------------------------
+# The weights file
+
+def portable_token_embedding(seed, vocab_size=TOYCLIP_DIMS["vocab_size"], width=TOYCLIP_DIMS["transformer_width"]):
+    """The initial token embedding: uniform with CLIP's std 0.02, the same bits on every machine.
+
+    NumPy's PCG64 doubles come from integer arithmetic, and the scaling is IEEE + - *, so unlike
+    torch's normal_ (whose vectorised kernels differ between CPUs) nothing here depends on the CPU.
+    """
+    uniform = np.random.Generator(np.random.PCG64([seed, 31337])).random((vocab_size, width))
+    return torch.from_numpy(((2 * uniform - 1) * (TOKEN_EMBEDDING_STD * math.sqrt(3))).astype(np.float32))
 
 
-@functools.lru_cache(maxsize=1)
+def _write_npz(arrays, path):
+    """An ``.npz`` whose bytes depend on the arrays only: stored (not deflated, whose output depends
+    on the zlib version), sorted names, fixed timestamps."""
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+            for name in sorted(arrays):
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.create_system = 3
+                info.external_attr = 0o644 << 16
+                with archive.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.array(arrays[name], order="C"), allow_pickle=False)
+
+
+def save_weights(state_dict, path, metadata):
+    """Write a pretrained ToyCLIP ``state_dict`` in the shipped format (see the module docstring)."""
+    vocabulary = caption_vocabulary()
+    embedding = state_dict["token_embedding.weight"]
+    fill = portable_token_embedding(metadata["seed"])
+    untrained = torch.ones(len(embedding), dtype=torch.bool)
+    untrained[vocabulary] = False
+    if not torch.equal(embedding[untrained], fill[untrained]):
+        raise ValueError("token embedding rows outside the caption vocabulary differ from their portable initial values")
+    arrays = {k: v.detach().cpu().numpy() for k, v in state_dict.items() if k != "token_embedding.weight"}
+    arrays["token_embedding.rows"] = vocabulary.numpy().astype(np.int64)
+    arrays["token_embedding.values"] = embedding[vocabulary].detach().cpu().numpy()
+    arrays["metadata"] = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    _write_npz(arrays, path)
+
+
+def is_weights_archive(member_names):
+    """Whether a zip archive's members are those of a file written by ``save_weights``."""
+    return "token_embedding.rows.npy" in member_names and "metadata.npy" in member_names
+
+
+def read_metadata(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return json.loads(archive["metadata"].tobytes().decode())
+
+
+def read_weights(path):
+    """The full OpenAI-format state dict (float32 tensors) of a ToyCLIP file in the shipped format."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        metadata = json.loads(arrays.pop("metadata").tobytes().decode())
+        rows, values = arrays.pop("token_embedding.rows"), arrays.pop("token_embedding.values")
+        state_dict = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+        embedding = portable_token_embedding(metadata["seed"])
+        embedding[torch.from_numpy(rows)] = torch.from_numpy(values)
+        state_dict["token_embedding.weight"] = embedding
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: not a ToyCLIP weights file ({type(e).__name__}: {e})") from None
+    expected = _expected_shapes()
+    if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
+        raise UserError(f"{path}: its tensors' names or shapes differ from ToyCLIP's")
+    return state_dict
+
+
+_verified = {}
+
+
+def weights_file():
+    """The shipped ToyCLIP file, after checking that its sha256 is the one this version ships."""
+    path = SHIPPED_FILE
+    if not osp.isfile(path):
+        raise UserError(f"{path}: ToyCLIP's weights are missing from this checkout (git checkout -- {path})")
+    stat = osp.getmtime(path), osp.getsize(path)
+    if _verified.get(path) != stat:
+        digest = file_sha256(path)
+        if digest != SHIPPED_SHA256:
+            raise UserError(f"{path}: sha256 {digest[:12]}... differs from the shipped {SHIPPED_SHA256[:12]}...; "
+                            f"restore it (git checkout -- {path}) or rebuild it "
+                            f"(python -m datasets.builtin_world.toyclip rebuild)")
+        _verified[path] = stat
+    return path
+
+
 def _expected_shapes():
     with torch.device("meta"):
         return {k: tuple(v.shape) for k, v in build_toy_clip().state_dict().items()}
-
-
-def _is_valid_weights(path):
-    """(True, "") if ``path`` holds a complete ToyCLIP state dict, else (False, why)."""
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for damaged files
-        return False, f"{type(e).__name__}: {e}"
-    if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
-        return False, "not a CLIP state dict"
-    expected = _expected_shapes()
-    if {k: tuple(v.shape) for k, v in state_dict.items()} != expected:
-        return False, "keys or shapes differ from ToyCLIP's"
-    return True, ""
-
-
-def ensure_toy_clip_weights(cache_dir=None, **overrides):
-    """Path of the pretrained ToyCLIP state dict, pretraining it first if it is not cached.
-
-    ``cache_dir`` defaults to ``$LLU_TOYCLIP_DIR`` or ``$LLU_CACHE/toyclip``; ``overrides`` change
-    ``PRETRAIN_SETTINGS`` (tests use a few steps). A damaged file is reported and rebuilt.
-    """
-    settings = pretrain_settings(**overrides)
-    folder = osp.abspath(osp.expanduser(cache_dir or toyclip_dir()))
-    path = osp.join(folder, f"toyclip-{settings_hash(settings)}.pt")
-    if osp.isfile(path):
-        valid, why = _is_valid_weights(path)
-        if valid:
-            return path
-        print(f"ToyCLIP weights {path} are damaged ({why}); pretraining them again")
-    if not is_writable_dir(folder):
-        raise UserError(f"{folder}: cannot write the ToyCLIP weights there; set LLU_TOYCLIP_DIR "
-                        f"(or LLU_CACHE) to a writable folder")
-    state_dict = pretrain_toy_clip(settings)
-    buffer = io.BytesIO()  # saved through a buffer: the archive's inner name is then fixed, and equal
-    torch.save(state_dict, buffer)  # weights give byte-identical files (so equal feature-cache keys)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-    print(f"ToyCLIP weights saved to {path}")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,6 +330,8 @@ def _pretrain(settings, log):
     # text encoder relies on) and the others keep their initial values, as in full-vocabulary
     # training without weight decay on embeddings. This keeps AdamW off 3.2 M idle parameters.
     full = build_toy_clip()
+    with torch.no_grad():
+        full.token_embedding.weight.copy_(portable_token_embedding(settings["seed"]))
     vocabulary = caption_vocabulary()
     model = build_toy_clip(vocab_size=len(vocabulary))
     initial = full.state_dict()
@@ -337,3 +397,58 @@ def pretrain_domain_accuracy(model, seed, per_class=4):
         correct += (image_features @ text.t()).argmax(1).eq(torch.tensor(labels)).sum().item()
         total += len(labels)
     return 100.0 * correct / total
+
+
+# ---------------------------------------------------------------------------------------------
+# Rebuilding the shipped weights
+
+def compare_weights(state_dict, reference):
+    """(identical, largest absolute difference, name of the tensor where it is)."""
+    worst, where = 0.0, ""
+    for name, value in reference.items():
+        difference = (state_dict[name].float() - value.float()).abs().max().item()
+        if difference > worst:
+            worst, where = difference, name
+    return worst == 0.0, worst, where
+
+
+def rebuild(out, settings=None, log=print):
+    """Pretrain ToyCLIP from scratch into ``out`` and compare it with the shipped weights; returns
+    True when the two files are identical."""
+    settings = settings or pretrain_settings()
+    state_dict = pretrain_toy_clip(settings, log=log)
+    save_weights(state_dict, out, dict(seed=settings["seed"], settings_hash=settings_hash(settings),
+                                      pretrain_version=PRETRAIN_VERSION, torch=torch.__version__))
+    log(f"ToyCLIP: wrote {out} (sha256 {file_sha256(out)})")
+    if not osp.isfile(SHIPPED_FILE):
+        log(f"ToyCLIP: no shipped file at {SHIPPED_FILE} to compare with")
+        return False
+    identical, worst, where = compare_weights(read_weights(out), read_weights(SHIPPED_FILE))
+    if identical:
+        log(f"ToyCLIP: identical to the shipped weights {SHIPPED_FILE}")
+    else:
+        log(f"ToyCLIP: differs from the shipped weights (largest difference {worst:.3g} in {where}); "
+            f"the shipped file was made on another kind of CPU or by other code")
+    return identical
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m datasets.builtin_world.toyclip",
+                                     description="ToyCLIP's shipped weights: check them, or rebuild and compare.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check", help="verify the shipped file's sha256 and print it")
+    build = commands.add_parser("rebuild", help="pretrain from scratch (about 5 CPU minutes) and compare")
+    build.add_argument("--out", default="toyclip-rebuilt.npz", help="where the rebuilt weights go")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        print(f"{weights_file()}: sha256 {SHIPPED_SHA256} (as shipped)")
+        return 0
+    return 0 if rebuild(args.out) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
