@@ -12,20 +12,20 @@ import sys
 import torch
 import yaml
 
-try:
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers
-    from engine.errors import exit_on_user_error
-    from engine import (UserError, build_trainer, collect_env_info, extend_cfg, get_cfg_default, set_random_seed,
-                        setup_logger)
-except Exception as e:  # the engine stops at import on a bad LLU_ENGINE, with a user error
-    if type(e).__name__ != "UserError":
-        raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+from llu import engine
+from llu.utils import UserError, exit_on_user_error
 
 
-trainers.register_all()  # registers the trainers and declares their config keys
+def load_project(backend=None):
+    """Choose the engine's backend (default: $LLU_ENGINE, else builtin), then register the datasets and
+    the trainers, whose classes derive from that backend's, and declare their config keys."""
+    engine.select_backend(backend)
+    import llu.datasets  # noqa: F401  (registers the datasets)
+    import llu.trainers
+    llu.trainers.register_all()
+
+
+exit_on_user_error(load_project)
 
 
 def _all_keys(cfg, prefix=""):
@@ -90,8 +90,8 @@ def reset_cfg(cfg, args):
 
 def setup_cfg(args):
     """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options."""
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
+    cfg = engine.get_cfg_default()
+    engine.extend_cfg(cfg)
     if args.dataset_config_file:
         _merge_file(cfg, args.dataset_config_file)
         cfg.SOURCE_FILES.DATASET = args.dataset_config_file
@@ -136,8 +136,8 @@ def main(args):
     cfg = setup_cfg(args)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
-    setup_logger(cfg.OUTPUT_DIR)
+        engine.set_random_seed(cfg.SEED)
+    engine.setup_logger(cfg.OUTPUT_DIR)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print("** Arguments **")
@@ -146,9 +146,9 @@ def main(args):
     print("** Config **")
     print(cfg)
     print("** System info **")
-    print(collect_env_info())
+    print(engine.collect_env_info())
 
-    trainer = build_trainer(cfg)
+    trainer = engine.build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()

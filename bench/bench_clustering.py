@@ -38,7 +38,7 @@ if kind == "scipy":
     from scipy.cluster.hierarchy import fcluster, linkage
     x_np = x.double().numpy()
 else:
-    from trainers.llu_adapter import cluster_anchors
+    from llu.trainers.llu_adapter import cluster_anchors
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if kind == "scipy":

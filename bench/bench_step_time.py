@@ -32,9 +32,8 @@ sys.path.insert(0, REPO)
 
 import train  # noqa: E402  (registers datasets and trainers)
 from parse_results import render_bench  # noqa: E402  (the table of Figure 3, with ratios to LLU)
-from engine import TRAINER_REGISTRY, UserError, build_trainer, set_random_seed  # noqa: E402
-from engine.errors import exit_on_user_error  # noqa: E402
-from engine.utils import user_cache_dir, write_json  # noqa: E402
+from llu.engine import TRAINER_REGISTRY, build_trainer, set_random_seed  # noqa: E402
+from llu.utils import UserError, exit_on_user_error, user_cache_dir, write_json  # noqa: E402
 
 TRAINERS = ["LLU", "CoOp", "ProGrad", "CLIP_Adapter", "CoCoOp"]
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
@@ -90,7 +89,7 @@ def build(trainer_name, args, output_dir):
 
 def skip_reason(trainer_name, args):
     if trainer_name not in TRAINER_REGISTRY.registered_names():
-        return "not registered in trainers/"
+        return "not registered in llu/trainers/"
     if not osp.isfile(config_file(trainer_name, args.cfg)):
         return f"no config {osp.relpath(config_file(trainer_name, args.cfg), REPO)}"
     return None

@@ -28,12 +28,12 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from datasets.builtin_world import generate, toyclip  # noqa: E402
-from datasets.splits import read_split  # noqa: E402
-from engine import get_cfg_default  # noqa: E402
-from engine.data import build_transform  # noqa: E402
-from engine.utils import user_cache_dir  # noqa: E402
-from trainers.clip_common import encode_class_texts, load_clip  # noqa: E402
+from llu.world import generate, toyclip  # noqa: E402
+from llu.datasets.splits import read_split  # noqa: E402
+from llu.engine import get_cfg_default  # noqa: E402
+from llu.engine.data import build_transform  # noqa: E402
+from llu.utils import user_cache_dir  # noqa: E402
+from llu.trainers.clip_common import encode_class_texts, load_clip  # noqa: E402
 
 TEMPLATE = "a photo of a {}."
 

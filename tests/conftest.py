@@ -10,6 +10,10 @@ from PIL import Image  # noqa: E402
 
 torch.set_num_threads(1)
 
+from llu import engine  # noqa: E402
+
+engine.select_backend()  # $LLU_ENGINE, as train.py: the tests run on either backend (docs/dassl.md)
+
 TINY_CLIP_DIMS = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
                       context_length=16, vocab_size=49408, transformer_width=64, transformer_heads=1,
                       transformer_layers=1)
@@ -55,5 +59,5 @@ def image_folder(tmp_path):
 def shapes_world():
     """The built-in world's data root (pass it as DATASET.ROOT; the backbone is "toy", ToyCLIP's
     shipped weights). Each dataset is generated on first use and reused afterwards."""
-    from engine.utils import user_cache_dir
+    from llu.utils import user_cache_dir
     return os.environ.get("LLU_WORLD_ROOT") or user_cache_dir("world")

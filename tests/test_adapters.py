@@ -11,10 +11,11 @@ import torch.nn.functional as F
 import train
 from conftest import write_image_folder
 from numerics import assert_close
-from engine import DATASET_REGISTRY, DatasetBase, Datum, UserError, build_trainer, load_checkpoint
-from trainers.clip_adapter import Adapter, adapted_features
-from trainers.clip_common import ENSEMBLE_TEMPLATES, encode_class_texts
-from trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid, text_templates
+from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint
+from llu.utils import UserError
+from llu.trainers.clip_adapter import Adapter, adapted_features
+from llu.trainers.clip_common import ENSEMBLE_TEMPLATES, encode_class_texts
+from llu.trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid, text_templates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train": slice(0, 4), "val": slice(4, 6), "test": slice(6, 8)}
@@ -314,7 +315,6 @@ def _toy_base_accuracy(root, trainer_name, out, features_dir):
 
 @pytest.fixture(scope="module")
 def toy_zero_shot(request, tmp_path_factory, features_dir):
-    pytest.importorskip("datasets.builtin_world.toyclip")
     root = request.getfixturevalue("shapes_world")
     return root, _toy_base_accuracy(root, "ZeroshotCLIP", tmp_path_factory.mktemp("zs"), features_dir)
 

@@ -31,7 +31,7 @@ def test_bench_times_each_trainer_and_writes_what_parse_results_reads(tmp_path, 
     assert set(times["LLU"]) == set(times["CoOp"]) == set(times["CLIP_Adapter"]) == {"1", "2"}
     assert set(times["CoCoOp"]) == {"1"}  # batch size 1 only, as in the paper
     assert all(ms > 0 for per_batch in times.values() for ms in per_batch.values())
-    assert result["skipped"] == {"NoSuchTrainer": "not registered in trainers/"}
+    assert result["skipped"] == {"NoSuchTrainer": "not registered in llu/trainers/"}
     assert result["num_classes"] == 4 and result["inputs"] == inputs
     assert parse_results.load_bench(str(out))["step_time_ms"] == times
     assert "(1.00x)" in parse_results.render_bench(result)  # LLU is the reference of the ratios

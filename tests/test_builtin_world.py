@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import datasets  # noqa: F401  (registers the readers)
-from datasets.builtin_world import generate, render, toyclip
-from engine import DATASET_REGISTRY, UserError, get_cfg_default
+import llu.datasets  # noqa: F401  (registers the datasets)
+from llu.world import generate, render, toyclip
+from llu.engine import DATASET_REGISTRY, get_cfg_default
+from llu.utils import UserError
 
 SMALL = dict(split_sizes=(2, 1, 1))  # 4 images per class: generation takes well under a second
 TINY_PRETRAINING = dict(steps=2, images_per_class=2)
@@ -235,7 +236,7 @@ def test_shipped_weights_are_checked_and_come_from_this_code():
     path = toyclip.weights_file()
     metadata = toyclip.read_metadata(path)
     # Changing the renderer, the captions or a pretraining setting changes this hash: then rebuild
-    # and ship new weights (python -m datasets.builtin_world.toyclip rebuild).
+    # and ship new weights (python -m llu.world.toyclip rebuild).
     assert metadata["settings_hash"] == toyclip.settings_hash(toyclip.pretrain_settings())
     assert metadata["pretrain_version"] == toyclip.PRETRAIN_VERSION
 

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 from numerics import assert_close
 
-from engine import Datum, UserError, extend_cfg, get_cfg_default
-from engine.data import build_transform
-from trainers import clip_common
-from trainers.clip_common import FeatureCache, TextEncoder, encode_texts, load_clip, tokenize
+from llu.engine import Datum, extend_cfg, get_cfg_default
+from llu.utils import UserError
+from llu.engine.data import build_transform
+from llu.trainers import clip_common
+from llu.trainers.clip_common import FeatureCache, TextEncoder, encode_texts, load_clip, tokenize
 
 
 def test_load_clip_from_state_dict_file_is_frozen_fp32(tiny_clip_file):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import datasets  # noqa: F401  (registers the readers and their config keys)
+import llu.datasets  # noqa: F401  (registers the datasets)
 from conftest import write_image_folder
-from engine import DATASET_REGISTRY, UserError, extend_cfg, get_cfg_default
+from llu.engine import DATASET_REGISTRY, extend_cfg, get_cfg_default
+from llu.utils import UserError
 
 
 def _image_bytes(fmt):

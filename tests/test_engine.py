@@ -4,11 +4,12 @@ import math
 import pytest
 import torch
 
-from engine import Registry, UserError, build_lr_scheduler, build_optimizer, get_cfg_default
-from engine.data import DataManager, build_data_loader
-from engine.evaluation import Classification
-from engine.optim import learning_rate_at
-from engine.utils import atomic_path, load_torch, read_json, save_torch, write_json
+from llu.engine import Registry, build_lr_scheduler, build_optimizer, get_cfg_default
+from llu.utils import UserError
+from llu.engine.data import DataManager, build_data_loader
+from llu.engine.evaluation import Classification
+from llu.engine.optim import learning_rate_at
+from llu.utils import atomic_path, load_torch, read_json, save_torch, write_json
 
 
 def test_registry_unknown_name_suggests_close_matches():
@@ -86,7 +87,7 @@ def test_evaluator_prints_dassls_lines(capsys):
 
 def test_small_fewshot_set_is_not_dropped():
     cfg = get_cfg_default()
-    from engine import Datum
+    from llu.engine import Datum
     data = [Datum(impath=f"x{i}.png", label=i % 2) for i in range(5)]
     loader = build_data_loader(cfg, "RandomSampler", data, batch_size=32, is_train=True)
     assert len(loader) == 1
@@ -129,7 +130,7 @@ def test_read_json_names_the_file(tmp_path):
 def test_datamanager_missing_dataset_name_suggests(tmp_path):
     cfg = get_cfg_default()
     cfg.DATASET.NAME = "OxfordPet"
-    import datasets  # noqa: F401
+    import llu.datasets  # noqa: F401  (registers the datasets)
     with pytest.raises(UserError, match="unknown dataset 'OxfordPet'"):
         DataManager(cfg)
 

@@ -12,7 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Import the engine in a fresh interpreter and print the error it raises as "TypeName: message".
 IMPORT_ENGINE = """
 try:
-    import engine
+    from llu import engine
+    engine.select_backend()
 except Exception as e:
     print(f"{type(e).__name__}: {e}")
     raise SystemExit(1)
@@ -51,20 +52,22 @@ def imported_names(nodes):
     return {alias.asname or alias.name for node in nodes if isinstance(node, ast.ImportFrom) for alias in node.names}
 
 
-def builtin_exports():
-    """The names engine/__init__.py binds for the built-in engine: its top-level imports and its
-    ``if ENGINE_NAME == "builtin":`` branch."""
-    tree = module_tree("engine/__init__.py")
-    branch = next(node for node in tree.body if isinstance(node, ast.If)
-                  and isinstance(node.test, ast.Compare) and ast.literal_eval(node.test.comparators[0]) == "builtin")
-    return imported_names(tree.body) | imported_names(branch.body)
-
-
-def dassl_backend_all():
-    tree = module_tree("engine/dassl_backend.py")
+def module_all(relative_path):
+    tree = module_tree(relative_path)
     assignment = next(node for node in tree.body if isinstance(node, ast.Assign)
                       and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets))
     return ast.literal_eval(assignment.value)
+
+
+def builtin_exports():
+    """The names llu/engine/builtin.py imports, which must be its ``__all__``."""
+    names = imported_names(module_tree("llu/engine/builtin.py").body)
+    assert set(module_all("llu/engine/builtin.py")) == names
+    return names
+
+
+def dassl_backend_all():
+    return module_all("llu/engine/dassl_backend.py")
 
 
 def test_dassl_backend_exports_the_builtin_names():
@@ -82,7 +85,7 @@ def top_level_statements(tree):
 
 def test_every_name_in_the_dassl_backend_all_is_bound_there():
     bound = set()
-    for node in top_level_statements(module_tree("engine/dassl_backend.py")):
+    for node in top_level_statements(module_tree("llu/engine/dassl_backend.py")):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             bound |= {alias.asname or alias.name for alias in node.names}
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -117,7 +120,7 @@ def class_members(relative_path, class_names):
 
 
 def test_the_dassl_trainer_has_every_method_the_builtin_trainer_adds_to_dassl():
-    builtin = class_members("engine/trainer.py", ("TrainerBase", "SimpleTrainer", "TrainerX"))
-    mixin = class_members("engine/dassl_backend.py", ("ProjectTrainerMixin",))
+    builtin = class_members("llu/engine/trainer.py", ("TrainerBase", "SimpleTrainer", "TrainerX"))
+    mixin = class_members("llu/engine/dassl_backend.py", ("ProjectTrainerMixin",))
     missing = builtin - DASSL_TRAINER_METHODS - BUILTIN_LOOP_HELPERS - mixin
     assert not missing, f"add {sorted(missing)} to ProjectTrainerMixin in engine/dassl_backend.py"

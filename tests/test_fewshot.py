@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-import datasets  # noqa: F401  (registers the readers and their config keys)
-import datasets.splits
+import llu.datasets  # noqa: F401  (registers the datasets)
+import llu.datasets.splits
 from conftest import write_image_folder
-from engine import DATASET_REGISTRY, DatasetBase, extend_cfg, get_cfg_default, set_random_seed
+from llu.engine import DATASET_REGISTRY, DatasetBase, extend_cfg, get_cfg_default, set_random_seed
 
 COLOURS = {f"colour_{k}": (50 * k, 255 - 50 * k, 120) for k in range(5)}  # an odd number of classes
 
@@ -102,8 +102,8 @@ def test_read_only_dataset_folder_caches_in_user_cache(tmp_path, monkeypatch):
     os.chmod(folder, 0o555)
     try:
         if os.access(folder, os.W_OK):  # root ignores the mode: simulate a read-only folder
-            real = datasets.splits.is_writable_dir
-            monkeypatch.setattr(datasets.splits, "is_writable_dir",
+            real = llu.datasets.splits.is_writable_dir
+            monkeypatch.setattr(llu.datasets.splits, "is_writable_dir",
                                 lambda path: not str(path).startswith(str(folder)) and real(path))
         set_random_seed(1)
         first = build(root, SEED=1, **{"DATASET.NUM_SHOTS": 2})

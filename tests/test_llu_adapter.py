@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from numerics import assert_close
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from trainers import llu_adapter
-from trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, cluster_anchors,
+from llu.trainers import llu_adapter
+from llu.trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, cluster_anchors,
                                   complete_linkage, identity_regularizer, interpolation_weight)
 
 

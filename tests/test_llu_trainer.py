@@ -8,8 +8,8 @@ import torch
 from numerics import assert_close
 
 import train
-from engine import build_trainer, set_random_seed
-from engine.utils import load_torch
+from llu.engine import build_trainer, set_random_seed
+from llu.utils import load_torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = ["no_cluster", "no_damp", "no_mask", "dirac_mask", "no_reg", "rand_init", "linear"]

@@ -10,11 +10,11 @@ from numerics import assert_close
 
 import train
 from conftest import write_image_folder
-from engine import (DATASET_REGISTRY, DatasetBase, Datum, UserError, build_trainer, load_checkpoint,
-                    set_random_seed)
-from trainers.clip_common import TextEncoder, load_clip, tokenize
-from trainers.coop import PromptLearner, template_context
-from trainers.prograd import project_conflicting_gradient
+from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint, set_random_seed
+from llu.utils import UserError
+from llu.trainers.clip_common import TextEncoder, load_clip, tokenize
+from llu.trainers.coop import PromptLearner, template_context
+from llu.trainers.prograd import project_conflicting_gradient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHED = ("normalize",)
@@ -286,7 +286,6 @@ def test_prograd_step_follows_the_projected_cross_entropy_gradient(build):
 @pytest.fixture(scope="module")
 def toy_run(request, tmp_path_factory):
     """Train and test on the built-in world's 16-shot base classes; returns the test accuracy."""
-    pytest.importorskip("datasets.builtin_world.toyclip")
     root = request.getfixturevalue("shapes_world")
     folder = tmp_path_factory.mktemp("toy")
 

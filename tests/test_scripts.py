@@ -77,7 +77,7 @@ def test_base2new_default_plan(tmp_path):
 
 @pytest.mark.parametrize("llu_cache", ["cache", None])
 def test_default_data_root_is_the_built_in_world(tmp_path, monkeypatch, llu_cache):
-    from engine.utils import user_cache_dir
+    from llu.utils import user_cache_dir
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     if llu_cache:
         monkeypatch.setenv("LLU_CACHE", str(tmp_path / llu_cache))

@@ -111,12 +111,12 @@ def test_unknown_backbone_and_corrupt_weights_are_one_line(image_folder, tmp_pat
 
 def test_openai_name_offline_says_where_to_put_the_file(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_DOWNLOAD_ROOT", str(tmp_path / "clip"))
-    from trainers import clip_common
+    from llu.trainers import clip_common
 
     def offline(url, root):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(clip_common.clip.clip, "_download", offline)
-    from engine import UserError
+    from llu.utils import UserError
     with pytest.raises(UserError, match=f"put ViT-B-16.pt there.*{tmp_path / 'clip'}|{tmp_path / 'clip'}.*ViT-B-16.pt"):
         clip_common.resolve_weights("ViT-B/16")

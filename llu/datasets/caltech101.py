@@ -1,0 +1,16 @@
+"""Caltech-101 (CoOp layout): ``caltech-101/101_ObjectCategories/``, ``caltech-101/split_zhou_Caltech101.json``.
+
+CoOp drops the background class and the duplicate "Faces_easy", and renames four classes.
+"""
+from llu.engine import DATASET_REGISTRY
+
+from .coop_common import SplitFileDataset
+
+
+@DATASET_REGISTRY.register()
+class Caltech101(SplitFileDataset):
+    dataset_dir = "caltech-101"
+    image_dir = "101_ObjectCategories"
+    split_file = "split_zhou_Caltech101.json"
+    ignored_folders = ("BACKGROUND_Google", "Faces_easy")
+    new_cnames = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}

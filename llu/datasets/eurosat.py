@@ -1,0 +1,26 @@
+"""EuroSAT (CoOp layout): ``eurosat/2750/<class>/``, ``eurosat/split_zhou_EuroSAT.json``.
+
+The folder names become CoOp's more descriptive class names ("SeaLake" -> "Sea or Lake").
+"""
+from llu.engine import DATASET_REGISTRY
+
+from .coop_common import SplitFileDataset
+
+
+@DATASET_REGISTRY.register()
+class EuroSAT(SplitFileDataset):
+    dataset_dir = "eurosat"
+    image_dir = "2750"
+    split_file = "split_zhou_EuroSAT.json"
+    new_cnames = {
+        "AnnualCrop": "Annual Crop Land",
+        "Forest": "Forest",
+        "HerbaceousVegetation": "Herbaceous Vegetation Land",
+        "Highway": "Highway or Road",
+        "Industrial": "Industrial Buildings",
+        "Pasture": "Pasture Land",
+        "PermanentCrop": "Permanent Crop Land",
+        "Residential": "Residential Buildings",
+        "River": "River",
+        "SeaLake": "Sea or Lake",
+    }

@@ -1,0 +1,11 @@
+"""Food-101 (CoOp layout): ``food-101/images/<dish>/``, ``food-101/split_zhou_Food101.json``."""
+from llu.engine import DATASET_REGISTRY
+
+from .coop_common import SplitFileDataset
+
+
+@DATASET_REGISTRY.register()
+class Food101(SplitFileDataset):
+    dataset_dir = "food-101"
+    image_dir = "images"
+    split_file = "split_zhou_Food101.json"

@@ -1,0 +1,42 @@
+"""Oxford-IIIT Pets (CoOp layout): ``oxford_pets/images/``, ``oxford_pets/split_zhou_OxfordPets.json``.
+
+Without the split file it is rebuilt as CoOp does from ``annotations/trainval.txt`` and ``test.txt``
+(20% of each class's trainval images become val); the breed, lower-cased, is the class name.
+"""
+import os.path as osp
+import random
+
+from llu.engine import DATASET_REGISTRY, Datum
+from llu.utils import UserError
+
+from .coop_common import SplitFileDataset, read_lines
+from .splits import split_trainval
+
+
+@DATASET_REGISTRY.register()
+class OxfordPets(SplitFileDataset):
+    dataset_dir = "oxford_pets"
+    image_dir = "images"
+    split_file = "split_zhou_OxfordPets.json"
+    rebuild_from = ("annotations/trainval.txt", "annotations/test.txt")
+
+    def make_split(self):
+        trainval = self.read_annotations("annotations/trainval.txt")
+        test = self.read_annotations("annotations/test.txt")
+        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
+        return train, val, test
+
+    def read_annotations(self, relative_path):
+        """Lines "<image name> <class id, 1-based> <species> <breed id>"; the breed is the name minus "_<n>"."""
+        path = osp.join(self.dataset_dir, relative_path)
+        items = []
+        for line in read_lines(path, "Oxford Pets annotations", self.layout()):
+            if line.startswith("#"):
+                continue
+            fields = line.split()
+            if len(fields) < 2 or not fields[1].isdigit():
+                raise UserError(f"{path}: expected '<image name> <class id> ...' per line, got {line!r}")
+            breed = fields[0].rsplit("_", 1)[0].lower()
+            items.append(Datum(impath=osp.join(self.image_dir, fields[0] + ".jpg"), label=int(fields[1]) - 1,
+                               classname=breed))
+        return items

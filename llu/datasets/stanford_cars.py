@@ -1,0 +1,43 @@
+"""Stanford Cars (CoOp layout): ``stanford_cars/{cars_train,cars_test}/`` and ``split_zhou_StanfordCars.json``.
+
+Without the split file it is rebuilt as CoOp does from the devkit's .mat annotations (20% of each
+class's training images become val); class names put the year first ("2012 Tesla Model S Sedan").
+"""
+import os.path as osp
+import random
+
+import numpy as np
+
+from llu.engine import DATASET_REGISTRY, Datum
+
+from .coop_common import SplitFileDataset
+from .splits import split_trainval
+
+
+def year_first(name):
+    words = name.split(" ")
+    return " ".join(words[-1:] + words[:-1])
+
+
+@DATASET_REGISTRY.register()
+class StanfordCars(SplitFileDataset):
+    dataset_dir = "stanford_cars"
+    split_file = "split_zhou_StanfordCars.json"  # image paths are relative to stanford_cars/
+    layout_contents = "cars_train/, cars_test/ and split_zhou_StanfordCars.json"
+    rebuild_from = ("devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", "devkit/cars_meta.mat")
+
+    def make_split(self):
+        from scipy.io import loadmat
+        meta = loadmat(osp.join(self.dataset_dir, "devkit/cars_meta.mat"), squeeze_me=True)
+        classnames = [year_first(str(name)) for name in np.atleast_1d(meta["class_names"])]
+
+        def read(image_dir, anno_file):
+            annos = np.atleast_1d(loadmat(osp.join(self.dataset_dir, anno_file), squeeze_me=True)["annotations"])
+            labels = [int(label) - 1 for label in annos["class"]]
+            return [Datum(impath=osp.join(self.dataset_dir, image_dir, str(fname)), label=label,
+                          classname=classnames[label]) for fname, label in zip(annos["fname"], labels)]
+
+        trainval = read("cars_train", "devkit/cars_train_annos.mat")
+        test = read("cars_test", "cars_test_annos_withlabels.mat")
+        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
+        return train, val, test

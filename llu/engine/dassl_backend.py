@@ -1,0 +1,224 @@
+"""The engine's names taken from the real Dassl (``LLU_ENGINE=dassl``; see docs/dassl.md).
+
+Trainers and datasets then register into Dassl's registries, read Dassl's ``Datum`` and
+``DataManager``, and train in Dassl's ``TrainerX`` loop with its hooks and tensorboard writer.
+What the project relies on beyond Dassl comes from the built-in engine, written once there:
+
+- ``SimpleTrainer`` / ``TrainerX``: Dassl's classes under ``ProjectTrainerMixin``, which adds the
+  built-in trainer's checkpoint hooks (``checkpoint_state``, ``load_checkpoint_state``, the
+  last-checkpoint fallback of ``load_model``), ``evaluation_batches``, ``results.json`` written by
+  ``test``, ``--resume`` only when asked, and ``(input, label)`` from ``parse_batch_train``;
+- ``DatasetBase``: Dassl's, plus CoOp's ``subsample_classes`` and an error for an empty train split;
+- ``DataManager``: Dassl's, also keeping ``tfm_train`` / ``tfm_test`` (the feature cache reads them);
+- ``get_cfg_default``: Dassl's tree with the project's defaults and keys (``DATASET.SUBSAMPLE_CLASSES``,
+  ``SOURCE_FILES``) laid over it, so one command line gives one config on both engines;
+- ``build_lr_scheduler``: the built-in one. Dassl's warm-up schedulers pass ``verbose`` to
+  ``LRScheduler`` and fail on torch 2.x; the built-in schedule gives Dassl's learning rates.
+- ``read_image``, ``read_json``, ``write_json``, ``load_checkpoint``, ``setup_logger``: the built-in
+  ones (errors as ``UserError``, atomic writes, ``weights_only`` loads, stderr in log.txt).
+"""
+import difflib
+import importlib.util
+import os.path as osp
+import time
+
+from llu.utils import UserError
+
+# Checked first, so that the message comes before torch is imported.
+if importlib.util.find_spec("dassl") is None:
+    raise UserError("LLU_ENGINE=dassl but Dassl is not installed: clone https://github.com/KaiyangZhou/Dassl.pytorch "
+                    "and run 'pip install gdown tensorboard pandas wilds==1.2.2 && pip install --no-deps "
+                    "--no-build-isolation -e Dassl.pytorch' (see docs/dassl.md), or unset LLU_ENGINE for the built-in "
+                    "engine")
+
+from . import config as _builtin_config  # noqa: E402
+from . import trainer as _builtin_trainer  # noqa: E402
+from .config import CN, config_extension, extend_cfg  # noqa: E402
+from .data import DatasetBase as _BuiltinDatasetBase  # noqa: E402
+from .data import read_image  # noqa: E402
+from .optim import build_lr_scheduler  # noqa: E402
+from .utils import load_checkpoint, read_json, setup_logger, write_json  # noqa: E402
+
+try:
+    from dassl.config import get_cfg_default as _dassl_cfg_default
+    from dassl.data import DataManager as _DasslDataManager
+    from dassl.data import DatasetWrapper
+    from dassl.data.data_manager import build_data_loader
+    from dassl.data.datasets import DATASET_REGISTRY, Datum
+    from dassl.data.datasets import DatasetBase as _DasslDatasetBase
+    from dassl.data.datasets import build_dataset as _dassl_build_dataset
+    from dassl.data.transforms import build_transform
+    from dassl.engine import TRAINER_REGISTRY, TrainerBase
+    from dassl.engine import SimpleTrainer as _DasslSimpleTrainer
+    from dassl.engine import TrainerX as _DasslTrainerX
+    from dassl.engine import build_trainer as _dassl_build_trainer
+    from dassl.evaluation import EVALUATOR_REGISTRY, Classification, build_evaluator
+    from dassl.metrics import compute_accuracy
+    from dassl.optim import build_optimizer
+    from dassl.utils import (Registry, collect_env_info, count_num_param, listdir_nohidden, load_pretrained_weights,
+                             mkdir_if_missing, set_random_seed)
+except ImportError as e:
+    # A requirement of Dassl's import chain (tensorboard, gdown, wilds, ...) or a Dassl without these names.
+    raise UserError(f"LLU_ENGINE=dassl: Dassl is installed but cannot be imported ({type(e).__name__}: {e}); "
+                    f"install what its import needs (pip install gdown tensorboard pandas wilds==1.2.2, see "
+                    f"docs/dassl.md) or a current Dassl.pytorch") from None
+
+__all__ = [
+    "get_cfg_default", "CN", "config_extension", "extend_cfg",
+    "DATASET_REGISTRY", "DataManager", "DatasetBase", "DatasetWrapper", "Datum", "build_data_loader",
+    "build_dataset", "build_transform", "read_image",
+    "EVALUATOR_REGISTRY", "Classification", "build_evaluator",
+    "build_lr_scheduler", "build_optimizer",
+    "TRAINER_REGISTRY", "SimpleTrainer", "TrainerBase", "TrainerX", "build_trainer",
+    "collect_env_info", "compute_accuracy", "count_num_param", "listdir_nohidden", "load_checkpoint",
+    "load_pretrained_weights", "mkdir_if_missing", "read_json", "set_random_seed", "setup_logger", "write_json",
+    "UserError", "Registry",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+def _overlay(cfg, defaults):
+    """Set every key of ``defaults`` in ``cfg`` (recursively), adding the ones ``cfg`` lacks."""
+    for key, value in defaults.items():
+        if isinstance(value, CN) and isinstance(cfg.get(key), CN):
+            _overlay(cfg[key], value)
+        else:
+            cfg[key] = value.clone() if isinstance(value, CN) else value
+
+
+def get_cfg_default():
+    """Dassl's config with the built-in engine's defaults laid over it.
+
+    Keys only Dassl has (``MODEL.HEAD``, ``INPUT.CUTOUT_N``, ...) keep Dassl's defaults; the keys the
+    project declares take the project's values (CLIP's pixel statistics, bicubic resizing, ...) or
+    are added (``DATASET.SUBSAMPLE_CLASSES``, ``SOURCE_FILES``).
+    """
+    cfg = _dassl_cfg_default()
+    _overlay(cfg, _builtin_config.get_cfg_default())
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries: an unknown name is a user error, as on the built-in engine
+
+def _require_registered(registry, name, what):
+    names = registry.registered_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown {what} '{name}'{hint} (registered: {', '.join(sorted(names))})")
+
+
+def build_dataset(cfg):
+    _require_registered(DATASET_REGISTRY, cfg.DATASET.NAME, "dataset")
+    return _dassl_build_dataset(cfg)
+
+
+def build_trainer(cfg):
+    _require_registered(TRAINER_REGISTRY, cfg.TRAINER.NAME, "trainer")
+    return _dassl_build_trainer(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+class DatasetBase(_DasslDatasetBase):
+    """Dassl's ``DatasetBase`` with CoOp's base/new class split (the built-in algorithm)."""
+
+    def __init__(self, train_x=None, train_u=None, val=None, test=None):
+        if not train_x:
+            raise UserError(f"{type(self).__name__}: the training split is empty")
+        super().__init__(train_x=train_x, train_u=train_u, val=val, test=test)
+
+    @staticmethod
+    def subsample_classes(*args, subsample="all"):
+        output = _BuiltinDatasetBase.subsample_classes(*args, subsample=subsample)
+        if subsample == "all":
+            return output
+        # The kept items were relabelled as the built-in Datum; make them Dassl's.
+        return [[Datum(impath=item.impath, label=item.label, domain=item.domain, classname=item.classname)
+                 for item in items] for items in output]
+
+
+def _keep_transforms(dm):
+    """Dassl's ``DataManager`` does not keep its transforms; feature trainers read them."""
+    if not hasattr(dm, "tfm_train"):
+        dm.tfm_train = dm.train_loader_x.dataset.transform
+        dm.tfm_test = dm.test_loader.dataset.transform
+    return dm
+
+
+class DataManager(_DasslDataManager):
+    """Dassl's ``DataManager`` that also keeps ``tfm_train`` and ``tfm_test``."""
+
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+        super().__init__(cfg, custom_tfm_train, custom_tfm_test, dataset_wrapper)
+        _keep_transforms(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainers
+
+def _per_class_accuracy(y_true, y_pred):
+    hits = {}
+    for label, pred in zip(y_true, y_pred):
+        hits.setdefault(label, []).append(label == pred)
+    return {label: 100.0 * sum(h) / len(h) for label, h in sorted(hits.items())}
+
+
+class ProjectTrainerMixin:
+    """The built-in trainer's additions to Dassl's, on Dassl's loop and hooks (``train``, ``run_epoch``,
+    ``after_epoch``, ``after_train``, the tensorboard writer)."""
+
+    # The built-in engine's methods, written once in llu/engine/trainer.py.
+    checkpoint_state = _builtin_trainer.TrainerBase.checkpoint_state
+    load_checkpoint_state = _builtin_trainer.TrainerBase.load_checkpoint_state
+    _checkpoint_path = staticmethod(_builtin_trainer.TrainerBase._checkpoint_path)
+    save_model = _builtin_trainer.TrainerBase.save_model
+    load_model = _builtin_trainer.TrainerBase.load_model
+    resume_model_if_exist = _builtin_trainer.TrainerBase.resume_model_if_exist
+    save_config = _builtin_trainer.SimpleTrainer.save_config
+    evaluation_batches = _builtin_trainer.SimpleTrainer.evaluation_batches
+    test = _builtin_trainer.SimpleTrainer.test
+    training_source = _builtin_trainer.SimpleTrainer.training_source
+    extra_results = _builtin_trainer.SimpleTrainer.extra_results
+    provenance = _builtin_trainer.SimpleTrainer.provenance
+    parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)
+
+    def __init__(self, cfg):
+        # As the built-in SimpleTrainer: check the config, write it, then let Dassl build the data and
+        # model (it checks again, harmlessly); an --eval-only run also needs time_start.
+        self.check_cfg(cfg)
+        self.cfg, self.output_dir, self.time_start = cfg, cfg.OUTPUT_DIR, time.time()
+        self.save_config()
+        super().__init__(cfg)
+
+    def build_data_loader(self):
+        _require_registered(DATASET_REGISTRY, self.cfg.DATASET.NAME, "dataset")
+        super().build_data_loader()
+        _keep_transforms(self.dm)
+
+    def before_train(self):
+        # The built-in hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
+        # holds checkpoints), then Dassl's tensorboard writer.
+        _builtin_trainer.SimpleTrainer.before_train(self)
+        writer_dir = osp.join(self.output_dir, "tensorboard")
+        mkdir_if_missing(writer_dir)
+        self.init_writer(writer_dir)
+
+    def save_results(self, results, split):
+        # Dassl's evaluator names the error "error_rate" and keeps per-class results only with
+        # TEST.PER_CLASS_RESULT; results.json has both always.
+        results = dict(results, error=results.get("error_rate", 100.0 - results["accuracy"]))
+        self.evaluator.per_class_accuracy = _per_class_accuracy(self.evaluator._y_true, self.evaluator._y_pred)
+        _builtin_trainer.SimpleTrainer.save_results(self, results, split)
+
+
+class SimpleTrainer(ProjectTrainerMixin, _DasslSimpleTrainer):
+    """Dassl's ``SimpleTrainer`` with the project's additions."""
+
+
+class TrainerX(SimpleTrainer, _DasslTrainerX):
+    """Dassl's ``TrainerX`` (its ``run_epoch``) with the project's additions."""

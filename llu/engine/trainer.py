@@ -1,0 +1,398 @@
+"""Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
+import datetime
+import os.path as osp
+import time
+from collections import OrderedDict
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from llu.utils import UserError, atomic_path, mkdir_if_missing, run_provenance, write_json
+
+from .data.data_manager import DataManager
+from .evaluation import build_evaluator
+from .registry import Registry
+from .utils import AverageMeter, MetricMeter, load_checkpoint, save_checkpoint
+
+TRAINER_REGISTRY = Registry("TRAINER")
+
+
+def build_trainer(cfg):
+    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+
+
+class TrainerBase:
+    """Holds the registered models with their optimisers and schedulers; runs the epoch loop."""
+
+    def __init__(self):
+        self._models = OrderedDict()
+        self._optims = OrderedDict()
+        self._scheds = OrderedDict()
+
+    def register_model(self, name="model", model=None, optim=None, sched=None):
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names=None):
+        names_real = list(self._models.keys())
+        if names is None:
+            return names_real
+        names = [names] if isinstance(names, str) else names
+        for name in names:
+            if name not in names_real:
+                raise KeyError(f"no model registered as {name!r}")
+        return names
+
+    def checkpoint_state(self, name):
+        """What is saved for model ``name``; trainers override to drop non-learned buffers."""
+        return self._models[name].state_dict()
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        for name in self.get_model_names():
+            optim = self._optims[name]
+            sched = self._scheds[name]
+            path = save_checkpoint(
+                {
+                    "state_dict": self.checkpoint_state(name),
+                    "epoch": epoch + 1,
+                    "optimizer": optim.state_dict() if optim is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "val_result": val_result,
+                },
+                osp.join(directory, name),
+                is_best=is_best,
+                model_name=model_name,
+            )
+            print(f"Checkpoint saved to {path}")
+
+    def resume_model_if_exist(self, directory):
+        """Resume from ``directory`` (only called when the user asked with --resume)."""
+        names = self.get_model_names()
+        paths = [osp.join(directory, name, "checkpoint") for name in names]
+        missing = [p for p in paths if not osp.isfile(p)]
+        if missing:
+            raise UserError(f"--resume {directory}: no checkpoint to resume from ({missing[0]} not found)")
+        start_epoch = 0
+        for name, path in zip(names, paths):
+            with open(path) as f:
+                fpath = osp.join(osp.dirname(path), f.readline().strip())
+            checkpoint = load_checkpoint(fpath)
+            self._models[name].load_state_dict(checkpoint["state_dict"], strict=False)
+            if self._optims[name] is not None and checkpoint.get("optimizer"):
+                self._optims[name].load_state_dict(checkpoint["optimizer"])
+            if self._scheds[name] is not None and checkpoint.get("scheduler"):
+                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            start_epoch = checkpoint["epoch"]
+            print(f"Resumed {name} from {fpath} (next epoch: {start_epoch + 1})")
+        return start_epoch
+
+    def load_model(self, directory, epoch=None):
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        self.model_source_dir = directory
+        for name in self.get_model_names():
+            model_path = self._checkpoint_path(directory, name, epoch)
+            if not osp.exists(model_path):
+                raise UserError(f"--model-dir {directory}: no model at {model_path} "
+                                f"(check --load-epoch and that training finished)")
+            checkpoint = load_checkpoint(model_path)
+            self.load_checkpoint_state(name, checkpoint["state_dict"])
+            val = checkpoint.get("val_result")
+            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}"
+                  + (f", val_result={val:.1f})" if val is not None else ")"))
+
+    @staticmethod
+    def _checkpoint_path(directory, name, epoch):
+        """The epoch's checkpoint; without an epoch, the best-val model, else the last one saved."""
+        if epoch is not None:
+            return osp.join(directory, name, f"model.pth.tar-{epoch}")
+        best = osp.join(directory, name, "model-best.pth.tar")
+        latest = osp.join(directory, name, "checkpoint")
+        if not osp.exists(best) and osp.isfile(latest):
+            with open(latest) as f:
+                return osp.join(directory, name, f.readline().strip())
+        return best
+
+    def load_checkpoint_state(self, name, state_dict):
+        self._models[name].load_state_dict(state_dict, strict=False)
+
+    def set_model_mode(self, mode="train", names=None):
+        for name in self.get_model_names(names):
+            self._models[name].train(mode == "train")
+
+    def update_lr(self, names=None):
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def model_zero_grad(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss):
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss, names=None):
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+    def train(self, start_epoch, max_epoch):
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_epoch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+    def run_epoch(self):
+        raise NotImplementedError
+
+    def test(self):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        pass
+
+
+class SimpleTrainer(TrainerBase):
+    """Builds data, model and evaluator from a config; trains and tests."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.time_start = time.time()
+        self.save_config()
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -float("inf")
+
+    def check_cfg(self, cfg):
+        pass
+
+    def save_config(self):
+        """The run's config next to its checkpoints; an eval-only run reads it back from --model-dir."""
+        mkdir_if_missing(self.output_dir)
+        with atomic_path(osp.join(self.output_dir, "config.yaml")) as tmp:
+            with open(tmp, "w") as f:
+                f.write(self.cfg.dump())
+
+    def build_data_loader(self):
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def train(self):
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self):
+        if self.cfg.RESUME:
+            self.start_epoch = self.resume_model_if_exist(self.cfg.RESUME)
+        elif any(osp.isfile(osp.join(self.output_dir, name, "checkpoint")) for name in self.get_model_names()):
+            print(f"Note: {self.output_dir} holds checkpoints of an earlier run; training from scratch "
+                  f"(pass --resume {self.output_dir} to continue it)")
+        self.time_start = time.time()
+
+    def after_train(self):
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        print(f"Elapsed: {elapsed}")
+
+    def after_epoch(self):
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result,
+                                model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    def evaluation_batches(self, split):
+        """(input, label) pairs of ``split``; feature-based trainers override this."""
+        loader = self.val_loader if split == "val" else self.test_loader
+        for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None):
+            yield self.parse_batch_test(batch)
+
+    @torch.no_grad()
+    def test(self, split=None):
+        """Evaluate on ``split``; the final test also writes ``results.json``."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is None:
+            split = "test"
+        print(f"Evaluate on the *{split}* set")
+        for input, label in self.evaluation_batches(split):
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        if split == self.cfg.TEST.SPLIT:
+            self.save_results(results, split)
+        return list(results.values())[0]
+
+    def save_results(self, results, split):
+        """Write ``OUTPUT_DIR/results.json``: the one machine-readable record of a run."""
+        cfg = self.cfg
+        record = {
+            "dataset": cfg.DATASET.NAME,
+            "trainer": cfg.TRAINER.NAME,
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "seed": cfg.SEED,
+            "shots": cfg.DATASET.NUM_SHOTS,
+            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
+            "eval_split": split,
+            "accuracy": results["accuracy"],
+            "error": results["error"],
+            "macro_f1": results["macro_f1"],
+            "num_classes": self.num_classes,
+            "per_class_accuracy": {
+                self.lab2cname.get(label, str(label)): acc
+                for label, acc in self.evaluator.per_class_accuracy.items()
+            },
+            "config_files": {"dataset": cfg.SOURCE_FILES.DATASET, "trainer": cfg.SOURCE_FILES.TRAINER},
+            "elapsed_seconds": round(time.time() - self.time_start, 3),
+        }
+        record.update(self.training_source())
+        record.update(self.extra_results())
+        record["provenance"] = self.provenance()
+        mkdir_if_missing(self.output_dir)
+        path = osp.join(self.output_dir, "results.json")
+        write_json(record, path)
+        print(f"Results written to {path}")
+
+    def training_source(self):
+        """Which data the evaluated model was trained on: this run's, or the loaded model's run."""
+        source = {"train_dataset": self.cfg.DATASET.NAME, "train_shots": self.cfg.DATASET.NUM_SHOTS,
+                  "train_subsample_classes": self.cfg.DATASET.SUBSAMPLE_CLASSES, "model_dir": ""}
+        model_dir = getattr(self, "model_source_dir", "")
+        config_path = osp.join(model_dir, "config.yaml") if model_dir else ""
+        if config_path and osp.isfile(config_path):
+            with open(config_path) as f:
+                trained = yaml.safe_load(f) or {}
+            dataset = trained.get("DATASET", {})
+            source = {"train_dataset": dataset.get("NAME", ""), "train_shots": dataset.get("NUM_SHOTS", -1),
+                      "train_subsample_classes": dataset.get("SUBSAMPLE_CLASSES", "all"), "model_dir": model_dir}
+        elif model_dir:
+            source["model_dir"] = model_dir
+        return source
+
+    def extra_results(self):
+        """Trainer-specific entries for results.json (e.g. a regulariser value)."""
+        return {}
+
+    def provenance(self):
+        """results.json's record of what produced the numbers (trainers add their weights' hash)."""
+        return run_provenance(self.device)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None):
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+
+class TrainerX(SimpleTrainer):
+    """A trainer on labelled data only (the one CoOp-family trainers subclass)."""
+
+    def run_epoch(self):
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            self.log_progress(losses, batch_time)
+            end = time.time()
+
+    def log_progress(self, losses, batch_time):
+        meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0
+        only_few_batches = self.num_batches < self.cfg.TRAIN.PRINT_FREQ
+        if not (meet_freq or only_few_batches):
+            return
+        nb_remain = (self.num_batches - self.batch_idx - 1) + (self.max_epoch - self.epoch - 1) * self.num_batches
+        eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+        print(f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
+              f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) {losses} "
+              f"lr {self.get_current_lr():.4e} eta {eta}")
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)

@@ -1,0 +1,139 @@
+"""Dassl's small helpers (seeding, checkpoints, meters, the log tee, accuracy, environment info).
+
+The project's own utilities (atomic writes, JSON, folders, tensor files) are ``llu.utils``'s; the
+Dassl names among them (``mkdir_if_missing``, ``listdir_nohidden``, ``read_json``, ``write_json``)
+are re-exported here.
+"""
+import os.path as osp
+import platform
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from llu.utils import (atomic_path, listdir_nohidden, load_torch, mkdir_if_missing, read_json,  # noqa: F401
+                       save_torch, write_json)
+
+
+def set_random_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def save_checkpoint(state, save_dir, model_name="", is_best=False):
+    """Write ``state`` to ``save_dir/model_name`` atomically; without a name ``model.pth.tar-<epoch>``
+    (Dassl's file naming: ``save_model`` passes "" or "model-best.pth.tar")."""
+    mkdir_if_missing(save_dir)
+    fpath = osp.join(save_dir, model_name or f"model.pth.tar-{state['epoch']}")
+    save_torch(state, fpath)
+    with atomic_path(osp.join(save_dir, "checkpoint")) as tmp:
+        with open(tmp, "w") as f:
+            f.write(osp.basename(fpath) + "\n")
+    if is_best:
+        save_torch(state, osp.join(save_dir, "model-best.pth.tar"))
+    return fpath
+
+
+def load_checkpoint(fpath):
+    return load_torch(fpath)
+
+
+def load_pretrained_weights(model, weight_path):
+    state = load_torch(weight_path)
+    state_dict = state.get("state_dict", state)
+    model.load_state_dict(state_dict, strict=False)
+
+
+def count_num_param(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+class Tee:
+    """Write to the terminal and to a log file at once (Dassl's ``log.txt``)."""
+
+    def __init__(self, fpath, stream):
+        self.stream = stream
+        self.file = open(fpath, "a")
+
+    def write(self, msg):
+        self.stream.write(msg)
+        self.file.write(msg)
+        self.file.flush()
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return False
+
+
+def setup_logger(output_dir):
+    """Tee stdout and stderr into ``output_dir/log.txt`` (or the file itself if it ends in .txt/.log)."""
+    if not output_dir:
+        return
+    if output_dir.endswith(".txt") or output_dir.endswith(".log"):
+        fpath = output_dir
+    else:
+        fpath = osp.join(output_dir, "log.txt")
+    if osp.exists(fpath):
+        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    mkdir_if_missing(osp.dirname(fpath) or ".")
+    if not isinstance(sys.stdout, Tee):
+        sys.stdout = Tee(fpath, sys.stdout)
+        sys.stderr = Tee(fpath, sys.stderr)
+
+
+class AverageMeter:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.val = self.sum = self.avg = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        if isinstance(val, torch.Tensor):
+            val = val.item()
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+class MetricMeter:
+    def __init__(self, delimiter=" "):
+        self.meters = {}
+        self.delimiter = delimiter
+
+    def update(self, input_dict):
+        for k, v in (input_dict or {}).items():
+            self.meters.setdefault(k, AverageMeter()).update(v)
+
+    def __str__(self):
+        return self.delimiter.join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in self.meters.items())
+
+
+def compute_accuracy(output, target, topk=(1,)):
+    maxk = max(topk)
+    batch_size = target.size(0)
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    _, pred = output.topk(maxk, 1, True, True)
+    correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
+    res = []
+    for k in topk:
+        res.append(correct[:k].reshape(-1).float().sum(0) * 100.0 / batch_size)
+    return res
+
+
+def collect_env_info():
+    lines = [f"Python: {platform.python_version()}", f"PyTorch: {torch.__version__}",
+             f"CUDA available: {torch.cuda.is_available()}", f"CPU threads: {torch.get_num_threads()}"]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    return "\n".join(lines)

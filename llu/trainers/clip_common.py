@@ -1,0 +1,418 @@
+"""What every CLIP trainer shares, written once.
+
+- loading CLIP weights by name (OpenAI's table, the project's shipped ``toy``) or from a file;
+- precision (fp16 only where a GPU runs it);
+- the per-dataset prompt templates and class-text encoding;
+- the text encoder over prompt embeddings used by prompt-learning trainers;
+- the on-disk image-feature cache, and ``FeatureTrainer`` which trains on cached features;
+- ``ClipTrainer``, the base that loads CLIP before the data so the input size follows the model.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import os.path as osp
+import zipfile
+
+import llu.engine  # noqa: F401  (first: it silences the pkg_resources warning `import clip` gives)
+import clip  # noqa: I100
+import clip.model
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from llu.engine import CN, DatasetWrapper, TrainerX, compute_accuracy, config_extension
+from llu.utils import UserError, file_sha256, load_torch, save_torch, user_cache_dir
+from llu.world import toyclip
+
+
+@config_extension
+def add_clip_config(cfg):
+    cfg.TRAINER.PREC = "fp16"  # fp16, fp32 or amp; CPU always runs fp32
+    cfg.FEATURES = CN()
+    cfg.FEATURES.CACHE_DIR = ""  # "" = $LLU_CACHE/features (default ~/.cache/llu/features)
+    cfg.FEATURES.AUG_VIEWS = 0  # augmented views cached per training image (0: un-augmented only)
+    cfg.FEATURES.BATCH_SIZE = 64  # images per encoder pass when filling the cache
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading weights
+
+TOY_BACKBONE = "toy"  # the built-in world's ToyCLIP, shipped with the project
+
+
+def openai_download_root():
+    return os.environ.get("CLIP_DOWNLOAD_ROOT") or osp.join(osp.expanduser("~"), ".cache", "clip")
+
+
+def resolve_weights(name):
+    """Map a backbone name (``ViT-B/16``, ``toy``) or a file path to a local weights file."""
+    if name == TOY_BACKBONE:
+        return toyclip.weights_file()
+    if name in clip.clip._MODELS:
+        url = clip.clip._MODELS[name]
+        root = openai_download_root()
+        path = osp.join(root, osp.basename(url))
+        if osp.isfile(path):
+            return path
+        try:
+            return clip.clip._download(url, root)
+        except Exception as e:
+            raise UserError(
+                f"MODEL.BACKBONE.NAME {name}: weights not found at {path} and the download failed "
+                f"({type(e).__name__}); put {osp.basename(url)} there (or set CLIP_DOWNLOAD_ROOT), "
+                f"or pass the weights file path as --backbone") from None
+    if osp.isfile(osp.expanduser(name)):
+        return osp.expanduser(name)
+    names = ", ".join(list(clip.available_models()) + [TOY_BACKBONE])
+    raise UserError(f"MODEL.BACKBONE.NAME {name!r}: neither a known model ({names}) nor an existing file")
+
+
+def read_clip_state_dict(path):
+    """Read OpenAI's TorchScript archive or a plain state-dict file, never unpickling objects."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a CLIP weights file (expected OpenAI's .pt archive or a torch.save'd state dict)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if toyclip.is_weights_archive(names):
+        return toyclip.read_weights(path)
+    is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+    if is_torchscript:
+        try:
+            return torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception as e:
+            raise UserError(f"{path}: cannot be read as a TorchScript CLIP archive ({e})") from None
+    state_dict = load_torch(path)
+    if isinstance(state_dict, dict) and "state_dict" in state_dict:
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
+        raise UserError(f"{path}: not a CLIP state dict (no 'visual.conv1.weight' key)")
+    return state_dict
+
+
+_weights_sha256 = {}
+
+
+def weights_sha256(path):
+    """The sha256 of a weights file (memoised per process by path, size and mtime)."""
+    stat = os.stat(path)
+    key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _weights_sha256:
+        _weights_sha256[key] = file_sha256(path)
+    return _weights_sha256[key]
+
+
+_warned_fp16_on_cpu = False
+
+
+def load_clip(name, device="cpu", prec="fp32"):
+    """Build a frozen CLIP from ``name``; it carries ``weights_id`` and ``backbone_name``.
+
+    On a CPU every precision runs as fp32 (CPU kernels for fp16 are missing or slow).
+    """
+    global _warned_fp16_on_cpu
+    if prec not in ("fp16", "fp32", "amp"):
+        raise UserError(f"TRAINER.PREC must be fp16, fp32 or amp, got {prec!r}")
+    path = resolve_weights(name)
+    try:
+        model = clip.model.build_model(read_clip_state_dict(path))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise UserError(f"{path}: the state dict does not describe a CLIP model ({type(e).__name__}: {e})") from None
+    device = torch.device(device)
+    if device.type == "cpu" and prec == "fp16" and not _warned_fp16_on_cpu:
+        print("Note: fp16 cannot run on the CPU; using fp32")
+        _warned_fp16_on_cpu = True
+    if device.type == "cpu" or prec != "fp16":
+        model.float()
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.weights_sha256 = weights_sha256(path)
+    model.weights_id = model.weights_sha256[:16]
+    model.backbone_name = name
+    return model
+
+
+def match_input_size(cfg, clip_model):
+    """Make ``INPUT.SIZE`` follow the model's input resolution, saying so when it changes."""
+    resolution = clip_model.visual.input_resolution
+    if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
+        print(f"Note: INPUT.SIZE {tuple(cfg.INPUT.SIZE)} differs from the model's input resolution "
+              f"{resolution}; using ({resolution}, {resolution})")
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.INPUT.SIZE = (resolution, resolution)
+        if was_frozen:
+            cfg.freeze()
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and text encoding
+
+# The hand-made template of each dataset (CoOp/CoCoOp's zero-shot table); built-in world included.
+DATASET_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+# The seven ImageNet templates CLIP's authors selected for ensembling (used by ZeroshotCLIP2).
+ENSEMBLE_TEMPLATES = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+
+def dataset_template(dataset_name):
+    return DATASET_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+
+
+def class_prompts(classnames, template):
+    return [template.format(name.replace("_", " ")) for name in classnames]
+
+
+def tokenize(texts, clip_model):
+    """Tokenise to the model's own context length (77 for OpenAI's models)."""
+    try:
+        return clip.tokenize(texts, context_length=clip_model.context_length)
+    except RuntimeError as e:
+        raise UserError(f"prompt too long for the model's context length {clip_model.context_length}: {e}") from None
+
+
+@torch.no_grad()
+def encode_texts(clip_model, texts):
+    """Unit-norm text features (float32) of a list of strings."""
+    device = clip_model.positional_embedding.device
+    features = clip_model.encode_text(tokenize(texts, clip_model).to(device)).float()
+    return F.normalize(features, dim=-1)
+
+
+def encode_class_texts(clip_model, classnames, template):
+    """Unit-norm features of one prompt per class from a template such as 'a photo of a {}.'"""
+    return encode_texts(clip_model, class_prompts(classnames, template))
+
+
+def ensemble_class_texts(clip_model, classnames, templates):
+    """Prompt ensembling: per class, the renormalised mean of its unit-norm features over ``templates``."""
+    per_template = [encode_class_texts(clip_model, classnames, t) for t in templates]
+    return F.normalize(sum(per_template) / len(per_template), dim=-1)
+
+
+class TextEncoder(nn.Module):
+    """CLIP's text transformer run over prompt *embeddings* (what prompt learners optimise)."""
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.dtype = clip_model.dtype
+
+    def forward(self, prompt_embeddings, tokenized_prompts):
+        x = prompt_embeddings + self.positional_embedding.type(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
+        x = self.ln_final(x).type(self.dtype)
+        # The feature of each prompt is read at its end-of-text token (the largest token id).
+        eot = tokenized_prompts.argmax(dim=-1)
+        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+
+
+# ---------------------------------------------------------------------------------------------
+# Image-feature cache
+
+class _ViewDataset(DatasetWrapper):
+    """Images under the transform of one view; augmented views are seeded per (view, image)."""
+
+    def __init__(self, cfg, data_source, transform, view):
+        super().__init__(cfg, data_source, transform=transform)
+        self.view = view
+
+    def __getitem__(self, idx):
+        if self.view == 0:
+            return super().__getitem__(idx)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1_000_003 * self.view + idx)
+            return super().__getitem__(idx)
+
+
+class FeatureCache:
+    """Image features computed once and stored on disk, keyed by all that changes them.
+
+    The key covers the weights file's content hash, the image list (paths and labels), the
+    transform and the view index, so seeds, shot counts and ablations share one extraction and a
+    changed input builds a new entry. Files are written atomically and read with weights_only.
+    """
+
+    VERSION = 1
+
+    def __init__(self, cfg, clip_model, device):
+        self.cfg = cfg
+        self.clip_model = clip_model
+        self.device = device
+        self.directory = cfg.FEATURES.CACHE_DIR or user_cache_dir("features")
+        self.encoder_passes = 0  # images encoded by this instance (0 when everything was cached)
+
+    def key(self, data_source, transform, view):
+        description = {
+            "version": self.VERSION,
+            "weights": self.clip_model.weights_id,
+            "dtype": str(self.clip_model.dtype),
+            "images": [[item.impath, item.label] for item in data_source],
+            "transform": repr(transform),
+            "view": view,
+        }
+        return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:24]
+
+    def get(self, data_source, transform, view=0, desc="images"):
+        """(features [N, D] unit-norm float32 on CPU, labels [N]) for one view of ``data_source``."""
+        path = osp.join(self.directory, f"{self.key(data_source, transform, view)}.pt")
+        if osp.isfile(path):
+            try:
+                entry = load_torch(path)
+                if entry["features"].shape[0] == len(data_source):
+                    return entry["features"], entry["labels"]
+            except (UserError, KeyError, AttributeError):
+                pass
+            print(f"Note: feature cache file {path} is unreadable; rebuilding it")
+        # Extraction must not consume the global random stream (a DataLoader draws a seed from it),
+        # or a run that fills the cache would train differently from one that reads it.
+        with torch.random.fork_rng(devices=[]):
+            features, labels = self._encode(data_source, transform, view, desc)
+        try:
+            save_torch({"features": features, "labels": labels}, path)
+        except OSError as e:
+            print(f"Note: cannot write the feature cache to {self.directory} ({e.strerror}); "
+                  f"set FEATURES.CACHE_DIR or LLU_CACHE to a writable folder to reuse features")
+        return features, labels
+
+    @torch.no_grad()
+    def _encode(self, data_source, transform, view, desc):
+        loader = torch.utils.data.DataLoader(
+            _ViewDataset(self.cfg, data_source, transform, view),
+            batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False,
+            num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+        features, labels = [], []
+        label = f"encoding {desc}" + (f" (view {view})" if view else "")
+        for batch in tqdm(loader, desc=label, disable=None):
+            images = batch["img"].to(self.device).type(self.clip_model.dtype)
+            features.append(F.normalize(self.clip_model.encode_image(images).float(), dim=-1).cpu())
+            labels.append(batch["label"])
+            self.encoder_passes += images.shape[0]
+        return torch.cat(features), torch.cat(labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer bases
+
+class ClipTrainer(TrainerX):
+    """Base of every CLIP trainer: CLIP is loaded (frozen) before the data, so that the input size
+    can follow the model, and the class names come from the dataset."""
+
+    def build_data_loader(self):
+        cfg = self.cfg
+        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC)
+        match_input_size(cfg, self.clip_model)
+        super().build_data_loader()
+        self.classnames = self.dm.dataset.classnames
+
+    @property
+    def logit_scale(self):
+        return self.clip_model.logit_scale.exp().float()
+
+    def provenance(self):
+        return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
+
+    def autocast(self):
+        """Mixed precision for the training step; trainers that support amp return an autocast."""
+        return contextlib.nullcontext()
+
+    def forward_backward(self, batch):
+        """One cross-entropy step (Eq. 3 of the LLU paper) on ``model_inference``'s logits; the
+        learning rate steps once per epoch, after its last batch (Dassl's convention)."""
+        inputs, label = self.parse_batch_train(batch)
+        with self.autocast():
+            logits = self.model_inference(inputs)
+            loss = F.cross_entropy(logits, label)
+        self.model_backward_and_update(loss)
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+
+
+class FeatureTrainer(ClipTrainer):
+    """A trainer whose model acts on image *features*: CLIP's image encoder runs once per image
+    (and per cached augmented view), never inside the training loop.
+
+    Training batches are dicts with ``features`` [B, D] and ``label`` [B]; each epoch draws one
+    cached view per training image (view 0 is the un-augmented image).
+    """
+
+    def build_data_loader(self):
+        super().build_data_loader()
+        self.feature_cache = FeatureCache(self.cfg, self.clip_model, self.device)
+        self._split_features = {}
+
+    def split_features(self, split):
+        """Un-augmented features and labels of ``train``, ``val`` or ``test`` (cached on disk)."""
+        if split not in self._split_features:
+            data = {"train": self.dm.dataset.train_x, "val": self.dm.dataset.val, "test": self.dm.dataset.test}[split]
+            self._split_features[split] = self.feature_cache.get(data, self.dm.tfm_test, 0, desc=split)
+        return self._split_features[split]
+
+    def train_views(self):
+        """[V+1, N, D] features of the training images: view 0 plus ``FEATURES.AUG_VIEWS`` augmented views."""
+        if "train_views" not in self._split_features:
+            data = self.dm.dataset.train_x
+            views = [self.split_features("train")[0]]
+            for view in range(1, self.cfg.FEATURES.AUG_VIEWS + 1):
+                views.append(self.feature_cache.get(data, self.dm.tfm_train, view, desc="train")[0])
+            self._split_features["train_views"] = torch.stack(views)
+        return self._split_features["train_views"]
+
+    def feature_batches(self):
+        """One epoch of shuffled training batches; like the image loader, drops the last partial
+        batch only when the set holds at least one full batch."""
+        views = self.train_views()
+        labels = self.split_features("train")[1]
+        n = labels.shape[0]
+        batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        order = torch.randperm(n)
+        chosen_view = torch.randint(views.shape[0], (n,))
+        n_batches = n // batch_size if n >= batch_size else 1
+        for b in range(n_batches):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield {"features": views[chosen_view[idx], idx].to(self.device), "label": labels[idx].to(self.device)}
+
+    def run_epoch(self):
+        self.train_loader_x = list(self.feature_batches())
+        super().run_epoch()
+
+    def parse_batch_train(self, batch):
+        return batch["features"], batch["label"]
+
+    def evaluation_batches(self, split):
+        features, labels = self.split_features(split)
+        batch_size = self.cfg.DATALOADER.TEST.BATCH_SIZE
+        for start in range(0, features.shape[0], batch_size):
+            yield (features[start:start + batch_size].to(self.device),
+                   labels[start:start + batch_size].to(self.device))

@@ -1,0 +1,306 @@
+"""CoOp: Context Optimization (Zhou, Yang, Loy and Liu, "Learning to Prompt for Vision-Language
+Models", IJCV 2022).
+
+The class text of CLIP's zero-shot classifier is replaced by a prompt whose context words are
+learned vectors: t_i = [SOS] [V]_1 ... [V]_M [CLASS_i] . [EOS], and
+p(y = i | x) = exp(cos(g(t_i), f(x)) / tau) / sum_j exp(cos(g(t_j), f(x)) / tau),
+with CLIP's image encoder f, text encoder g and temperature tau all frozen. Only [V] is trained,
+by cross-entropy. The context is shared by all classes, or class-specific (CSC); the class token
+sits at the end, in the middle or at the front.
+
+``PromptTrainer`` below is what CoOp, CoCoOp and ProGrad share: the data path (cached image
+features when training applies no augmentation, CLIP's image encoder under no_grad otherwise),
+precision, and checkpoints that hold only learned parameters, so that a model trained on base
+classes is evaluated on new ones (``--eval-only --model-dir`` with another class set).
+"""
+import contextlib
+
+import clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llu.engine import CN, TRAINER_REGISTRY, TrainerX, build_lr_scheduler, build_optimizer, config_extension
+from llu.utils import UserError
+from llu.utils import load_torch
+
+from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
+
+
+@config_extension
+def add_coop_config(cfg):
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16  # M, the number of learned context vectors (CoOp's few-shot default)
+    # Words initialising the last context vectors ("a photo of a"); "template": the words of the
+    # dataset's hand-made template (ProGrad's initialisation); "": random N(0, 0.02^2) vectors.
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    cfg.TRAINER.COOP.CSC = False  # class-specific context: one context per class (cannot move to new classes)
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # where [CLASS] sits: end, middle or front
+
+
+# Training transforms that make every epoch see different pixels; without them the image features
+# never change and are read from the feature cache.
+AUGMENTATIONS = ("random_resized_crop", "random_flip")
+
+_tokenizer = clip.clip._tokenizer
+
+
+def template_context(template):
+    """The words of a hand-made template, placed before the class name (ProGrad's reordering):
+    'a photo of a {}, a type of pet.' -> 'a type of pet, a photo of a'."""
+    before, after = template.split("{}")
+    after = after.strip().rstrip(".").lstrip(",").strip()
+    return ", ".join(part for part in (after, before.strip()) if part)
+
+
+# ---------------------------------------------------------------------------------------------
+# The prompt learner
+
+class PromptLearner(nn.Module):
+    """Learned context vectors [V]_1..[V]_M, kept in fp32 (the master copy under fp16), and the
+    frozen token embeddings of [SOS], the class names, '.' and [EOS].
+
+    The class-dependent buffers are non-persistent: a checkpoint holds the contexts only, and
+    ``set_classnames`` rebuilds the buffers for any class set.
+    """
+
+    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end"):
+        super().__init__()
+        if n_ctx < 1:
+            raise UserError(f"N_CTX must be at least 1, got {n_ctx}")
+        if class_token_position not in ("end", "middle", "front"):
+            raise UserError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {class_token_position!r}")
+        self.n_ctx = n_ctx
+        self.csc = csc
+        self.class_token_position = class_token_position
+        device = clip_model.token_embedding.weight.device
+        ctx_dim = clip_model.ln_final.weight.shape[0]
+        shape = (len(classnames), n_ctx, ctx_dim) if csc else (n_ctx, ctx_dim)
+        if ctx_init:
+            # The words fill the last context vectors; any before them start at zero (ProGrad's padding).
+            n_words = len(_tokenizer.encode(ctx_init))
+            if n_words > n_ctx:
+                raise UserError(f"CTX_INIT {ctx_init!r} has {n_words} tokens, more than N_CTX {n_ctx}")
+            with torch.no_grad():
+                words = clip_model.token_embedding(tokenize([ctx_init], clip_model).to(device))[0, 1:1 + n_words]
+            ctx = torch.zeros(shape, device=device)
+            ctx[..., n_ctx - n_words:, :] = words.float()
+            self.init_text = " ".join(["X"] * (n_ctx - n_words) + [ctx_init])
+        else:
+            ctx = torch.empty(shape, device=device).normal_(std=0.02)
+            self.init_text = " ".join(["X"] * n_ctx)
+        self.ctx = nn.Parameter(ctx)
+        print(f'Initial context: "{self.init_text}" ({n_ctx} context tokens'
+              + (", class-specific)" if csc else ")"))
+        self.set_classnames(clip_model, classnames)
+
+    def set_classnames(self, clip_model, classnames):
+        """(Re)build the class-dependent buffers for ``classnames``."""
+        if self.csc and len(classnames) != self.ctx.shape[0]:
+            raise UserError(f"class-specific contexts were made for {self.ctx.shape[0]} classes, not {len(classnames)}")
+        names = [name.replace("_", " ") for name in classnames]
+        placeholder = " ".join(["X"] * self.n_ctx)
+        try:
+            tokens = tokenize([f"{placeholder} {name}." for name in names], clip_model)
+        except UserError as e:
+            raise UserError(f"{e} (N_CTX {self.n_ctx} context tokens, the class name and 3 more must fit)") from None
+        tokens = tokens.to(clip_model.token_embedding.weight.device)
+        with torch.no_grad():
+            embeddings = clip_model.token_embedding(tokens).type(clip_model.dtype)
+        self.register_buffer("tokenized_prompts", tokens, persistent=False)
+        self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)  # [SOS]
+        self.register_buffer("token_suffix", embeddings[:, 1 + self.n_ctx:], persistent=False)  # [CLASS] . [EOS]
+        name_lengths = [len(_tokenizer.encode(name)) for name in names]
+        self.register_buffer("position_index", self._position_index(name_lengths, tokens.shape[1]), persistent=False)
+
+    def _position_index(self, name_lengths, length):
+        """Per class, the order that moves [CLASS] from the end layout to ``class_token_position``."""
+        m, half = self.n_ctx, self.n_ctx // 2
+        rows = []
+        for n in name_lengths:
+            context, name, rest = list(range(1, 1 + m)), list(range(1 + m, 1 + m + n)), list(range(1 + m + n, length))
+            if self.class_token_position == "front":
+                rows.append([0] + name + context + rest)
+            elif self.class_token_position == "middle":
+                rows.append([0] + context[:half] + name + context[half:] + rest)
+            else:
+                rows.append(list(range(length)))
+        return torch.tensor(rows, dtype=torch.long, device=self.ctx.device)
+
+    def assemble(self, ctx):
+        """Prompt embeddings [n_cls, L, D] from a shared [M, D] or class-specific [n_cls, M, D] context."""
+        prefix, suffix = self.token_prefix, self.token_suffix
+        ctx = ctx.type(prefix.dtype)
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        prompts = torch.cat([prefix, ctx, suffix], dim=1)
+        if self.class_token_position == "end":
+            return prompts
+        return prompts.gather(1, self.position_index.unsqueeze(-1).expand_as(prompts))
+
+    def forward(self):
+        return self.assemble(self.ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: frozen CLIP reading the learned prompts
+
+class CoOpCLIP(nn.Module):
+    """CLIP whose class texts are the prompt learner's prompts; logits are tau^-1 cos(g(t_i), f(x))."""
+
+    def __init__(self, clip_model, prompt_learner):
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.text_encoder = TextEncoder(clip_model)
+        self.image_encoder = clip_model.visual
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def encode_images(self, inputs):
+        """Unit-norm float32 image features; cached features ([B, D]) pass through unchanged."""
+        if inputs.dim() == 2:
+            return inputs
+        with torch.no_grad():
+            return F.normalize(self.image_encoder(inputs.type(self.dtype)).float(), dim=-1)
+
+    def encode_prompts(self, prompts):
+        return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts).float(), dim=-1)
+
+    def forward(self, inputs, text_features=None):
+        """Logits of images (or cached features); ``text_features`` skips encoding the prompts."""
+        if text_features is None:
+            text_features = self.encode_prompts(self.prompt_learner())
+        return self.logit_scale.exp().float() * self.encode_images(inputs) @ text_features.t()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainers
+
+class PromptTrainer(FeatureTrainer):
+    """What CoOp-family trainers share: the data path, precision, and class-free checkpoints.
+
+    Subclasses build ``self.model`` (with ``self.model.prompt_learner``) in ``build_model`` and
+    call ``register_prompt_learner``. Training batches are cached features (``FeatureTrainer``)
+    unless ``INPUT.TRANSFORMS`` asks for augmentation; then the image loader's batches go through
+    CLIP's frozen image encoder every step. Evaluation always reads cached features (test images
+    are never augmented).
+    """
+
+    def register_prompt_learner(self):
+        self.prompt_learner = self.model.prompt_learner
+        optimizer = build_optimizer(self.prompt_learner, self.cfg.OPTIM)
+        scheduler = build_lr_scheduler(optimizer, self.cfg.OPTIM)
+        self.register_model("prompt_learner", self.prompt_learner, optimizer, scheduler)
+        if self.cfg.MODEL.INIT_WEIGHTS:  # CoOp's way to start from a trained context
+            self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS)
+        # fp16: CLIP runs in half precision, the prompt learner stays fp32; amp: autocast + loss scaling.
+        use_amp = self.device.type == "cuda" and self.cfg.TRAINER.PREC == "amp"
+        self.scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    def load_init_weights(self, path):
+        """Start from the contexts in ``path`` (a checkpoint of this trainer, or its bare state dict)."""
+        state = load_torch(path)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: expected a checkpoint or a state dict")
+        try:
+            self.load_checkpoint_state("prompt_learner", state)
+        except UserError as e:
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: {e}") from None
+        print(f"Initialised the prompt learner from {path}")
+
+    @property
+    def augments_images(self):
+        return any(name in AUGMENTATIONS for name in self.cfg.INPUT.TRANSFORMS)
+
+    def run_epoch(self):
+        if self.augments_images:
+            TrainerX.run_epoch(self)  # the image loader; FeatureTrainer's cached batches would repeat pixels
+        else:
+            super().run_epoch()
+
+    def parse_batch_train(self, batch):
+        if "features" in batch:
+            return batch["features"], batch["label"]
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.scaler is not None else contextlib.nullcontext()
+
+    def model_backward(self, loss):
+        self.detect_anomaly(loss)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def model_update(self, names=None):
+        if self.scaler is None:
+            return super().model_update(names)
+        for name in self.get_model_names(names):
+            self.scaler.step(self._optims[name])
+        self.scaler.update()
+
+    def model_inference(self, inputs):
+        return self.model(inputs)
+
+    # Checkpoints: learned parameters only (no token embeddings of the training classes).
+
+    def checkpoint_state(self, name):
+        learner = self._models[name]
+        state = {key: value.detach().clone() for key, value in learner.named_parameters()}
+        if learner.csc:
+            state["classnames"] = list(self.classnames)  # class-specific contexts are only valid for these
+        return state
+
+    def load_checkpoint_state(self, name, state_dict):
+        learner = self._models[name]
+        expected = dict(learner.named_parameters())
+        # Upstream CoOp checkpoints also carry the training classes' token_prefix / token_suffix: ignored.
+        learned = {key: value for key, value in state_dict.items() if key in expected}
+        unknown = sorted(set(state_dict) - set(expected) - {"classnames", "token_prefix", "token_suffix"})
+        missing = sorted(set(expected) - set(learned))
+        if unknown or missing:
+            raise UserError(f"the checkpoint does not fit {self.cfg.TRAINER.NAME}'s prompt learner "
+                            f"(missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unknown) or '-'}); "
+                            f"was it trained by another trainer?")
+        trained_ctx = learned["ctx"]
+        trained_csc = trained_ctx.dim() == 3
+        if trained_csc != learner.csc:
+            raise UserError(f"the checkpoint holds {'class-specific' if trained_csc else 'shared'} contexts; "
+                            f"set TRAINER.COOP.CSC {trained_csc} to load it")
+        if learner.csc:
+            trained_classes = state_dict.get("classnames")
+            if trained_ctx.shape[0] != len(self.classnames) or (
+                    trained_classes is not None and list(trained_classes) != list(self.classnames)):
+                raise UserError(
+                    f"class-specific contexts (CSC True) belong to the {trained_ctx.shape[0]} classes they were "
+                    f"trained on and cannot be evaluated on another class set ({len(self.classnames)} classes "
+                    f"here); train with TRAINER.COOP.CSC False to evaluate on new classes")
+        if trained_ctx.shape != learner.ctx.shape:
+            raise UserError(f"the checkpoint's context has shape {tuple(trained_ctx.shape)}, this run's "
+                            f"{tuple(learner.ctx.shape)}; use the N_CTX it was trained with")
+        learner.load_state_dict(learned)
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(PromptTrainer):
+    def build_model(self):
+        coop = self.cfg.TRAINER.COOP
+        ctx_init = template_context(dataset_template(self.cfg.DATASET.NAME)) if coop.CTX_INIT == "template" \
+            else coop.CTX_INIT
+        prompt_learner = PromptLearner(self.clip_model, self.classnames, coop.N_CTX, ctx_init, coop.CSC,
+                                       coop.CLASS_TOKEN_POSITION)
+        self.model = CoOpCLIP(self.clip_model, prompt_learner).to(self.device)
+        self.register_prompt_learner()
+        self.eval_text_features = None
+
+    @torch.no_grad()
+    def test(self, split=None):
+        # The learned prompts do not depend on the image: encode them once per evaluation.
+        self.set_model_mode("eval")
+        self.eval_text_features = self.model.encode_prompts(self.prompt_learner())
+        try:
+            return super().test(split)
+        finally:
+            self.eval_text_features = None
+
+    def model_inference(self, inputs):
+        return self.model(inputs, text_features=self.eval_text_features)

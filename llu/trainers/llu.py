@@ -1,0 +1,78 @@
+"""LLU: Localized Linear Updates (Ibing, Lim and Kobbelt), Section 3.2.
+
+Affine adapters g_I, g_T act on CLIP's frozen image and text embeddings. Each adapted embedding is
+blended with the frozen one by a weight alpha(x, D) that is large only near the data the adapter
+was trained on (Eq. 4-5), so predictions far from the training data stay zero-shot CLIP's. An
+identity regulariser (Eq. 6) keeps g close to the identity. Training uses cross-entropy on cosine
+logits (Eq. 1, 3) over cached image features: CLIP never runs inside the training loop.
+
+The adapter itself lives in ``llu_adapter.py`` (usable without this trainer); this file wires it
+to the data: the anchor sets D_image (training image features) and D_text (training class
+prompts), the training loop, checkpoints and evaluation on other class sets.
+"""
+import torch
+
+from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+
+from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
+from .llu_adapter import LocalizedLinearAdapter
+
+
+@config_extension
+def add_llu_config(cfg):
+    cfg.TRAINER.LLU = CN()
+    cfg.TRAINER.LLU.BETA = 0.5  # beta of Eq. 5: the largest interpolation weight (1.0 = "no damp")
+    cfg.TRAINER.LLU.GAMMA = 20.0  # gamma of Eq. 5: locality of the update (0.0 = "no mask", global alpha)
+    cfg.TRAINER.LLU.MASK = "exp"  # exp (Eq. 5) or dirac (alpha = beta at a training point, 0 elsewhere)
+    cfg.TRAINER.LLU.LAMBDA = 1e3  # lambda of Eq. 6 (0.0 = "no reg")
+    cfg.TRAINER.LLU.REG_FORM = "mse"  # mse: mean((W-I)^2) + mean(b^2), matches Table 4's values; norm: Eq. 6 as written
+    cfg.TRAINER.LLU.INIT = "identity"  # identity (W = I, b = 0) or random (nn.Linear's init, "rand. init")
+    cfg.TRAINER.LLU.N_CLUSTERS = 512  # anchors per set after complete-linkage clustering (<= 0: "no cluster")
+    cfg.TRAINER.LLU.SHARED = False  # one adapter for images and texts (g_I = g_T)
+    cfg.TRAINER.LLU.ADAPT = "both"  # which embeddings are adapted: both, image or text
+
+
+@TRAINER_REGISTRY.register()
+class LLU(FeatureTrainer):
+    def build_model(self):
+        llu = self.cfg.TRAINER.LLU
+        dim = self.clip_model.text_projection.shape[1]
+        self.adapter = LocalizedLinearAdapter(
+            dim, beta=llu.BETA, gamma=llu.GAMMA, mask=llu.MASK, init=llu.INIT, shared=llu.SHARED,
+            adapt=llu.ADAPT, reg_form=llu.REG_FORM).to(self.device)
+        # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
+        self.text_features = encode_class_texts(
+            self.clip_model, self.classnames, dataset_template(self.cfg.DATASET.NAME)).to(self.device)
+        optimizer = build_optimizer(self.adapter, self.cfg.OPTIM)
+        scheduler = build_lr_scheduler(optimizer, self.cfg.OPTIM)
+        self.register_model("adapter", self.adapter, optimizer, scheduler)
+
+    def before_train(self):
+        super().before_train()
+        if self.start_epoch == 0:
+            # D_image: the training images' (un-augmented) features; D_text: the training class prompts.
+            image_features = self.split_features("train")[0].to(self.device)
+            self.adapter.set_anchors(image_features, self.text_features, n_clusters=self.cfg.TRAINER.LLU.N_CLUSTERS)
+            print(f"LLU anchors: {self.adapter.image_anchors.shape[0]} image, {self.adapter.text_anchors.shape[0]} text")
+
+    def forward_backward(self, batch):
+        image_features, label = self.parse_batch_train(batch)
+        total, ce, reg = self.adapter.loss(image_features, label, self.text_features, self.logit_scale,
+                                           lam=self.cfg.TRAINER.LLU.LAMBDA)
+        self.model_backward_and_update(total)
+        with torch.no_grad():
+            logits = self.model_inference(image_features)
+        summary = {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
+                   "acc": (logits.argmax(1) == label).float().mean().item() * 100}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def model_inference(self, image_features):
+        return self.adapter.logits(image_features, self.text_features, self.logit_scale)
+
+    def extra_results(self):
+        return {"llu_regularizer": float(self.adapter.regularizer()),
+                "llu_regularizer_form": self.cfg.TRAINER.LLU.REG_FORM,
+                "llu_anchors": {"image": int(self.adapter.image_anchors.shape[0]),
+                                "text": int(self.adapter.text_anchors.shape[0])}}

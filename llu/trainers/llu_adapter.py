@@ -1,0 +1,299 @@
+"""The LLU adapter (Ibing, Lim and Kobbelt, "Localized Latent Updates", Section 3.2), in plain torch.
+
+Affine functions g(x) = W x + b act on frozen, unit-norm CLIP embeddings f. Each adapted embedding is
+blended with f by a weight alpha(x, D) that is beta at the data D the adapter was trained on and
+decays with the cosine distance to it (Eq. 4-5), so that far from D the zero-shot embedding is kept.
+An identity regulariser (Eq. 6) keeps g close to the identity, and g starts as the identity. D is
+stored per encoder (D_image, D_text), reduced by complete-linkage clustering when it is large.
+
+This file imports nothing from the rest of the project (torch only) and works on any embedding
+tensors: ``from llu import LocalizedLinearAdapter`` loads this module alone.
+
+    adapter = LocalizedLinearAdapter(512)                    # beta 0.5, gamma 20, identity init
+    adapter.fit(train_image_features, train_labels, class_text_features)  # sets anchors, trains
+    logits = adapter.logits(test_image_features, class_text_features, logit_scale=100.0)
+
+Table 4's ablations are constructor / fit arguments: "no cluster" n_clusters=0, "no damp" beta=1,
+"no mask" gamma=0, "Dirac mask" mask="dirac", "no reg" lam=0, "rand. init" init="random", "Linear"
+beta=1, gamma=0, init="random", lam=0 (alpha = 1 everywhere: a plain linear adapter).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Dirac mask: a point counts as "at" an anchor when 1 - cos <= this (an angle of about 0.8 degrees).
+# It is far above float32 round-off of a 512-d cosine (~1e-7) and far below the distance between two
+# distinct images' CLIP features (1 - cos is typically > 1e-2).
+DIRAC_THRESHOLD = 1e-4
+
+# Largest [rows, anchors] block of cosines held at once (16 MiB in float32).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+class AffineAdapter(nn.Linear):
+    """g(x) = W x + b. "identity": W = I, b = 0 (Section 3.2); "random": nn.Linear's own
+    initialisation (Table 4, "rand. init")."""
+
+    def __init__(self, dim, init="identity"):
+        if init not in ("identity", "random"):
+            raise ValueError(f"init must be 'identity' or 'random', got {init!r}")
+        super().__init__(dim, dim)  # nn.Linear.__init__ applies the random initialisation
+        if init == "identity":
+            with torch.no_grad():
+                nn.init.eye_(self.weight)
+                nn.init.zeros_(self.bias)
+
+
+def _max_cosine(x, anchors):
+    """max_{d in D} x^T d per row of x, in row chunks so that 10^5 x 10^4 cosines never coexist."""
+    rows = max(1, _CHUNK_ELEMENTS // anchors.shape[0])
+    return torch.cat([(chunk @ anchors.t()).amax(dim=1) for chunk in x.split(rows)])
+
+
+def interpolation_weight(x, anchors, beta, gamma, mask="exp", dirac_threshold=DIRAC_THRESHOLD):
+    """Eq. 5: alpha(x, D) = beta * max_{d in D} exp(-gamma (1 - x^T d)), one value per row of x.
+
+    exp is decreasing in the distance, so the max over anchors is taken on the cosine and exp is
+    applied once. x and the anchors are normalised here (1 - x^T d is a distance only for unit
+    vectors) and the cosine is clamped to [-1, 1], so alpha lies in [0, beta]. gamma = 0 gives
+    alpha = beta everywhere (CLIP-Adapter's global alpha). mask="dirac" (gamma -> infinity) gives
+    beta where 1 - max cos <= dirac_threshold and 0 elsewhere. An empty D gives alpha = 0.
+    """
+    if mask not in ("exp", "dirac"):
+        raise ValueError(f"mask must be 'exp' or 'dirac', got {mask!r}")
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    if anchors.shape[0] == 0:
+        return x.new_zeros(x.shape[0], dtype=dtype)
+    x = F.normalize(x.to(dtype), dim=-1)
+    anchors = F.normalize(anchors.to(device=x.device, dtype=dtype), dim=-1)
+    distance = 1 - _max_cosine(x, anchors).clamp(-1, 1)
+    if mask == "dirac":
+        return beta * (distance <= dirac_threshold).to(dtype)
+    return beta * torch.exp(-gamma * distance)
+
+
+def localized_update(f, adapter, alpha):
+    """Eq. 4 with a local alpha: normalize(alpha * normalize(g(f)) + (1 - alpha) * f), f normalised.
+
+    Both ends of the blend are unit vectors, so alpha weighs two points on the sphere whatever the
+    norm of g(f) (which under a random init is far from 1), and the result is renormalised because
+    the logits of Eq. 1 are cosines. At alpha = 0 the result is f, at alpha = 1 it is g(f)/|g(f)|.
+    """
+    f = F.normalize(f, dim=-1)
+    alpha = alpha.unsqueeze(-1).to(f.dtype)
+    return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + (1 - alpha) * f, dim=-1)
+
+
+def identity_regularizer(adapters, form="mse"):
+    """Eq. 6 without lambda: the distance of every affine adapter g = W x + b to the identity, summed.
+
+    "mse": mean((W - I)^2) + mean(b^2). This is the form whose values match Table 4: nn.Linear's
+    random init on d = 512 gives 1/(3d) + 1/d + 1/(3d) = 3.26e-3 per adapter, 6.5e-3 for the image
+    and text adapters (Table 4, "Linear": 6.5e-3; "rand. init", regularised: 3.6e-3).
+    "norm": ||W - I||_F + ||b||_2 as Eq. 6 is written; the same init gives about 26.7 per adapter.
+    The caller multiplies by lambda, so the unweighted value can be logged.
+    """
+    if form not in ("mse", "norm"):
+        raise ValueError(f"form must be 'mse' or 'norm', got {form!r}")
+    total = 0.0
+    for g in adapters:
+        eye = torch.eye(g.weight.shape[0], dtype=g.weight.dtype, device=g.weight.device)
+        if form == "mse":
+            total = total + (g.weight - eye).pow(2).mean() + g.bias.pow(2).mean()
+        else:
+            total = total + torch.linalg.matrix_norm(g.weight - eye) + torch.linalg.vector_norm(g.bias)
+    return torch.as_tensor(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clustering the anchor sets
+
+@torch.no_grad()
+def complete_linkage(features, n_clusters):
+    """Agglomerative clustering of rows of ``features`` on the cosine distance 1 - cos, merging the
+    two clusters whose *farthest* members are closest (complete linkage), until n_clusters remain.
+
+    Returns (assignment [n], heights [n - n_clusters]): cluster ids 0..k-1 numbered by their smallest
+    member index, and the distance of each merge in order. A float32 n x n matrix holds the current
+    cluster distances (4 n^2 bytes: 1.0 GB at n = 16,000); a merge of i and j replaces row and
+    column i by max(d(., i), d(., j)) (Lance-Williams for complete linkage) and retires j. Each row
+    caches its nearest neighbour; as complete-linkage distances never decrease, only rows whose
+    cached neighbour was i or j are rescanned. Ties go to the lowest index (deterministic).
+    n = 16,000 -> 512 takes 16-23 s on one CPU thread (bench/bench_clustering.py), including
+    about 3 s for the distance matrix; scipy's linkage needs 1.95 GB and 52-73 s for the same partition.
+    """
+    x = F.normalize(features.detach().float(), dim=-1)
+    n = x.shape[0]
+    n_merges = n - max(1, int(n_clusters))
+    distance = torch.empty(n, n, dtype=torch.float32, device=x.device)
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n, rows):
+        block = distance[start:start + rows]
+        torch.mm(x[start:start + rows], x.t(), out=block)
+        block.neg_().add_(1.0)
+    distance.fill_diagonal_(math.inf)
+    nearest_distance, nearest = distance.min(dim=1)
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    label = torch.arange(n, device=x.device)  # the smallest member index of each point's cluster
+    heights = torch.empty(max(n_merges, 0), dtype=torch.float32)
+    for step in range(n_merges):
+        a = int(nearest_distance.argmin())
+        b = int(nearest[a])
+        i, j = min(a, b), max(a, b)
+        heights[step] = nearest_distance[a]
+        active[j] = False
+        nearest_distance[j] = math.inf
+        label[label == j] = i
+        merged = torch.maximum(distance[i], distance[j])  # d(k, i u j) = max(d(k, i), d(k, j))
+        merged[i] = math.inf
+        distance[i] = merged
+        # Column writes are strided (a cache miss per row): write column i for active rows only and
+        # never write column j; retired columns are masked when a row is rescanned instead.
+        alive = active.nonzero().squeeze(1)
+        distance[alive, i] = merged[alive]
+        stale = ((nearest == i) | (nearest == j)) & active
+        stale[i] = True
+        stale = stale.nonzero().squeeze(1)
+        nearest_distance[stale], nearest[stale] = distance[stale].masked_fill_(~active, math.inf).min(dim=1)
+    assignment = torch.unique(label, return_inverse=True)[1]
+    return assignment, heights
+
+
+@torch.no_grad()
+def cluster_anchors(features, n_clusters):
+    """The anchor set D of Eq. 5 for a set of features (Section 3.2, "Clustering").
+
+    With at most n_clusters features (or n_clusters <= 0, Table 4's "no cluster") the normalised
+    features are the anchors; otherwise complete-linkage clusters, each represented by the
+    normalised mean of its members. Returns (anchors [k, d] unit vectors, assignment [n]).
+    """
+    x = F.normalize(features.detach().to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
+    n = x.shape[0]
+    if n_clusters <= 0 or n <= n_clusters:
+        return x, torch.arange(n, device=x.device)
+    assignment, _ = complete_linkage(x, n_clusters)
+    sums = x.new_zeros(int(assignment.max()) + 1, x.shape[1]).index_add_(0, assignment, x)
+    return F.normalize(sums, dim=-1), assignment
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter
+
+class LocalizedLinearAdapter(nn.Module):
+    """Localized linear updates of image and text embeddings (Section 3.2).
+
+    dim: embedding size. beta, gamma, mask: Eq. 5. init: "identity" or "random". shared: one g for
+    images and texts (g_I = g_T). adapt: which embeddings are updated ("both", "image", "text").
+    reg_form: Eq. 6's form (see ``identity_regularizer``). beta, gamma and both anchor sets are
+    buffers, so they travel in the state dict; the anchor sets change size with ``set_anchors``.
+    """
+
+    def __init__(self, dim, beta=0.5, gamma=20.0, mask="exp", init="identity", shared=False, adapt="both",
+                 reg_form="mse", dirac_threshold=DIRAC_THRESHOLD):
+        super().__init__()
+        sides = {"both": ("image", "text"), "image": ("image",), "text": ("text",)}
+        if adapt not in sides:
+            raise ValueError(f"adapt must be 'both', 'image' or 'text', got {adapt!r}")
+        if mask not in ("exp", "dirac"):
+            raise ValueError(f"mask must be 'exp' or 'dirac', got {mask!r}")
+        if reg_form not in ("mse", "norm"):
+            raise ValueError(f"reg_form must be 'mse' or 'norm', got {reg_form!r}")
+        if not 0.0 <= beta <= 1.0 or gamma < 0:
+            raise ValueError(f"need 0 <= beta <= 1 and gamma >= 0, got beta={beta}, gamma={gamma}")
+        self.sides, self.shared, self.mask = sides[adapt], shared, mask
+        self.reg_form, self.dirac_threshold = reg_form, dirac_threshold
+        names = ("shared",) if shared else self.sides
+        self.adapters = nn.ModuleDict({name: AffineAdapter(dim, init) for name in names})
+        self.register_buffer("beta", torch.tensor(float(beta)))
+        self.register_buffer("gamma", torch.tensor(float(gamma)))
+        self.register_buffer("image_anchors", torch.empty(0, dim))  # D_image
+        self.register_buffer("text_anchors", torch.empty(0, dim))  # D_text
+
+    def adapter(self, side):
+        """g_I or g_T (the same module when shared); None for a side that is not adapted."""
+        if side not in self.sides:
+            return None
+        return self.adapters["shared" if self.shared else side]
+
+    def set_anchors(self, image_features=None, text_features=None, n_clusters=512):
+        """D_image and D_text: the features trained on, clustered to n_clusters each when larger
+        (n_clusters <= 0: every feature is an anchor). None leaves that set as it is."""
+        for name, features in (("image_anchors", image_features), ("text_anchors", text_features)):
+            if features is not None:
+                old = getattr(self, name)
+                anchors = cluster_anchors(features, n_clusters)[0]
+                setattr(self, name, anchors.to(device=old.device, dtype=old.dtype))
+
+    def _transform(self, f, side):
+        f = f.to(self.beta.dtype)
+        g = self.adapter(side)
+        if g is None:
+            return F.normalize(f, dim=-1)
+        anchors = self.image_anchors if side == "image" else self.text_anchors
+        alpha = interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)  # Eq. 5
+        return localized_update(f, g, alpha)  # Eq. 4
+
+    def transform_image(self, image_features):
+        return self._transform(image_features, "image")
+
+    def transform_text(self, text_features):
+        return self._transform(text_features, "text")
+
+    def forward(self, image_features, text_features, logit_scale):
+        return self.logits(image_features, text_features, logit_scale)
+
+    def logits(self, image_features, text_features, logit_scale):
+        """Eq. 1: logit_scale (1 / tau) times the cosine of the updated image and text embeddings."""
+        return logit_scale * self.transform_image(image_features) @ self.transform_text(text_features).t()
+
+    def regularizer(self):
+        """Eq. 6 without lambda, over the distinct adapters."""
+        return identity_regularizer(self.adapters.values(), self.reg_form)
+
+    def loss(self, image_features, labels, text_features, logit_scale, lam=1e3):
+        """Eq. 3 (cross-entropy over the classes) + lambda * Eq. 6. Returns (total, ce, reg)."""
+        ce = F.cross_entropy(self.logits(image_features, text_features, logit_scale), labels)
+        reg = self.regularizer()
+        return ce + lam * reg, ce, reg
+
+    def fit(self, image_features, labels, class_text_features, epochs=200, lr=0.002, lam=1e3, batch_size=32,
+            n_clusters=512, logit_scale=100.0, momentum=0.9, weight_decay=5e-4, seed=0):
+        """Train g on feature tensors with CoOp's optimiser (SGD, momentum 0.9, weight decay 5e-4,
+        cosine schedule over the epochs; no warm-up) and return the mean loss of each epoch.
+
+        The anchors are first set to the training images and the class texts (n_clusters=None keeps
+        the anchors already set, e.g. un-augmented features while training on augmented ones).
+        logit_scale 100 is CLIP's learned 1 / tau.
+        """
+        device = self.beta.device
+        image_features, labels = image_features.to(device), labels.to(device)
+        class_text_features = class_text_features.to(device)
+        if n_clusters is not None:
+            self.set_anchors(image_features, class_text_features, n_clusters)
+        optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+        generator = torch.Generator().manual_seed(seed)
+        history = []
+        for _ in range(epochs):
+            order = torch.randperm(labels.shape[0], generator=generator).to(device)
+            losses = []
+            for idx in order.split(batch_size):
+                total, _, _ = self.loss(image_features[idx], labels[idx], class_text_features, logit_scale, lam)
+                optimizer.zero_grad()
+                total.backward()
+                optimizer.step()
+                losses.append(total.item())
+            scheduler.step()
+            history.append(sum(losses) / len(losses))
+        return history
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The anchor sets have the size they were saved with: resize ours before copying into them.
+        for name in ("image_anchors", "text_anchors"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                old = getattr(self, name)
+                setattr(self, name, old.new_empty(saved.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

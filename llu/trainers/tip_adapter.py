@@ -1,0 +1,221 @@
+"""Tip-Adapter and Tip-Adapter-F (Zhang, Zhang, Fang, Gao et al., "Tip-Adapter: Training-free
+Adaption of CLIP for Few-shot Classification", ECCV 2022; arXiv 2111.03930).
+
+A key-value cache is built from the few-shot training set: the keys F_train [NK, D] are the
+training images' CLIP features, the values L_train [NK, N] their one-hot labels. A test feature f
+reads the cache through the affinity phi(f F_train^T) = exp(-beta (1 - f F_train^T)), and the cache's
+prediction is added to zero-shot CLIP's:
+
+    logits = s * f W_c^T + alpha * exp(-beta (1 - f F_train^T)) L_train
+
+(W_c: the class texts of the dataset's hand-made template, or on ImageNet the average over CLIP's
+seven selected ImageNet templates, as in the official code; s: CLIP's logit scale, 100 for
+OpenAI's weights, the constant of the official code). Tip-Adapter trains nothing; Tip-Adapter-F
+fine-tunes the keys F_train by cross-entropy with alpha and beta fixed at their initial values.
+Both then pick alpha and beta on a grid by accuracy on the *validation* split, never on test (the
+official script also selects Tip-Adapter-F's epoch on test; here the last epoch is kept). A val
+split that shares images with the test split (ImageNet's in CoOp's layout) is refused for the search.
+
+The values are one-hot over the training classes, so a cache cannot score another class set: an
+evaluation on other classes (e.g. CoOp's "new" half) stops with a UserError rather than quietly
+reporting zero-shot CLIP under this trainer's name. The LLU paper likewise leaves Tip-Adapter out
+of its base-to-new comparison ("not suitable for zero-shot learning").
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+from llu.utils import UserError
+
+from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
+
+
+@config_extension
+def add_tip_adapter_config(cfg):
+    # Defaults are the official repository's generic ones (configs/imagenet.yaml, oxford_pets.yaml).
+    cfg.TRAINER.TIP_ADAPTER = CN()
+    cfg.TRAINER.TIP_ADAPTER.INIT_ALPHA = 1.17  # alpha: weight of the cache logits before (or without) the search
+    cfg.TRAINER.TIP_ADAPTER.INIT_BETA = 1.0  # beta: sharpness of the affinity exp(-beta (1 - cos))
+    cfg.TRAINER.TIP_ADAPTER.SEARCH = True  # pick alpha, beta on the validation split (False: keep INIT_*)
+    cfg.TRAINER.TIP_ADAPTER.SEARCH_SCALE = (7.0, 3.0)  # largest (beta, alpha) of the grid ("search_scale")
+    cfg.TRAINER.TIP_ADAPTER.SEARCH_STEP = (200, 20)  # grid points for (beta, alpha) ("search_step")
+    cfg.TRAINER.TIP_ADAPTER.ADAM_EPS = 1e-4  # Tip-Adapter-F's AdamW epsilon (official main.py)
+    # Class texts: "dataset" (the dataset's template), "ensemble" (CLIP's seven ImageNet templates,
+    # averaged), or "auto": the ensemble on ImageNet and its variants, the dataset template elsewhere.
+    cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES = "auto"
+
+
+def text_templates(choice, dataset_name):
+    """The templates whose class texts Tip-Adapter averages, by TRAINER.TIP_ADAPTER.TEXT_TEMPLATES."""
+    if choice not in ("auto", "dataset", "ensemble"):
+        raise UserError(f"TRAINER.TIP_ADAPTER.TEXT_TEMPLATES must be auto, dataset or ensemble, got {choice!r}")
+    if choice == "ensemble" or (choice == "auto" and dataset_name.startswith("ImageNet")):
+        return ENSEMBLE_TEMPLATES
+    return [dataset_template(dataset_name)]
+
+
+def search_grid(largest, steps):
+    """The official grid: ``steps`` values from 0.1 in steps of (largest - 0.1) / steps."""
+    return [0.1 + i * (largest - 0.1) / steps for i in range(steps)]
+
+
+class CacheModel(nn.Module):
+    """The cache: keys F_train, values L_train (stored as label indices), and alpha, beta as buffers
+    so that a checkpoint holds the searched values."""
+
+    def __init__(self, keys, labels, num_classes, alpha, beta, learn_keys=False):
+        super().__init__()
+        self.keys = nn.Parameter(keys.clone(), requires_grad=learn_keys)
+        self.register_buffer("labels", labels.clone())
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.register_buffer("beta", torch.tensor(float(beta)))
+        self.num_classes = num_classes
+
+    def values(self):
+        return F.one_hot(self.labels, self.num_classes).float()
+
+    def affinity(self, image_features):
+        return image_features @ self.keys.t()
+
+    def cache_logits(self, affinity, beta):
+        return torch.exp(-beta * (1 - affinity)) @ self.values()
+
+    def forward(self, image_features, clip_logits, alpha=None, beta=None):
+        alpha = self.alpha if alpha is None else alpha
+        beta = self.beta if beta is None else beta
+        return clip_logits + alpha * self.cache_logits(self.affinity(image_features), beta)
+
+
+@torch.no_grad()
+def search_alpha_beta(cache, features, labels, clip_logits, betas, alphas):
+    """The grid's (beta, alpha) with the most correct predictions and its accuracy (%); ties go to the
+    first in the official loop order (beta outer, alpha inner), as its strict '>' does."""
+    affinity = cache.affinity(features)
+    correct = torch.zeros(len(betas), len(alphas))
+    for i, beta in enumerate(betas):
+        cache_logits = cache.cache_logits(affinity, beta)
+        for j, alpha in enumerate(alphas):
+            correct[i, j] = ((clip_logits + alpha * cache_logits).argmax(dim=1) == labels).sum().item()
+    i, j = divmod(int(correct.argmax()), len(alphas))  # argmax returns the first maximum
+    return betas[i], alphas[j], 100.0 * correct[i, j].item() / len(labels)
+
+
+def _some(names, shown=5):
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+@TRAINER_REGISTRY.register()
+class TipAdapter(FeatureTrainer):
+    learn_keys = False
+
+    def build_model(self):
+        tip = self.cfg.TRAINER.TIP_ADAPTER
+        templates = text_templates(tip.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
+        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, templates).to(self.device)
+        labels = self.split_features("train")[1]
+        self.cache = CacheModel(self.cache_keys(), labels, len(self.classnames), tip.INIT_ALPHA, tip.INIT_BETA,
+                                learn_keys=self.learn_keys).to(self.device)
+        self.register_model("cache", self.cache, *self.build_optimizer_and_scheduler())
+
+    def build_optimizer_and_scheduler(self):
+        return None, None
+
+    def cache_keys(self):
+        """F_train: each training image's feature averaged over its augmented views, renormalised.
+
+        The official code averages the encoder outputs of 10 random crop + flip passes
+        (``augment_epoch``) before normalising; here the cached unit-norm views 1..FEATURES.AUG_VIEWS
+        are averaged (the un-augmented view 0 only when AUG_VIEWS is 0).
+        """
+        views = self.train_views()
+        if views.shape[0] > 1:
+            views = views[1:]
+        return F.normalize(views.mean(dim=0), dim=-1)
+
+    def clip_logits(self, image_features):
+        return self.logit_scale * image_features @ self.text_features.t()
+
+    def model_inference(self, image_features):
+        return self.cache(image_features, self.clip_logits(image_features))
+
+    def validation_features(self):
+        """The val split's features; refuses a val split that shares images with the test split."""
+        val, test = self.dm.dataset.val, self.dm.dataset.test
+        fix = "set TRAINER.TIP_ADAPTER.SEARCH False to use INIT_ALPHA and INIT_BETA"
+        if not val:
+            raise UserError(f"{self.cfg.DATASET.NAME} has no validation split to search Tip-Adapter's alpha and "
+                            f"beta on; {fix}")
+        if {item.impath for item in val} & {item.impath for item in test}:
+            raise UserError(f"{self.cfg.DATASET.NAME}'s validation split shares images with its test split, so "
+                            f"searching alpha and beta on it would select them on test; {fix}")
+        features, labels = self.split_features("val")
+        return features.to(self.device), labels.to(self.device)
+
+    def search_hyperparameters(self):
+        tip = self.cfg.TRAINER.TIP_ADAPTER
+        features, labels = self.validation_features()
+        betas = search_grid(tip.SEARCH_SCALE[0], tip.SEARCH_STEP[0])
+        alphas = search_grid(tip.SEARCH_SCALE[1], tip.SEARCH_STEP[1])
+        beta, alpha, accuracy = search_alpha_beta(self.cache, features, labels, self.clip_logits(features),
+                                                  betas, alphas)
+        self.cache.alpha.fill_(alpha)
+        self.cache.beta.fill_(beta)
+        print(f"Searched on val over {len(betas)} x {len(alphas)} (beta, alpha): beta {beta:.2f}, "
+              f"alpha {alpha:.2f}, val accuracy {accuracy:.2f}%")
+
+    def train(self):
+        print(f"{type(self).__name__} trains nothing: the cache holds {self.cache.keys.shape[0]} training features")
+        if self.cfg.TRAINER.TIP_ADAPTER.SEARCH:
+            self.search_hyperparameters()
+        self.save_model(0, self.output_dir)
+        if not self.cfg.TEST.NO_TEST:
+            self.test()
+
+    def checkpoint_state(self, name):
+        return {**self.cache.state_dict(), "classnames": list(self.classnames)}
+
+    def load_checkpoint_state(self, name, state_dict):
+        trained_on = list(state_dict.get("classnames", []))
+        if trained_on != list(self.classnames):
+            raise UserError(
+                f"{type(self).__name__}: the loaded cache's values are one-hot over the {len(trained_on)} classes it "
+                f"was built from ({_some(trained_on)}), not this run's {len(self.classnames)} classes "
+                f"({_some(self.classnames)}); a cache cannot score other classes. Evaluate on the training "
+                f"classes (the same DATASET.SUBSAMPLE_CLASSES), or use ZeroshotCLIP for new ones")
+        with torch.no_grad():
+            self.cache.keys.data = state_dict["keys"].to(self.device)
+            self.cache.labels = state_dict["labels"].to(self.device)
+            self.cache.alpha.fill_(float(state_dict["alpha"]))
+            self.cache.beta.fill_(float(state_dict["beta"]))
+
+    def extra_results(self):
+        return {"tip_alpha": float(self.cache.alpha), "tip_beta": float(self.cache.beta),
+                "tip_cache_size": int(self.cache.keys.shape[0])}
+
+
+@TRAINER_REGISTRY.register()
+class TipAdapterF(TipAdapter):
+    """Tip-Adapter-F: the keys are fine-tuned (AdamW, cosine schedule), alpha and beta searched after."""
+
+    learn_keys = True
+
+    def check_cfg(self, cfg):
+        if cfg.TEST.FINAL_MODEL != "last_step":
+            raise UserError("TipAdapterF searches alpha and beta on val after its last epoch; "
+                            "set TEST.FINAL_MODEL last_step")
+
+    def build_optimizer_and_scheduler(self):
+        optimizer = build_optimizer(self.cache, self.cfg.OPTIM)
+        if "eps" in optimizer.defaults:  # Adam(W): Dassl's OPTIM keys have no epsilon
+            for group in optimizer.param_groups:
+                group["eps"] = self.cfg.TRAINER.TIP_ADAPTER.ADAM_EPS
+        return optimizer, build_lr_scheduler(optimizer, self.cfg.OPTIM)
+
+    def train(self):
+        FeatureTrainer.train(self)  # the epoch loop, which the training-free TipAdapter.train skips
+
+    def after_epoch(self):
+        if self.epoch + 1 == self.max_epoch and self.cfg.TRAINER.TIP_ADAPTER.SEARCH:
+            self.search_hyperparameters()  # before the last checkpoint is written, so that it holds them
+        super().after_epoch()

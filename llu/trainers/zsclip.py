@@ -1,0 +1,32 @@
+"""Zero-shot CLIP: the "CLIP" row of every table. Nothing is trained.
+
+Class texts come from the dataset's hand-made template (``ZeroshotCLIP``) or from the average of
+that template and CLIP's seven selected ImageNet templates (``ZeroshotCLIP2``); logits are Eq. 1.
+"""
+from llu.engine import TRAINER_REGISTRY
+
+from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(FeatureTrainer):
+    def templates(self):
+        return [dataset_template(self.cfg.DATASET.NAME)]
+
+    def build_model(self):
+        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, self.templates())
+
+    def model_inference(self, image_features):
+        return self.logit_scale * image_features @ self.text_features.t()
+
+    def train(self):
+        print("ZeroshotCLIP learns nothing; evaluating")
+        self.test()
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Prompt ensembling over the dataset template and CLIP's selected ImageNet templates."""
+
+    def templates(self):
+        return [dataset_template(self.cfg.DATASET.NAME)] + ENSEMBLE_TEMPLATES

@@ -1,0 +1,169 @@
+"""The project's own small utilities, shared by every part: user errors, atomic writes, JSON, cache
+folders, file hashes, tensor files and the provenance of a run. Importing this module does not import
+torch (``parse_results.py`` and the sweep runner use it without); the few functions that need torch
+import it when called. Dassl's names live in ``llu.engine``.
+"""
+import datetime
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))  # the checkout (or site-packages when installed)
+
+
+class UserError(Exception):
+    """An error caused by the user's input (a path, a key, a value).
+
+    Command-line entry points catch it once and print its message as one line, without a traceback.
+    """
+
+
+def exit_on_user_error(fn, *args, **kwargs):
+    """Run a command-line entry point; a ``UserError`` becomes one ``error:`` line and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def mkdir_if_missing(dirname):
+    os.makedirs(dirname, exist_ok=True)
+
+
+def listdir_nohidden(path, sort=False):
+    items = [f for f in os.listdir(path) if not f.startswith(".")]
+    return sorted(items) if sort else items
+
+
+def user_cache_dir(*parts):
+    """Where the project caches things it may rebuild: $LLU_CACHE or ~/.cache/llu."""
+    root = os.environ.get("LLU_CACHE") or osp.join(osp.expanduser("~"), ".cache", "llu")
+    return osp.join(root, *parts)
+
+
+def is_writable_dir(path):
+    """True if files can be created in ``path`` (created if missing)."""
+    try:
+        mkdir_if_missing(path)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Readers therefore never see a partial file: either the old one or the complete new one.
+    """
+    directory = osp.dirname(osp.abspath(path))
+    mkdir_if_missing(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + osp.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(text, path):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
+def write_json(obj, path):
+    write_text(json.dumps(obj, indent=2), path)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def git_state():
+    """(commit, has uncommitted changes) of the project's checkout, or (None, None) outside one."""
+    try:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        changes = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, bool(changes)
+
+
+def package_version(name):
+    """The installed version of distribution ``name``, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# Tensor files and provenance (torch is imported only when they are called)
+
+def save_torch(obj, path):
+    import torch
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path, map_location="cpu"):
+    """Load a tensor file without unpickling arbitrary objects."""
+    import torch
+    if not osp.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise UserError(f"{path}: cannot be read as a tensor file ({type(e).__name__}: {e})") from None
+
+
+def run_provenance(device):
+    """What produced a result, for results.json: code, library versions, hardware and time."""
+    import numpy as np
+    import torch
+    commit, dirty = git_state()
+    if device.type == "cuda":
+        hardware = {"gpu": torch.cuda.get_device_name(device)}
+    else:
+        hardware = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": platform.machine()}
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "clip": package_version("clip-anytorch"), "numpy": np.__version__,
+            **hardware, "torch_threads": torch.get_num_threads(),
+            "utc_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
