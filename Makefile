@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
+# Sweep worker processes for the demo (one thread each); the numbers do not depend on it.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,6 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 demo: $(VENV)/.installed
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/base2new.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" JOBS=$(JOBS) bash scripts/base2new.sh
 
 .PHONY: venv test demo

@@ -44,11 +44,12 @@ import os
 import os.path as osp
 import statistics
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tabulate import tabulate
+
+from llu.utils import atomic_path, write_text
 
 
 class ResultsError(Exception):
@@ -655,47 +656,13 @@ def plot_bench(bench, path):
 
 
 def save_figure(fig, path):
-    with atomic_write(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     fig.clf()
 
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-class atomic_write:
-    """A temporary path beside ``path``, renamed onto it when the block succeeds.
-
-    (``engine.utils.atomic_path`` does the same, but importing ``engine`` imports torch, which a
-    table parser should not need.)
-    """
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        directory = osp.dirname(osp.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{osp.basename(self.path)}.", suffix=".tmp")
-        os.close(fd)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-            os.replace(self.tmp, self.path)
-        elif osp.exists(self.tmp):
-            os.remove(self.tmp)
-        return False
-
-
-def write_text(text, path):
-    with atomic_write(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-
 
 def method_json(m):
     return {"trainer": m.trainer, "cfg": m.cfg, "backbone": m.backbone, "label": method_labels([m])[m]}

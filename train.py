@@ -5,6 +5,7 @@
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
 """
 import argparse
+import contextlib
 import difflib
 import os.path as osp
 import sys
@@ -13,7 +14,7 @@ import torch
 import yaml
 
 from llu import engine
-from llu.utils import UserError, exit_on_user_error
+from llu.utils import UserError, exit_on_user_error, run_log
 
 
 def load_project(backend=None):
@@ -137,7 +138,12 @@ def main(args):
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)
-    engine.setup_logger(cfg.OUTPUT_DIR)
+    with run_log(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else contextlib.nullcontext():
+        run(cfg, args)
+
+
+def run(cfg, args):
+    """One run of a frozen config, logged by the caller."""
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print("** Arguments **")

@@ -14,6 +14,8 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
+import traceback
 from contextlib import contextmanager
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))  # the checkout (or site-packages when installed)
@@ -133,6 +135,79 @@ def package_version(name):
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+# Logging a run (Dassl's log.txt)
+
+class Tee:
+    """Write to the terminal and to a log file at once (Dassl's ``log.txt``)."""
+
+    def __init__(self, fpath, stream):
+        self.stream = stream
+        self.file = open(fpath, "a")
+
+    def write(self, msg):
+        self.stream.write(msg)
+        self.file.write(msg)
+        self.file.flush()
+
+    def flush(self):
+        self.stream.flush()
+        self.file.flush()
+
+    def isatty(self):
+        return False
+
+    def close(self):
+        self.file.close()
+
+
+def log_file_path(output_dir):
+    """``output_dir/log.txt`` (or ``output_dir`` itself if it ends in .txt/.log); an existing log is
+    kept and the new one gets a time suffix, as in Dassl."""
+    if output_dir.endswith(".txt") or output_dir.endswith(".log"):
+        fpath = output_dir
+    else:
+        fpath = osp.join(output_dir, "log.txt")
+    if osp.exists(fpath):
+        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
+    mkdir_if_missing(osp.dirname(fpath) or ".")
+    return fpath
+
+
+def setup_logger(output_dir):
+    """Tee stdout and stderr into ``output_dir/log.txt`` for the rest of the process (Dassl's)."""
+    if output_dir and not isinstance(sys.stdout, Tee):
+        fpath = log_file_path(output_dir)
+        sys.stdout = Tee(fpath, sys.stdout)
+        sys.stderr = Tee(fpath, sys.stderr)
+
+
+@contextmanager
+def run_log(output_dir):
+    """Tee stdout and stderr into ``output_dir/log.txt`` while the block runs, then restore them, so
+    that one process can run several runs (the sweep's workers). If the block fails, the log ends
+    with why (the error line, or the traceback), which the caller prints to the console itself."""
+    saved = sys.stdout, sys.stderr
+    fpath = log_file_path(output_dir)
+    tees = Tee(fpath, saved[0]), Tee(fpath, saved[1])
+    sys.stdout, sys.stderr = tees
+    try:
+        yield fpath
+    except BaseException as e:
+        with open(fpath, "a") as f:
+            if isinstance(e, UserError):
+                f.write(f"error: {e}\n")
+            elif isinstance(e, KeyboardInterrupt):
+                f.write("interrupted\n")
+            elif not isinstance(e, SystemExit):
+                f.write("".join(traceback.format_exception(e)))
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
+        for tee in tees:
+            tee.close()
+
 
 
 # Tensor files and provenance (torch is imported only when they are called)

@@ -28,4 +28,4 @@ for dataset in $DATASETS; do
     done
 done
 
-print_tables "$OUTPUT/base2new"
+finish "$OUTPUT/base2new"

@@ -27,4 +27,4 @@ for dataset in $DATASETS; do
     done
 done
 
-print_tables "$OUTPUT/base2new"
+finish "$OUTPUT/base2new"

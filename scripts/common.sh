@@ -6,7 +6,9 @@
 #   - CoOp's number of epochs by shots for the published configs;
 #   - the base-to-new pair (train on base, evaluate on new) and the transfer runs (train on all
 #     classes of a source, evaluate on targets).
-# DRY_RUN=1 prints each command ("+ python train.py ...") or skip ("skip DIR") instead of running it.
+#   - finish: the plan is run by llu/sweep.py (JOBS workers), then the tables are printed.
+# DRY_RUN=1 prints each command ("+ python train.py ...") or skip ("skip DIR") instead of running it,
+# in an order that works line by line (an evaluation after the training run it reads).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,9 @@ if [[ $PYTHON == */* ]]; then
     PYTHON=$(abspath "$PYTHON")  # a relative path still works after the cd below
 fi
 DRY_RUN=${DRY_RUN:-0}
+JOBS=${JOBS:-1}  # worker processes running runs at once
+PLAN_FILE=$(mktemp "${TMPDIR:-/tmp}/llu-plan.XXXXXX")
+trap 'rm -f "$PLAN_FILE"' EXIT
 # Extra KEY VALUE options appended to every train.py run (e.g. "FEATURES.CACHE_DIR /scratch/features").
 # They do not enter the output folder names: change OUTPUT when they change what a run computes.
 read -r -a EXTRA_OPTS <<< "${OPTS:-}"
@@ -66,7 +71,8 @@ epoch_opts() {  # epoch_opts DATASET TRAINER CFG SHOTS
     printf '%s\n' OPTIM.MAX_EPOCH "$epochs"
 }
 
-# run_once OUTDIR ARGS...: train.py ARGS into OUTDIR, unless OUTDIR/results.json exists.
+# run_once OUTDIR ARGS...: add "train.py ARGS into OUTDIR" to the plan (DRY_RUN=1: print it), or
+# say that OUTDIR/results.json exists. run_plan then runs the plan.
 run_once() {
     local out=$1
     shift
@@ -74,22 +80,27 @@ run_once() {
         echo "skip $out (results.json exists)"
         return 0
     fi
-    local cmd=("$PYTHON" train.py --output-dir "$out" "$@")
+    local line
+    line=$(printf ' %q' "$PYTHON" train.py --output-dir "$out" "$@")
     if [[ $DRY_RUN == 1 ]]; then
-        printf '+'
-        printf ' %q' "${cmd[@]}"
-        printf '\n'
-        return 0
+        printf '+%s\n' "$line"
+    else
+        printf '%s\n' "${line# }" >> "$PLAN_FILE"
     fi
-    echo "run $out"
-    if ! "${cmd[@]}"; then
-        echo "error: run failed: $out (see $out/log.txt)" >&2
-        exit 1
+}
+
+# Run the plan (llu/sweep.py: JOBS worker processes, each running many runs; an evaluation after
+# the training run it reads; a failed run does not stop the others), then print the tables of
+# TREE; the exit status is the sweep's.
+finish() {  # finish TREE
+    local status=0
+    if [[ $DRY_RUN != 1 ]]; then
+        "$PYTHON" -m llu.sweep --jobs "$JOBS" "$PLAN_FILE" || status=$?
     fi
-    if [[ ! -f $out/results.json ]]; then
-        echo "error: run finished without writing $out/results.json (see $out/log.txt)" >&2
-        exit 1
+    if [[ $status == 0 || -n $(find "$1" -name results.json -print -quit 2>/dev/null) ]]; then
+        print_tables "$1" || status=$((status ? status : $?))
     fi
+    return "$status"
 }
 
 # The options every run of DATASET with TRAINER and CFG starts with.

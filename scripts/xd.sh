@@ -23,4 +23,4 @@ for shots in $SHOTS; do
     done
 done
 
-print_tables "$OUTPUT/transfer"
+finish "$OUTPUT/transfer"

@@ -11,17 +11,65 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_TRAINERS = ["ZeroshotCLIP", "CoOp", "CoCoOp", "ProGrad", "CLIP_Adapter", "LLU"]
 
-# Stands in for python: "train.py ... --output-dir D ..." logs its arguments and writes D/results.json
-# (unless NO_RESULTS is set; exits 3 when D contains $FAIL_ON); other commands are only logged.
-FAKE_PYTHON = r"""#!/usr/bin/env bash
-printf '%s\n' "$*" >> "$CALLS"
-[[ $1 == train.py ]] || exit 0
-prev=""
-for arg in "$@"; do [[ $prev == --output-dir ]] && out=$arg; prev=$arg; done
-[[ -n ${FAIL_ON:-} && $out == *"$FAIL_ON"* ]] && exit 3
-mkdir -p "$out"
-[[ -n ${NO_RESULTS:-} ]] || echo '{}' > "$out/results.json"
+# A stand-in checkout: the real scripts beside a train.py that writes results.json instead of
+# training (unless NO_RESULTS is set; it fails when its output folder contains $FAIL_ON) and a
+# parse_results.py that only records its call. The sweep runner imports train.py from the checkout
+# the plan names, so the real llu/sweep.py runs the stand-in in its workers.
+FAKE_TRAIN = r"""
+import os, sys
+import argparse
+
+
+class Parser:
+    def parse_args(self, argv):
+        return argparse.Namespace(output_dir=argv[argv.index("--output-dir") + 1])
+
+
+def build_parser():
+    return Parser()
+
+
+def main(args):
+    with open(os.environ["CALLS"], "a") as f:
+        f.write("train.py " + args.output_dir + "\n")
+    os.makedirs(args.output_dir, exist_ok=True)
+    if os.environ.get("FAIL_ON") and os.environ["FAIL_ON"] in args.output_dir:
+        with open(os.path.join(args.output_dir, "log.txt"), "w") as f:
+            f.write("epoch 1\nerror: simulated failure\n")
+        raise RuntimeError("simulated failure")
+    if not os.environ.get("NO_RESULTS"):
+        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+            f.write("{}")
 """
+FAKE_PARSE_RESULTS = r"""
+import os, sys
+with open(os.environ["CALLS"], "a") as f:
+    f.write("parse_results.py " + " ".join(sys.argv[1:]) + "\n")
+"""
+
+
+@pytest.fixture
+def fake_checkout(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "scripts").mkdir(parents=True)
+    for name in os.listdir(os.path.join(REPO, "scripts")):
+        if name.endswith(".sh"):
+            (root / "scripts" / name).write_text(open(os.path.join(REPO, "scripts", name)).read())
+    (root / "train.py").write_text(FAKE_TRAIN)
+    (root / "parse_results.py").write_text(FAKE_PARSE_RESULTS)
+    return root
+
+
+def run_fake_sweep(checkout, tmp_path, **env):
+    calls = tmp_path / "calls.txt"
+    full_env = {**os.environ, "OUTPUT": str(tmp_path / "out"), "LLU_CACHE": str(tmp_path / "cache"),
+                "PYTHONPATH": REPO, "PYTHON": sys.executable, "CALLS": str(calls), **env}
+    result = subprocess.run(["bash", str(checkout / "scripts" / "base2new.sh")], cwd=str(tmp_path), env=full_env,
+                            capture_output=True, text=True, timeout=600)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    if calls.exists():
+        calls.unlink()
+    return result, lines
 
 
 def run_script(name, tmp_path, **env):
@@ -118,37 +166,44 @@ def test_finished_runs_are_skipped_crashed_ones_rerun(tmp_path):
     assert str(done).replace("train_base", "test_new") in outputs  # its evaluation still runs
 
 
-def test_sweep_runs_then_skips_everything(tmp_path):
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    env = dict(PYTHON=str(fake), CALLS=str(calls), TRAINERS="ZeroshotCLIP LLU", SEEDS="1")
-    first = run_script("base2new.sh", tmp_path, **env)
-    assert first.returncode == 0, first.stderr
-    assert len([line for line in calls.read_text().splitlines() if line.startswith("train.py")]) == 4
-    assert calls.read_text().splitlines()[-1] == f"parse_results.py {tmp_path / 'out' / 'base2new'}"
-    calls.unlink()
-    second = run_script("base2new.sh", tmp_path, **env)
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sweep_runs_then_skips_everything(fake_checkout, tmp_path, jobs):
+    env = dict(TRAINERS="ZeroshotCLIP LLU", SEEDS="1", JOBS=jobs)
+    first, calls = run_fake_sweep(fake_checkout, tmp_path, **env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len([c for c in calls if c.startswith("train.py")]) == 4
+    assert calls[-1] == f"parse_results.py {tmp_path / 'out' / 'base2new'}"
+    assert "[4/4] done" in first.stdout and "Sweep finished: 4 run(s) done" in first.stdout
+    second, calls = run_fake_sweep(fake_checkout, tmp_path, **env)
     assert second.returncode == 0 and second.stdout.count("skip ") == 4
-    assert calls.read_text().splitlines() == [f"parse_results.py {tmp_path / 'out' / 'base2new'}"]
+    assert calls == [f"parse_results.py {tmp_path / 'out' / 'base2new'}"]
+
+
+def test_an_evaluation_runs_after_the_training_run_it_reads(fake_checkout, tmp_path):
+    result, calls = run_fake_sweep(fake_checkout, tmp_path, TRAINERS="LLU", SEEDS="1 2 3", JOBS="2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = [c.split()[1] for c in calls if c.startswith("train.py")]
+    for seed in (1, 2, 3):
+        tail = f"shapes/shots_16/LLU/toy/seed{seed}"
+        assert runs.index(str(tmp_path / "out/base2new/train_base" / tail)) < \
+            runs.index(str(tmp_path / "out/base2new/test_new" / tail))
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"FAIL_ON": "LLU/toy/seed1"}, "error: run failed: {out} (see {out}/log.txt)"),
-    ({"NO_RESULTS": "1"}, "error: run finished without writing {out}/results.json"),
+    ({"FAIL_ON": "LLU/toy/seed1"}, "error: simulated failure"),
+    ({"NO_RESULTS": "1"}, "finished without writing results.json"),
 ])
-def test_a_failed_run_stops_the_sweep_loudly(tmp_path, env, message):
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    calls = tmp_path / "calls.txt"
-    result = run_script("base2new.sh", tmp_path, PYTHON=str(fake), CALLS=str(calls), TRAINERS="LLU", SEEDS="1 2",
-                        **env)
-    out = tmp_path / "out/base2new/train_base/shapes/shots_16/LLU/toy/seed1"
+def test_a_failed_run_leaves_the_others_running_and_is_named_at_the_end(fake_checkout, tmp_path, env, message):
+    result, calls = run_fake_sweep(fake_checkout, tmp_path, TRAINERS="LLU", SEEDS="1 2", **env)
     assert result.returncode != 0
-    assert message.format(out=out) in result.stderr
-    assert len(calls.read_text().splitlines()) == 1  # nothing ran after the failure
+    failed = "train_base/shapes/shots_16/LLU/toy/seed1"  # relative to the sweep's folder, out/base2new
+    summary = result.stdout.split("Sweep finished:")[1]
+    assert f"failed: {failed}: {message}" in summary
+    assert f"blocked: test_new/shapes/shots_16/LLU/toy/seed1: not run: the run it reads failed ({failed})" in summary
+    trained = [c for c in calls if c.startswith("train.py")]
+    if "FAIL_ON" in env:  # seed 2 still trained and evaluated; seed 1's evaluation never started
+        assert len(trained) == 3 and not any(c.endswith("test_new/shapes/shots_16/LLU/toy/seed1") for c in trained)
+        assert calls[-1].startswith("parse_results.py")  # the tables of what finished
 
 
 def test_fewshot_sweeps_shots(tmp_path):

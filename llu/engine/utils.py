@@ -7,14 +7,12 @@ are re-exported here.
 import os.path as osp
 import platform
 import random
-import sys
-import time
 
 import numpy as np
 import torch
 
 from llu.utils import (atomic_path, listdir_nohidden, load_torch, mkdir_if_missing, read_json,  # noqa: F401
-                       save_torch, write_json)
+                       save_torch, setup_logger, write_json)
 
 
 def set_random_seed(seed):
@@ -50,42 +48,6 @@ def load_pretrained_weights(model, weight_path):
 
 def count_num_param(model):
     return sum(p.numel() for p in model.parameters())
-
-
-class Tee:
-    """Write to the terminal and to a log file at once (Dassl's ``log.txt``)."""
-
-    def __init__(self, fpath, stream):
-        self.stream = stream
-        self.file = open(fpath, "a")
-
-    def write(self, msg):
-        self.stream.write(msg)
-        self.file.write(msg)
-        self.file.flush()
-
-    def flush(self):
-        self.stream.flush()
-        self.file.flush()
-
-    def isatty(self):
-        return False
-
-
-def setup_logger(output_dir):
-    """Tee stdout and stderr into ``output_dir/log.txt`` (or the file itself if it ends in .txt/.log)."""
-    if not output_dir:
-        return
-    if output_dir.endswith(".txt") or output_dir.endswith(".log"):
-        fpath = output_dir
-    else:
-        fpath = osp.join(output_dir, "log.txt")
-    if osp.exists(fpath):
-        fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
-    mkdir_if_missing(osp.dirname(fpath) or ".")
-    if not isinstance(sys.stdout, Tee):
-        sys.stdout = Tee(fpath, sys.stdout)
-        sys.stderr = Tee(fpath, sys.stderr)
 
 
 class AverageMeter:

@@ -103,26 +103,39 @@ def weights_sha256(path):
     return _weights_sha256[key]
 
 
-_warned_fp16_on_cpu = False
+_loaded = {}  # the last backbone built: (weights sha256, device, precision) -> model
 
 
 def load_clip(name, device="cpu", prec="fp32"):
-    """Build a frozen CLIP from ``name``; it carries ``weights_id`` and ``backbone_name``.
+    """A frozen CLIP from ``name``; it carries ``weights_sha256``, ``weights_id`` and ``backbone_name``.
 
-    On a CPU every precision runs as fp32 (CPU kernels for fp16 are missing or slow).
+    On a CPU every precision runs as fp32 (CPU kernels for fp16 are missing or slow). A process that
+    runs one run after another (a sweep worker) builds each backbone once: the model is frozen and
+    in eval mode, so runs can share it.
     """
-    global _warned_fp16_on_cpu
     if prec not in ("fp16", "fp32", "amp"):
         raise UserError(f"TRAINER.PREC must be fp16, fp32 or amp, got {prec!r}")
     path = resolve_weights(name)
+    device = torch.device(device)
+    key = (weights_sha256(path), str(device), prec)
+    if device.type == "cpu" and prec == "fp16":
+        print("Note: fp16 cannot run on the CPU; using fp32")
+    if key not in _loaded:
+        _loaded.clear()  # one backbone in memory at a time
+        _loaded[key] = build_frozen_clip(path, device, prec)
+    model = _loaded[key].eval()
+    model.backbone_name = name
+    return model
+
+
+def build_frozen_clip(path, device, prec):
+    # build_model initialises a random model before loading the weights: keep that off the global
+    # random stream, so a run draws the same numbers whether or not its process built the model.
     try:
-        model = clip.model.build_model(read_clip_state_dict(path))
+        with torch.random.fork_rng(devices=[]):
+            model = clip.model.build_model(read_clip_state_dict(path))
     except (KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{path}: the state dict does not describe a CLIP model ({type(e).__name__}: {e})") from None
-    device = torch.device(device)
-    if device.type == "cpu" and prec == "fp16" and not _warned_fp16_on_cpu:
-        print("Note: fp16 cannot run on the CPU; using fp32")
-        _warned_fp16_on_cpu = True
     if device.type == "cpu" or prec != "fp16":
         model.float()
     model.to(device).eval()
@@ -130,7 +143,6 @@ def load_clip(name, device="cpu", prec="fp32"):
         p.requires_grad_(False)
     model.weights_sha256 = weights_sha256(path)
     model.weights_id = model.weights_sha256[:16]
-    model.backbone_name = name
     return model
 
 
