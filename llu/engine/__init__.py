@@ -11,12 +11,8 @@ built-in one.
 """
 import importlib
 import os
-import warnings
 
 from llu.utils import UserError
-
-# clip-anytorch imports pkg_resources, which warns on every start; the pinned setuptools has it.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 BACKENDS = {"builtin": ".builtin", "dassl": ".dassl_backend"}
 _backend = None  # the module the names come from, once one was read

@@ -14,8 +14,7 @@ import os
 import os.path as osp
 import zipfile
 
-import llu.engine  # noqa: F401  (first: it silences the pkg_resources warning `import clip` gives)
-import clip  # noqa: I100
+import clip
 import clip.model
 import torch
 import torch.nn as nn
