@@ -1,16 +1,21 @@
 """The shared CLIP module: loading, text encoding over embeddings, and the feature cache."""
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 from numerics import assert_close
 
-from llu.engine import Datum, extend_cfg, get_cfg_default
+from llu.engine import Datum, build_transform, extend_cfg, get_cfg_default
+from llu.trainers import clip_common, feature_cache
+from llu.trainers.clip_common import TextEncoder, encode_texts, load_clip, tokenize
+from llu.trainers.feature_cache import FeatureCache
 from llu.utils import UserError
-from llu.engine.data import build_transform
-from llu.trainers import clip_common
-from llu.trainers.clip_common import FeatureCache, TextEncoder, encode_texts, load_clip, tokenize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_load_clip_from_state_dict_file_is_frozen_fp32(tiny_clip_file):
@@ -71,21 +76,109 @@ def test_cache_second_get_runs_no_encoder_pass(cache_setup):
     assert torch.allclose(features.norm(dim=-1), torch.ones(len(data)))
 
 
-def test_cache_rebuilds_when_inputs_change_or_file_is_corrupt(cache_setup):
+def test_each_image_is_encoded_once_whatever_list_it_comes_in(cache_setup):
     cfg, model, data = cache_setup
     test_tf, train_tf = build_transform(cfg, is_train=False), build_transform(cfg, is_train=True)
     cache = FeatureCache(cfg, model, "cpu")
-    cache.get(data, test_tf)
-    for changed in [(data[:-1], test_tf, 0), (data, train_tf, 1), (data, train_tf, 2)]:
+    full, _ = cache.get(data[:6], test_tf)
+    for request, encoded in [(data[:3], 0), (data[2:8], 2), (data, 0), (data, len(data))]:
+        view = 1 if encoded == len(data) else 0
         before = cache.encoder_passes
-        cache.get(*changed)
-        assert cache.encoder_passes == before + len(changed[0])
-    path = os.path.join(cfg.FEATURES.CACHE_DIR, cache.key(data, test_tf, 0) + ".pt")
-    with open(path, "wb") as f:
-        f.write(b"PK\x03\x04 half-written")
+        features, labels = cache.get(request, train_tf if view else test_tf, view)
+        assert cache.encoder_passes == before + encoded
+        assert labels.tolist() == [item.label for item in request]
+    assert torch.equal(cache.get(data[:6], test_tf)[0], full)
+
+
+def test_a_changed_image_file_is_encoded_again(cache_setup):
+    cfg, model, data = cache_setup
+    transform = build_transform(cfg, is_train=False)
+    cache = FeatureCache(cfg, model, "cpu")
+    cache.get(data, transform)
+    os.utime(data[0].impath, ns=(0, os.stat(data[0].impath).st_mtime_ns + 10**9))
     before = cache.encoder_passes
-    cache.get(data, test_tf)
-    assert cache.encoder_passes == before + len(data)
+    cache.get(data, transform)
+    assert cache.encoder_passes == before + 1
+
+
+def shards(folder):
+    return sorted(os.path.join(d, f[:-3]) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "width", "nan", "count", "dtype"])
+def test_a_damaged_shard_is_removed_and_its_images_encoded_again(cache_setup, damage, capsys):
+    cfg, model, data = cache_setup
+    transform = build_transform(cfg, is_train=False)
+    expected, _ = FeatureCache(cfg, model, "cpu").get(data, transform)
+    shard, = shards(cfg.FEATURES.CACHE_DIR)
+    if damage == "truncated":
+        with open(shard + ".pt", "wb") as f:
+            f.write(b"PK\x03\x04 half-written")
+    else:
+        bad = {"width": expected[:, :-1], "nan": expected.clone().fill_(float("nan")), "count": expected[:-1],
+               "dtype": expected.double()}[damage]
+        torch.save(bad, shard + ".pt")
+    cache = FeatureCache(cfg, model, "cpu")
+    features, _ = cache.get(data, transform)
+    assert cache.encoder_passes == len(data) and torch.equal(features, expected)
+    assert "unusable" in capsys.readouterr().out
+    assert shard not in shards(cfg.FEATURES.CACHE_DIR)
+
+
+def test_the_cache_is_shared_between_processes(cache_setup, tmp_path):
+    """The key must not hold anything that changes per process (it once held a function's address)."""
+    cfg, model, data = cache_setup
+    script = f"""
+import sys; sys.path.insert(0, {REPO!r})
+from llu.engine import Datum, extend_cfg, get_cfg_default
+from llu.engine.data import build_transform
+from llu.trainers.clip_common import load_clip
+from llu.trainers.feature_cache import FeatureCache
+cfg = extend_cfg(get_cfg_default())
+cfg.INPUT.SIZE = (32, 32)
+cfg.FEATURES.CACHE_DIR = {cfg.FEATURES.CACHE_DIR!r}
+data = [Datum(impath=p, label=0) for p in {[item.impath for item in data]!r}]
+cache = FeatureCache(cfg, load_clip({model.backbone_name!r}), "cpu")
+cache.get(data, build_transform(cfg, is_train=True), view=1)
+print(cache.encoder_passes)
+"""
+    passes = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert done.returncode == 0, done.stderr
+        passes.append(done.stdout.split()[-1])
+    assert passes == [str(len(data)), "0"]
+
+
+def test_stale_temporary_files_are_removed_and_fresh_ones_kept(cache_setup):
+    cfg, model, data = cache_setup
+    transform = build_transform(cfg, is_train=False)
+    cache = FeatureCache(cfg, model, "cpu")
+    cache.get(data, transform)
+    folder = os.path.dirname(shards(cfg.FEATURES.CACHE_DIR)[0])
+    stale, fresh = os.path.join(folder, ".x.pt.1.tmp"), os.path.join(folder, ".y.pt.2.tmp")
+    for path in (stale, fresh):
+        open(path, "w").close()
+    os.utime(stale, (0, time.time() - 2 * 86400))
+    cache.get(data, transform)
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
+def test_the_cache_keeps_to_its_size_bound_and_can_be_listed_and_cleared(cache_setup, capsys):
+    cfg, model, data = cache_setup
+    test_tf, train_tf = build_transform(cfg, is_train=False), build_transform(cfg, is_train=True)
+    FeatureCache(cfg, model, "cpu").get(data, test_tf)
+    first = os.path.dirname(shards(cfg.FEATURES.CACHE_DIR)[0])
+    os.utime(first, (1, 1))  # used long ago
+    cfg.FEATURES.CACHE_MAX_GB = 1e-9  # 1 byte: only the namespace in use may stay
+    FeatureCache(cfg, model, "cpu").get(data, train_tf, view=1)
+    remaining = {os.path.dirname(s) for s in shards(cfg.FEATURES.CACHE_DIR)}
+    assert first not in remaining and len(remaining) == 1
+    feature_cache.main(["list", "--dir", cfg.FEATURES.CACHE_DIR])
+    assert "1 namespace(s)" in capsys.readouterr().out
+    feature_cache.main(["clear", "--dir", cfg.FEATURES.CACHE_DIR])
+    assert shards(cfg.FEATURES.CACHE_DIR) == []
 
 
 def test_augmented_views_are_deterministic_and_differ(cache_setup, tmp_path):
@@ -94,9 +187,9 @@ def test_augmented_views_are_deterministic_and_differ(cache_setup, tmp_path):
     view1, _ = FeatureCache(cfg, model, "cpu").get(data, train_tf, view=1)
     cfg.FEATURES.CACHE_DIR = str(tmp_path / "elsewhere")
     torch.manual_seed(123)  # the global stream must not matter
-    view1_again, _ = FeatureCache(cfg, model, "cpu").get(data, train_tf, view=1)
+    view1_again, _ = FeatureCache(cfg, model, "cpu").get(data[::-1], train_tf, view=1)  # nor the list order
     view2, _ = FeatureCache(cfg, model, "cpu").get(data, train_tf, view=2)
-    assert torch.equal(view1, view1_again)
+    assert torch.equal(view1, view1_again.flip(0))
     assert not torch.allclose(view1, view2)
 
 

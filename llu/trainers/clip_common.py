@@ -4,12 +4,10 @@
 - precision (fp16 only where a GPU runs it);
 - the per-dataset prompt templates and class-text encoding;
 - the text encoder over prompt embeddings used by prompt-learning trainers;
-- the on-disk image-feature cache, and ``FeatureTrainer`` which trains on cached features;
+- ``FeatureTrainer``, which trains on cached image features (``feature_cache.py``);
 - ``ClipTrainer``, the base that loads CLIP before the data so the input size follows the model.
 """
 import contextlib
-import hashlib
-import json
 import os
 import os.path as osp
 import zipfile
@@ -19,11 +17,12 @@ import clip.model
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from llu.engine import CN, DatasetWrapper, TrainerX, compute_accuracy, config_extension
-from llu.utils import UserError, file_sha256, load_torch, save_torch, user_cache_dir
+from llu.engine import CN, TrainerX, compute_accuracy, config_extension
+from llu.utils import UserError, file_sha256, load_torch
 from llu.world import toyclip
+
+from .feature_cache import FeatureCache
 
 
 @config_extension
@@ -31,6 +30,7 @@ def add_clip_config(cfg):
     cfg.TRAINER.PREC = "fp16"  # fp16, fp32 or amp; CPU always runs fp32
     cfg.FEATURES = CN()
     cfg.FEATURES.CACHE_DIR = ""  # "" = $LLU_CACHE/features (default ~/.cache/llu/features)
+    cfg.FEATURES.CACHE_MAX_GB = 50.0  # least recently used features are removed beyond this (0: no bound)
     cfg.FEATURES.AUG_VIEWS = 0  # augmented views cached per training image (0: un-augmented only)
     cfg.FEATURES.BATCH_SIZE = 64  # images per encoder pass when filling the cache
 
@@ -246,90 +246,6 @@ class TextEncoder(nn.Module):
         # The feature of each prompt is read at its end-of-text token (the largest token id).
         eot = tokenized_prompts.argmax(dim=-1)
         return x[torch.arange(x.shape[0]), eot] @ self.text_projection
-
-
-# ---------------------------------------------------------------------------------------------
-# Image-feature cache
-
-class _ViewDataset(DatasetWrapper):
-    """Images under the transform of one view; augmented views are seeded per (view, image)."""
-
-    def __init__(self, cfg, data_source, transform, view):
-        super().__init__(cfg, data_source, transform=transform)
-        self.view = view
-
-    def __getitem__(self, idx):
-        if self.view == 0:
-            return super().__getitem__(idx)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1_000_003 * self.view + idx)
-            return super().__getitem__(idx)
-
-
-class FeatureCache:
-    """Image features computed once and stored on disk, keyed by all that changes them.
-
-    The key covers the weights file's content hash, the image list (paths and labels), the
-    transform and the view index, so seeds, shot counts and ablations share one extraction and a
-    changed input builds a new entry. Files are written atomically and read with weights_only.
-    """
-
-    VERSION = 1
-
-    def __init__(self, cfg, clip_model, device):
-        self.cfg = cfg
-        self.clip_model = clip_model
-        self.device = device
-        self.directory = cfg.FEATURES.CACHE_DIR or user_cache_dir("features")
-        self.encoder_passes = 0  # images encoded by this instance (0 when everything was cached)
-
-    def key(self, data_source, transform, view):
-        description = {
-            "version": self.VERSION,
-            "weights": self.clip_model.weights_id,
-            "dtype": str(self.clip_model.dtype),
-            "images": [[item.impath, item.label] for item in data_source],
-            "transform": repr(transform),
-            "view": view,
-        }
-        return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:24]
-
-    def get(self, data_source, transform, view=0, desc="images"):
-        """(features [N, D] unit-norm float32 on CPU, labels [N]) for one view of ``data_source``."""
-        path = osp.join(self.directory, f"{self.key(data_source, transform, view)}.pt")
-        if osp.isfile(path):
-            try:
-                entry = load_torch(path)
-                if entry["features"].shape[0] == len(data_source):
-                    return entry["features"], entry["labels"]
-            except (UserError, KeyError, AttributeError):
-                pass
-            print(f"Note: feature cache file {path} is unreadable; rebuilding it")
-        # Extraction must not consume the global random stream (a DataLoader draws a seed from it),
-        # or a run that fills the cache would train differently from one that reads it.
-        with torch.random.fork_rng(devices=[]):
-            features, labels = self._encode(data_source, transform, view, desc)
-        try:
-            save_torch({"features": features, "labels": labels}, path)
-        except OSError as e:
-            print(f"Note: cannot write the feature cache to {self.directory} ({e.strerror}); "
-                  f"set FEATURES.CACHE_DIR or LLU_CACHE to a writable folder to reuse features")
-        return features, labels
-
-    @torch.no_grad()
-    def _encode(self, data_source, transform, view, desc):
-        loader = torch.utils.data.DataLoader(
-            _ViewDataset(self.cfg, data_source, transform, view),
-            batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False,
-            num_workers=self.cfg.DATALOADER.NUM_WORKERS)
-        features, labels = [], []
-        label = f"encoding {desc}" + (f" (view {view})" if view else "")
-        for batch in tqdm(loader, desc=label, disable=None):
-            images = batch["img"].to(self.device).type(self.clip_model.dtype)
-            features.append(F.normalize(self.clip_model.encode_image(images).float(), dim=-1).cpu())
-            labels.append(batch["label"])
-            self.encoder_passes += images.shape[0]
-        return torch.cat(features), torch.cat(labels)
 
 
 # ---------------------------------------------------------------------------------------------
