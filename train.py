@@ -5,16 +5,16 @@
         DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES base
 """
 import argparse
-import contextlib
+import ast
 import difflib
 import os.path as osp
-import sys
+import signal
 
 import torch
 import yaml
 
 from llu import engine
-from llu.utils import UserError, exit_on_user_error, run_log
+from llu.utils import UserError, exit_on_user_error, folder_lock, is_writable_dir, raise_terminated, run_log
 
 
 def load_project(backend=None):
@@ -51,6 +51,44 @@ def _merge(cfg, what, merge):
         raise UserError(f"{what}: unknown config key {key}{hint}") from None
 
 
+def _default(cfg, dotted_key):
+    node = cfg
+    for part in dotted_key.split("."):
+        if not hasattr(node, "items") or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _ints_as_floats(cfg, content, prefix=""):
+    """``content`` (a file's mapping) with an int given for a float key turned into that float, as
+    a user who writes ``GAMMA: 0`` means (yacs would refuse the type)."""
+    out = {}
+    for key, value in content.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = _ints_as_floats(cfg, value, full + ".")
+        elif isinstance(_default(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _opts_ints_as_floats(cfg, opts):
+    """The trailing KEY VALUE list, likewise: ``TRAINER.LLU.GAMMA 0`` is 0.0."""
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        if isinstance(_default(cfg, out[i]), float):
+            try:
+                value = ast.literal_eval(out[i + 1])
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[i + 1] = repr(float(value))
+    return out
+
+
 def _merge_file(cfg, path):
     """Merge a yaml file; a ``_BASE_: other.yaml`` entry (relative to the file) is merged first."""
     if not osp.isfile(path):
@@ -65,6 +103,7 @@ def _merge_file(cfg, path):
     base = content.pop("_BASE_", None)
     if base:
         _merge_file(cfg, osp.join(osp.dirname(path), base))
+    content = _ints_as_floats(cfg, content)
     _merge(cfg, path, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
 
 
@@ -102,13 +141,52 @@ def setup_cfg(args):
     reset_cfg(cfg, args)
     if len(args.opts) % 2:
         raise UserError(f"trailing options must be KEY VALUE pairs, got {' '.join(args.opts)}")
-    _merge(cfg, "command line", lambda: cfg.merge_from_list(args.opts))
+    opts = _opts_ints_as_floats(cfg, args.opts)
+    _merge(cfg, "command line", lambda: cfg.merge_from_list(opts))
     if not cfg.TRAINER.NAME:
         raise UserError("no trainer given: pass --trainer NAME")
     if not cfg.DATASET.NAME:
         raise UserError("no dataset given: pass --dataset-config-file configs/datasets/<name>.yaml")
+    check_values(cfg)
     cfg.freeze()
     return cfg
+
+
+MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
+
+
+def check_values(cfg):
+    """Values every run reads, checked before any work (trainers check their own keys)."""
+    if not -1 <= cfg.SEED <= MAX_SEED:
+        raise UserError(f"SEED (--seed) must be between 0 and {MAX_SEED}, or -1 for an unseeded run; got {cfg.SEED}")
+    if cfg.DATASET.NUM_SHOTS < -1:
+        raise UserError(f"DATASET.NUM_SHOTS must be a number of images per class (>= 1), or 0 or -1 for all of "
+                        f"them; got {cfg.DATASET.NUM_SHOTS}")
+
+
+def check_command(cfg, args):
+    """Refuse, before any work, a command whose results would not be what they say."""
+    try:
+        trainer_class = engine.TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    except KeyError:  # Dassl's registry; build_trainer reports the unknown name
+        trainer_class = None
+    if hasattr(trainer_class, "check_run"):
+        trainer_class.check_run(cfg, args.eval_only, args.model_dir)
+    if args.model_dir:
+        if not osp.isdir(args.model_dir):
+            raise UserError(f"--model-dir {args.model_dir}: no such folder")
+        config_path = osp.join(args.model_dir, "config.yaml")
+        if osp.exists(config_path):
+            try:
+                with open(config_path) as f:
+                    trained = yaml.safe_load(f)
+            except (OSError, yaml.YAMLError) as e:
+                raise UserError(f"{config_path}: the trained run's config cannot be read ({e})") from None
+            if not isinstance(trained, dict) or not isinstance(trained.get("DATASET"), dict):
+                raise UserError(f"{config_path}: not a run's config (no DATASET section); is --model-dir the folder "
+                                f"of a train.py run?")
+    if cfg.OUTPUT_DIR and not is_writable_dir(cfg.OUTPUT_DIR):
+        raise UserError(f"{cfg.OUTPUT_DIR}: cannot write the run's output there (read-only, full, or not a folder?)")
 
 
 def build_parser():
@@ -116,7 +194,7 @@ def build_parser():
     parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
     parser.add_argument("--output-dir", type=str, default="", help="where logs, checkpoints and results.json go")
     parser.add_argument("--resume", type=str, default="", help="continue training from this output folder")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (>= 0; 0 is a valid seed)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (>= 0; 0 is a valid seed; none: unseeded)")
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains (kept for Dassl compatibility)")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains (kept for Dassl compatibility)")
     parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
@@ -135,10 +213,13 @@ def build_parser():
 
 def main(args):
     cfg = setup_cfg(args)
+    check_command(cfg, args)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         engine.set_random_seed(cfg.SEED)
-    with run_log(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else contextlib.nullcontext():
+    if not cfg.OUTPUT_DIR:
+        return run(cfg, args)
+    with folder_lock(cfg.OUTPUT_DIR), run_log(cfg.OUTPUT_DIR):
         run(cfg, args)
 
 
@@ -164,6 +245,7 @@ def run(cfg, args):
 
 
 def cli(argv=None):
+    signal.signal(signal.SIGTERM, raise_terminated)  # a scheduler's stop: save what can be resumed
     exit_on_user_error(main, build_parser().parse_args(argv))
 
 

@@ -28,13 +28,33 @@ class UserError(Exception):
     """
 
 
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, read-only folder): a user error, and an OSError so that
+    code which can go on without the file (a cache) catches it as one."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (what a scheduler sends before it kills a job); raised like KeyboardInterrupt."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def exit_on_user_error(fn, *args, **kwargs):
-    """Run a command-line entry point; a ``UserError`` becomes one ``error:`` line and exit code 2."""
+    """Run a command-line entry point: a ``UserError`` becomes one ``error:`` line and exit code 2,
+    Ctrl-C one line and 130, SIGTERM one line and 143 (the entry point says what was kept)."""
     try:
         return fn(*args, **kwargs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{'; ' + str(e) if str(e) else ''}; no results written", file=sys.stderr)
+        sys.exit(130)
+    except Terminated as e:
+        print(f"terminated{'; ' + str(e) if str(e) else ''}; no results written", file=sys.stderr)
+        sys.exit(143)
 
 
 def mkdir_if_missing(dirname):
@@ -74,18 +94,29 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     Readers therefore never see a partial file: either the old one or the complete new one.
+    A failure to write (a full disk, a read-only folder) is a ``WriteError`` naming the file.
     """
     directory = osp.dirname(osp.abspath(path))
-    mkdir_if_missing(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + osp.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
+    try:
+        mkdir_if_missing(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + osp.basename(path) + ".", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e})") from None
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write it ({e.strerror or e})") from None
     finally:
         if osp.exists(tmp):
-            os.remove(tmp)
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def write_text(text, path):
@@ -140,26 +171,45 @@ def package_version(name):
 # Logging a run (Dassl's log.txt)
 
 class Tee:
-    """Write to the terminal and to a log file at once (Dassl's ``log.txt``)."""
+    """Write to the terminal and to a log file at once (Dassl's ``log.txt``). If the log cannot be
+    written (a full disk), the terminal says so once and keeps getting everything."""
 
     def __init__(self, fpath, stream):
         self.stream = stream
+        self.path = fpath
         self.file = open(fpath, "a")
 
     def write(self, msg):
         self.stream.write(msg)
-        self.file.write(msg)
-        self.file.flush()
+        if self.file is not None:
+            try:
+                self.file.write(msg)
+                self.file.flush()
+            except OSError as e:
+                self._lose_file(e)
+
+    def _lose_file(self, error):
+        self.file = None
+        self.stream.write(f"\nNote: cannot write {self.path} any more ({error.strerror or error}); "
+                          f"logging to the terminal only\n")
 
     def flush(self):
         self.stream.flush()
-        self.file.flush()
+        if self.file is not None:
+            try:
+                self.file.flush()
+            except OSError as e:
+                self._lose_file(e)
 
     def isatty(self):
         return False
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:
+                pass
 
 
 def log_file_path(output_dir):
@@ -215,7 +265,10 @@ def run_log(output_dir):
 def save_torch(obj, path):
     import torch
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError
+            raise WriteError(f"{path}: cannot write it ({str(e).splitlines()[-1][:200]})") from None
 
 
 def load_torch(path, map_location="cpu"):
@@ -242,3 +295,31 @@ def run_provenance(device):
             "torch": torch.__version__, "clip": package_version("clip-anytorch"), "numpy": np.__version__,
             **hardware, "torch_threads": torch.get_num_threads(),
             "utc_time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+@contextmanager
+def folder_lock(folder, what="run"):
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) while the block runs; a second
+    holder is refused with one line. The lock ends with the process, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    mkdir_if_missing(folder)
+    path = osp.join(folder, ".lock")
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"{folder}: in use by another {what} ({holder}); wait for it to finish or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -174,7 +174,11 @@ class ProjectTrainerMixin:
 
     # The built-in engine's methods, written once in llu/engine/trainer.py.
     checkpoint_state = _builtin_trainer.TrainerBase.checkpoint_state
+    checkpoint_record = _builtin_trainer.TrainerBase.checkpoint_record
+    write_checkpoints = _builtin_trainer.TrainerBase.write_checkpoints
     load_checkpoint_state = _builtin_trainer.TrainerBase.load_checkpoint_state
+    load_checkpoint_state_from = _builtin_trainer.TrainerBase.load_checkpoint_state_from
+    _note_kept_learning_rate = _builtin_trainer.TrainerBase._note_kept_learning_rate
     _checkpoint_path = staticmethod(_builtin_trainer.TrainerBase._checkpoint_path)
     save_model = _builtin_trainer.TrainerBase.save_model
     load_model = _builtin_trainer.TrainerBase.load_model

@@ -13,7 +13,8 @@ from llu.utils import UserError, atomic_path, mkdir_if_missing, run_provenance, 
 from .data.data_manager import DataManager
 from .evaluation import build_evaluator
 from .registry import Registry
-from .utils import AverageMeter, MetricMeter, load_checkpoint, save_checkpoint
+from .utils import (AverageMeter, MetricMeter, load_checkpoint, load_state_dict_strictly, random_state,
+                    save_checkpoint, set_random_state)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
@@ -51,22 +52,23 @@ class TrainerBase:
         """What is saved for model ``name``; trainers override to drop non-learned buffers."""
         return self._models[name].state_dict()
 
+    def checkpoint_record(self, name, epoch, val_result=None):
+        """Everything a checkpoint of model ``name`` holds after ``epoch`` (0-based): the learned
+        state, optimiser and schedule, and the random streams, so that a resumed run draws the
+        numbers the uninterrupted run would have drawn."""
+        optim, sched = self._optims[name], self._scheds[name]
+        return {"state_dict": self.checkpoint_state(name), "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result, "random_state": random_state()}
+
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        for name in self.get_model_names():
-            optim = self._optims[name]
-            sched = self._scheds[name]
-            path = save_checkpoint(
-                {
-                    "state_dict": self.checkpoint_state(name),
-                    "epoch": epoch + 1,
-                    "optimizer": optim.state_dict() if optim is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "val_result": val_result,
-                },
-                osp.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
-            )
+        self.write_checkpoints({name: self.checkpoint_record(name, epoch, val_result) for name in self.get_model_names()},
+                               directory, is_best=is_best, model_name=model_name)
+
+    def write_checkpoints(self, records, directory, is_best=False, model_name=""):
+        for name, record in records.items():
+            path = save_checkpoint(record, osp.join(directory, name), is_best=is_best, model_name=model_name)
             print(f"Checkpoint saved to {path}")
 
     def resume_model_if_exist(self, directory):
@@ -76,19 +78,42 @@ class TrainerBase:
         missing = [p for p in paths if not osp.isfile(p)]
         if missing:
             raise UserError(f"--resume {directory}: no checkpoint to resume from ({missing[0]} not found)")
-        start_epoch = 0
+        start_epoch, state = 0, None
         for name, path in zip(names, paths):
             with open(path) as f:
                 fpath = osp.join(osp.dirname(path), f.readline().strip())
             checkpoint = load_checkpoint(fpath)
-            self._models[name].load_state_dict(checkpoint["state_dict"], strict=False)
+            self.load_checkpoint_state_from(fpath, name, checkpoint)
             if self._optims[name] is not None and checkpoint.get("optimizer"):
                 self._optims[name].load_state_dict(checkpoint["optimizer"])
+                self._note_kept_learning_rate(name)
             if self._scheds[name] is not None and checkpoint.get("scheduler"):
                 self._scheds[name].load_state_dict(checkpoint["scheduler"])
-            start_epoch = checkpoint["epoch"]
+            start_epoch, state = checkpoint["epoch"], checkpoint.get("random_state") or state
             print(f"Resumed {name} from {fpath} (next epoch: {start_epoch + 1})")
+        if state is not None:
+            set_random_state(state)
+        else:
+            print("Note: the checkpoint holds no random state (an older one): the resumed run draws other numbers "
+                  "than an uninterrupted run")
         return start_epoch
+
+    def _note_kept_learning_rate(self, name):
+        sched = self._scheds[name]
+        saved = sched.base_lrs[0] if sched is not None else self._optims[name].param_groups[0]["lr"]
+        asked = self.cfg.OPTIM.LR
+        if abs(saved - asked) > 1e-12 * max(abs(saved), abs(asked)):
+            print(f"Note: resuming keeps the checkpoint's optimiser and learning rate ({saved:g}); this run's "
+                  f"OPTIM.LR {asked:g} is not used (train from scratch to change it)")
+
+    def load_checkpoint_state_from(self, path, name, checkpoint):
+        """``load_checkpoint_state`` with the file named in any error."""
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+            raise UserError(f"{path}: not a checkpoint of this project (no 'state_dict')")
+        try:
+            self.load_checkpoint_state(name, checkpoint["state_dict"])
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
 
     def load_model(self, directory, epoch=None):
         if not directory:
@@ -101,7 +126,7 @@ class TrainerBase:
                 raise UserError(f"--model-dir {directory}: no model at {model_path} "
                                 f"(check --load-epoch and that training finished)")
             checkpoint = load_checkpoint(model_path)
-            self.load_checkpoint_state(name, checkpoint["state_dict"])
+            self.load_checkpoint_state_from(model_path, name, checkpoint)
             val = checkpoint.get("val_result")
             print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}"
                   + (f", val_result={val:.1f})" if val is not None else ")"))
@@ -119,7 +144,8 @@ class TrainerBase:
         return best
 
     def load_checkpoint_state(self, name, state_dict):
-        self._models[name].load_state_dict(state_dict, strict=False)
+        """Load exactly what ``checkpoint_state`` saved: other keys or shapes are a user error."""
+        load_state_dict_strictly(self._models[name], state_dict, f"{self.cfg.TRAINER.NAME}'s {name}")
 
     def set_model_mode(self, mode="train", names=None):
         for name in self.get_model_names(names):

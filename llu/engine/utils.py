@@ -36,6 +36,40 @@ def save_checkpoint(state, save_dir, model_name="", is_best=False):
     return fpath
 
 
+def random_state():
+    """The random streams a run draws from (torch, CUDA, NumPy, Python), as a checkpoint can hold them."""
+    numpy_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+            "python": random.getstate()}
+
+
+def set_random_state(state):
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_state_dict_strictly(module, state_dict, what):
+    """``module.load_state_dict(state_dict)``, where other keys or other shapes are one UserError."""
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise UserError(f"the checkpoint does not fit {what} (missing: {', '.join(missing) or '-'}; unexpected: "
+                        f"{', '.join(unexpected[:8]) or '-'}); was it saved by another trainer?")
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise UserError(f"the checkpoint's tensors have other shapes than {what}'s ({mismatch.rstrip('.')}); "
+                        f"was it trained with another backbone or settings?") from None
+
+
 def load_checkpoint(fpath):
     return load_torch(fpath)
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llu.engine import CN, TrainerX, compute_accuracy, config_extension
-from llu.utils import UserError, file_sha256, load_torch
+from llu.utils import Terminated, UserError, file_sha256, load_torch
 from llu.world import toyclip
 
 from .feature_cache import FeatureCache
@@ -251,9 +251,85 @@ class TextEncoder(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Trainer bases
 
+def copy_tensors(obj):
+    """``obj`` with every tensor in its dicts, lists and tuples cloned."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {key: copy_tensors(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_tensors(value) for value in obj)
+    return obj
+
+
+class TrainingDiverged(UserError):
+    """The loss or a learned parameter stopped being finite."""
+
+
 class ClipTrainer(TrainerX):
     """Base of every CLIP trainer: CLIP is loaded (frozen) before the data, so that the input size
-    can follow the model, and the class names come from the dataset."""
+    can follow the model, and the class names come from the dataset.
+
+    It also keeps a run honest: ``check_run`` refuses runs that would record an untrained model
+    under a trainer's name; every step checks the loss and the learned parameters for finiteness;
+    and a SIGTERM during training writes the state of the last finished epoch as a checkpoint to
+    resume from (``--resume``), as a scheduler's kill would otherwise lose it.
+    """
+
+    learns = True  # False: nothing is learned, so evaluating without --model-dir is the method itself
+    trains_epochs = True  # False: ``train`` runs no epoch loop, so OPTIM.MAX_EPOCH is not read
+
+    @classmethod
+    def check_run(cls, cfg, eval_only, model_dir):
+        """Refuse a command that would write results of a model that did not do what its name says."""
+        name = cfg.TRAINER.NAME
+        if eval_only and not model_dir and cls.learns:
+            raise UserError(f"--eval-only of {name} needs --model-dir (the folder of a trained {name} run); "
+                            f"without it the untrained model would be reported as {name}")
+        if not eval_only and cls.trains_epochs and cfg.OPTIM.MAX_EPOCH < 1:
+            raise UserError(f"OPTIM.MAX_EPOCH must be at least 1 to train {name}, got {cfg.OPTIM.MAX_EPOCH}")
+
+    def train(self):
+        self._last_epoch_records = None
+        try:
+            super().train()
+        except Terminated:
+            raise Terminated(self._save_last_epoch()) from None
+
+    def after_epoch(self):
+        super().after_epoch()
+        # Kept in memory (learned parameters are small) for a SIGTERM that comes mid-epoch; copied,
+        # as state dicts hold the very tensors the next epoch updates in place.
+        self._last_epoch_records = copy_tensors(
+            {name: self.checkpoint_record(name, self.epoch) for name in self.get_model_names()})
+
+    def _save_last_epoch(self):
+        records = getattr(self, "_last_epoch_records", None)
+        if not records:
+            return "no epoch had finished"
+        self.write_checkpoints(records, self.output_dir)
+        epoch = next(iter(records.values()))["epoch"]
+        return f"the state after epoch {epoch} is saved: continue with --resume {self.output_dir}"
+
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            self._diverged(f"the loss is {loss.item()}")
+
+    def model_update(self, names=None):
+        super().model_update(names)
+        self.check_parameters(names)
+
+    def check_parameters(self, names=None):
+        for name in self.get_model_names(names):
+            for key, param in self._models[name].named_parameters():
+                if param.requires_grad and not torch.isfinite(param).all():
+                    self._diverged(f"{name}.{key} is no longer finite")
+
+    def _diverged(self, what):
+        latest = osp.join(self.output_dir, self.get_model_names()[0], "checkpoint")
+        kept = f"the last checkpoint ({osp.dirname(latest)}) is kept" if osp.isfile(latest) else "no checkpoint"
+        raise TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, batch {self.batch_idx + 1}: {what}; "
+                               f"no results written, {kept} (lower OPTIM.LR?)")
 
     def build_data_loader(self):
         cfg = self.cfg

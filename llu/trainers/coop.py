@@ -237,6 +237,7 @@ class PromptTrainer(FeatureTrainer):
         for name in self.get_model_names(names):
             self.scaler.step(self._optims[name])
         self.scaler.update()
+        self.check_parameters(names)
 
     def model_inference(self, inputs):
         return self.model(inputs)
@@ -274,6 +275,9 @@ class PromptTrainer(FeatureTrainer):
                     f"class-specific contexts (CSC True) belong to the {trained_ctx.shape[0]} classes they were "
                     f"trained on and cannot be evaluated on another class set ({len(self.classnames)} classes "
                     f"here); train with TRAINER.COOP.CSC False to evaluate on new classes")
+        if trained_ctx.shape[-1] != learner.ctx.shape[-1]:
+            raise UserError(f"the checkpoint's context vectors have width {trained_ctx.shape[-1]}, this backbone's "
+                            f"text encoder {learner.ctx.shape[-1]}; it was trained with another backbone")
         if trained_ctx.shape != learner.ctx.shape:
             raise UserError(f"the checkpoint's context has shape {tuple(trained_ctx.shape)}, this run's "
                             f"{tuple(learner.ctx.shape)}; use the N_CTX it was trained with")

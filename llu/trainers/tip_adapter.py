@@ -108,6 +108,7 @@ def _some(names, shown=5):
 @TRAINER_REGISTRY.register()
 class TipAdapter(FeatureTrainer):
     learn_keys = False
+    trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
 
     def build_model(self):
         tip = self.cfg.TRAINER.TIP_ADAPTER
@@ -176,6 +177,15 @@ class TipAdapter(FeatureTrainer):
         return {**self.cache.state_dict(), "classnames": list(self.classnames)}
 
     def load_checkpoint_state(self, name, state_dict):
+        missing = sorted({"keys", "labels", "alpha", "beta", "classnames"} - set(state_dict))
+        unexpected = sorted(set(state_dict) - {"keys", "labels", "alpha", "beta", "classnames"})
+        if missing or unexpected:
+            raise UserError(f"the checkpoint does not fit {type(self).__name__}'s cache (missing: "
+                            f"{', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'}); "
+                            f"was it saved by another trainer?")
+        if state_dict["keys"].shape[-1] != self.cache.keys.shape[-1]:
+            raise UserError(f"the cache's keys have width {state_dict['keys'].shape[-1]}, this backbone's features "
+                            f"{self.cache.keys.shape[-1]}; it was built with another backbone")
         trained_on = list(state_dict.get("classnames", []))
         if trained_on != list(self.classnames):
             raise UserError(
@@ -199,6 +209,7 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the keys are fine-tuned (AdamW, cosine schedule), alpha and beta searched after."""
 
     learn_keys = True
+    trains_epochs = True
 
     def check_cfg(self, cfg):
         if cfg.TEST.FINAL_MODEL != "last_step":

@@ -10,6 +10,8 @@ from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, e
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(FeatureTrainer):
+    learns = False
+    trains_epochs = False
     def templates(self):
         return [dataset_template(self.cfg.DATASET.NAME)]
 
