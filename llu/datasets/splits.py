@@ -5,13 +5,14 @@ few-shot split for a (dataset, shots, seed), stored as JSON with paths relative 
 folder, and the same base/new classes.
 """
 import hashlib
+import os
 import os.path as osp
+import pickle
 import random
 from collections import defaultdict
 
 from llu.engine import DatasetBase, Datum
-from llu.utils import UserError, listdir_nohidden, read_json, write_json
-from llu.utils import is_writable_dir, user_cache_dir
+from llu.utils import UserError, is_writable_dir, listdir_nohidden, read_json, user_cache_dir, write_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -27,14 +28,59 @@ def require_file(path, what, layout):
         raise UserError(f"{path}: {what} not found; expected {layout}")
 
 
+def _inside(folder, relative_path):
+    """``folder/relative_path`` if that stays inside ``folder`` (no absolute path, no '..' out of it)."""
+    if osp.isabs(relative_path):
+        return None
+    joined = osp.normpath(osp.join(folder, relative_path))
+    return joined if joined.startswith(osp.normpath(folder) + os.sep) else None
+
+
 def _to_datums(items, path_prefix, filepath, key):
+    """Datums from split-file entries [path relative to ``path_prefix``, label, class name]; an entry
+    whose path leaves the folder, or whose label is not an integer, is refused with one line."""
+    if not isinstance(items, list):
+        raise UserError(f"{filepath}: '{key}' must be a list of [image path, label, class name] entries")
     out = []
-    for entry in items:
+    for number, entry in enumerate(items):
+        where = f"{filepath}: entry {number} of '{key}' ({entry!r})"
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-            raise UserError(f"{filepath}: every entry of '{key}' must be [image path, label, class name], got {entry!r}")
+            raise UserError(f"{where}: expected [image path, label, class name]")
         impath, label, classname = entry
-        out.append(Datum(impath=osp.join(path_prefix, impath), label=int(label), classname=classname))
+        if not isinstance(impath, str) or not isinstance(classname, str):
+            raise UserError(f"{where}: the image path and the class name must be strings")
+        if isinstance(label, bool) or not isinstance(label, int):
+            if not (isinstance(label, str) and label.strip().isdigit()):
+                raise UserError(f"{where}: the label must be an integer")
+            label = int(label)
+        path = _inside(path_prefix, impath)
+        if path is None:
+            raise UserError(f"{where}: the image path must be relative and inside {path_prefix}")
+        out.append(Datum(impath=path, label=label, classname=classname))
     return out
+
+
+def check_labels(parts, filepath, reference=None):
+    """Labels are 0..K-1, each with one class name and each class name with one label; with a
+    ``reference`` {label: class name} (the full split's), they must agree with it."""
+    names = dict(reference or {})
+    labels_of = {name: label for label, name in names.items()}
+    for key, items in parts.items():
+        for item in items or []:
+            where = f"{filepath}: '{key}' entry {item.impath!r}"
+            if names.setdefault(item.label, item.classname) != item.classname:
+                raise UserError(f"{where}: label {item.label} is class {names[item.label]!r} elsewhere, here "
+                                f"{item.classname!r}")
+            if labels_of.setdefault(item.classname, item.label) != item.label:
+                raise UserError(f"{where}: class {item.classname!r} has label {labels_of[item.classname]} elsewhere, "
+                                f"here {item.label}")
+    if reference is None and names and sorted(names) != list(range(len(names))):
+        odd = sorted(set(names) - set(range(len(names))))
+        raise UserError(f"{filepath}: labels must be 0 to {len(names) - 1} for its {len(names)} classes, found "
+                        f"{', '.join(map(str, odd[:5]))}")
+    if reference is not None and set(names) != set(reference):
+        extra = sorted(set(names) - set(reference))[:5]
+        raise UserError(f"{filepath}: labels {', '.join(map(str, extra))} are not classes of the dataset")
 
 
 def read_split(filepath, path_prefix):
@@ -44,7 +90,9 @@ def read_split(filepath, path_prefix):
     if missing:
         raise UserError(f"{filepath}: missing key(s) {', '.join(missing)}; expected train, val and test lists")
     print(f"Reading split from {filepath}")
-    return tuple(_to_datums(split[k], path_prefix, filepath, k) for k in ("train", "val", "test"))
+    parts = {k: _to_datums(split[k], path_prefix, filepath, k) for k in ("train", "val", "test")}
+    check_labels(parts, filepath)
+    return parts["train"], parts["val"], parts["test"]
 
 
 def _relative(items, path_prefix):
@@ -132,31 +180,115 @@ def fewshot_cache_path(dataset_dir, num_shots, seed):
     return dataset_file_path(dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.json")
 
 
+def source_sha256(dataset_dir, train, val):
+    """What a few-shot split was drawn from: a hash of the full train and val lists."""
+    digest = hashlib.sha256()
+    for key, items in (("train", train), ("val", val or [])):
+        for path, label, classname in _relative(items, dataset_dir):
+            digest.update(f"{key}\t{path}\t{label}\t{classname}\n".encode())
+    return digest.hexdigest()
+
+
 def load_or_sample_fewshot(dataset, dataset_dir, num_shots, seed, train, val=None):
     """Few-shot train (K per class) and val (min(K, 4) per class), sampled once and cached as JSON.
 
     Sampling order matches CoOp exactly: train first, then val, from the global ``random`` stream.
+    A split written by CoOp itself (``shot_K-seed_S.pkl``) is read instead when present. The JSON
+    records what it was drawn from; if the full split changed since (another split file), the
+    few-shot split is drawn again. An unseeded run (SEED < 0) draws one and does not keep it.
     """
+    reference = {item.label: item.classname for item in train}
+    coop_pickle = osp.join(dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{seed}.pkl")
+    if seed >= 0 and osp.isfile(coop_pickle):
+        print(f"Reading CoOp's few-shot split from {coop_pickle}")
+        return _fewshot_parts(read_coop_fewshot_pickle(coop_pickle, dataset_dir), coop_pickle, val is not None,
+                              reference)
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
-    keys = ["train"] + (["val"] if val is not None else [])
-    if osp.isfile(path):
-        print(f"Loading preprocessed few-shot data from {path}")
+    source = source_sha256(dataset_dir, train, val)
+    if seed >= 0 and osp.isfile(path):
         data = read_json(path)
-        for key in keys:
-            if key not in data:
-                raise UserError(f"{path}: missing '{key}'; delete the file to resample the few-shot split")
-        train = _to_datums(data["train"], dataset_dir, path, "train")
-        val = _to_datums(data["val"], dataset_dir, path, "val") if val is not None else None
-        return train, val
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected an object with 'train' and 'val' lists")
+        if data.get("source_sha256") == source:
+            print(f"Loading preprocessed few-shot data from {path}")
+            parts = {k: _to_datums(v, dataset_dir, path, k) for k, v in data.items() if k in ("train", "val")}
+            return _fewshot_parts(parts, path, val is not None, reference)
+        print(f"Note: {path} was drawn from another split than this one (the split file changed?); drawing it again")
+    elif seed < 0:
+        print("Note: an unseeded run (SEED < 0) draws its own few-shot split and does not cache it")
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
     if val is not None:
         val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
-    data = {"train": _relative(train, dataset_dir)}
-    if val is not None:
-        data["val"] = _relative(val, dataset_dir)
-    write_json(data, path)
-    print(f"Saving preprocessed few-shot data to {path}")
+    if seed >= 0:
+        data = {"source_sha256": source, "train": _relative(train, dataset_dir)}
+        if val is not None:
+            data["val"] = _relative(val, dataset_dir)
+        write_json(data, path)
+        print(f"Saving preprocessed few-shot data to {path}")
     return train, val
+
+
+def _fewshot_parts(parts, path, with_val, reference):
+    for key in ["train"] + (["val"] if with_val else []):
+        if key not in parts:
+            raise UserError(f"{path}: missing '{key}'; delete the file to resample the few-shot split")
+    check_labels(parts, path, reference)
+    return parts["train"], parts["val"] if with_val else None
+
+
+# ---------------------------------------------------------------------------------------------
+# CoOp's own few-shot files: pickles of Dassl's Datum, read without unpickling anything else
+
+class _PickledDatum:
+    """Stands in for dassl.data.datasets.base_dataset.Datum while reading a CoOp pickle: it only
+    receives the pickled attributes; nothing of Dassl's (or anyone's) code runs."""
+
+    def __setstate__(self, state):
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+class _CoOpUnpickler(pickle.Unpickler):
+    ALLOWED = {("dassl.data.datasets.base_dataset", "Datum"), ("dassl.data.datasets", "Datum")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return _PickledDatum
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a few-shot split may not hold")
+
+
+def read_coop_fewshot_pickle(path, dataset_dir):
+    """{"train"|"val": [Datum]} from CoOp's ``shot_K-seed_S.pkl``. Its absolute paths (of the machine
+    that made it) are mapped into ``dataset_dir`` by their part below the dataset folder's name."""
+    try:
+        with open(path, "rb") as f:
+            data = _CoOpUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError) as e:
+        raise UserError(f"{path}: not a CoOp few-shot split ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), list):
+        raise UserError(f"{path}: not a CoOp few-shot split (expected a dict with a 'train' list)")
+    folder = osp.basename(osp.normpath(dataset_dir))
+    out = {}
+    for key in ("train", "val"):
+        if data.get(key) is None:
+            continue
+        out[key] = []
+        for number, item in enumerate(data[key]):
+            fields = vars(item) if isinstance(item, _PickledDatum) else {}
+            impath, label, classname = fields.get("_impath"), fields.get("_label"), fields.get("_classname")
+            if not isinstance(impath, str) or isinstance(label, bool) or not isinstance(label, int) \
+                    or not isinstance(classname, str):
+                raise UserError(f"{path}: entry {number} of '{key}' is not a Datum with a path, label and class name")
+            parts = impath.replace("\\", "/").split("/")
+            if folder not in parts:
+                raise UserError(f"{path}: entry {number} of '{key}' ({impath}) is not inside a folder named "
+                                f"{folder!r}, so it cannot be mapped into {dataset_dir}")
+            relative = "/".join(parts[len(parts) - parts[::-1].index(folder):])
+            mapped = _inside(dataset_dir, relative)
+            if mapped is None:
+                raise UserError(f"{path}: entry {number} of '{key}' ({impath}) leaves the dataset folder")
+            out[key].append(Datum(impath=mapped, label=label, classname=classname))
+    return out
 
 
 def fewshot_and_subsample(dataset, cfg, dataset_dir, train, val, test):

@@ -86,9 +86,10 @@ class TrainerBase:
             self.load_checkpoint_state_from(fpath, name, checkpoint)
             if self._optims[name] is not None and checkpoint.get("optimizer"):
                 self._optims[name].load_state_dict(checkpoint["optimizer"])
-                self._note_kept_learning_rate(name)
             if self._scheds[name] is not None and checkpoint.get("scheduler"):
                 self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            if self._optims[name] is not None:
+                self._note_kept_learning_rate(name)
             start_epoch, state = checkpoint["epoch"], checkpoint.get("random_state") or state
             print(f"Resumed {name} from {fpath} (next epoch: {start_epoch + 1})")
         if state is not None:

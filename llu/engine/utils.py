@@ -11,7 +11,7 @@ import random
 import numpy as np
 import torch
 
-from llu.utils import (atomic_path, listdir_nohidden, load_torch, mkdir_if_missing, read_json,  # noqa: F401
+from llu.utils import (UserError, atomic_path, listdir_nohidden, load_torch, mkdir_if_missing, read_json,  # noqa: F401
                        save_torch, setup_logger, write_json)
 
 

@@ -22,12 +22,16 @@ from llu.engine import CN, TrainerX, compute_accuracy, config_extension
 from llu.utils import Terminated, UserError, file_sha256, load_torch
 from llu.world import toyclip
 
+from . import torchscript
 from .feature_cache import FeatureCache
 
 
 @config_extension
 def add_clip_config(cfg):
     cfg.TRAINER.PREC = "fp16"  # fp16, fp32 or amp; CPU always runs fp32
+    # A TorchScript weights file (OpenAI's .pt) is read without running its code; if that reader
+    # cannot read it, True lets torch.jit.load read it (running the code it carries), False refuses.
+    cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT = True
     cfg.FEATURES = CN()
     cfg.FEATURES.CACHE_DIR = ""  # "" = $LLU_CACHE/features (default ~/.cache/llu/features)
     cfg.FEATURES.CACHE_MAX_GB = 50.0  # least recently used features are removed beyond this (0: no bound)
@@ -68,8 +72,11 @@ def resolve_weights(name):
     raise UserError(f"MODEL.BACKBONE.NAME {name!r}: neither a known model ({names}) nor an existing file")
 
 
-def read_clip_state_dict(path):
-    """Read OpenAI's TorchScript archive or a plain state-dict file, never unpickling objects."""
+def read_clip_state_dict(path, trust_torchscript=True):
+    """Read OpenAI's TorchScript archive, ToyCLIP's file or a plain state-dict file, never unpickling
+    objects. A TorchScript archive is read without running its code (``torchscript.py``); only if
+    that fails and ``trust_torchscript`` (MODEL.BACKBONE.TRUST_TORCHSCRIPT) is set does
+    ``torch.jit.load`` read it, which runs the code the archive carries."""
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path}: not a CLIP weights file (expected OpenAI's .pt archive or a torch.save'd state dict)")
     with zipfile.ZipFile(path) as archive:
@@ -78,6 +85,15 @@ def read_clip_state_dict(path):
         return toyclip.read_weights(path)
     is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
     if is_torchscript:
+        try:
+            return torchscript.read_state_dict(path)
+        except torchscript.TorchScriptFormatError as e:
+            if not trust_torchscript:
+                raise UserError(f"{path}: a TorchScript archive whose weights cannot be read without running its "
+                                f"code ({e}); set MODEL.BACKBONE.TRUST_TORCHSCRIPT True to let torch.jit.load "
+                                f"run it, if you trust the file") from None
+            print(f"Note: {path}: reading it with torch.jit.load, which runs its code "
+                  f"(MODEL.BACKBONE.TRUST_TORCHSCRIPT True; the code-free reader: {e})")
         try:
             return torch.jit.load(path, map_location="cpu").state_dict()
         except Exception as e:
@@ -105,7 +121,7 @@ def weights_sha256(path):
 _loaded = {}  # the last backbone built: (weights sha256, device, precision) -> model
 
 
-def load_clip(name, device="cpu", prec="fp32"):
+def load_clip(name, device="cpu", prec="fp32", trust_torchscript=True):
     """A frozen CLIP from ``name``; it carries ``weights_sha256``, ``weights_id`` and ``backbone_name``.
 
     On a CPU every precision runs as fp32 (CPU kernels for fp16 are missing or slow). A process that
@@ -121,18 +137,18 @@ def load_clip(name, device="cpu", prec="fp32"):
         print("Note: fp16 cannot run on the CPU; using fp32")
     if key not in _loaded:
         _loaded.clear()  # one backbone in memory at a time
-        _loaded[key] = build_frozen_clip(path, device, prec)
+        _loaded[key] = build_frozen_clip(path, device, prec, trust_torchscript)
     model = _loaded[key].eval()
     model.backbone_name = name
     return model
 
 
-def build_frozen_clip(path, device, prec):
+def build_frozen_clip(path, device, prec, trust_torchscript=True):
     # build_model initialises a random model before loading the weights: keep that off the global
     # random stream, so a run draws the same numbers whether or not its process built the model.
     try:
         with torch.random.fork_rng(devices=[]):
-            model = clip.model.build_model(read_clip_state_dict(path))
+            model = clip.model.build_model(read_clip_state_dict(path, trust_torchscript))
     except (KeyError, RuntimeError, ValueError) as e:
         raise UserError(f"{path}: the state dict does not describe a CLIP model ({type(e).__name__}: {e})") from None
     if device.type == "cpu" or prec != "fp16":
@@ -333,7 +349,8 @@ class ClipTrainer(TrainerX):
 
     def build_data_loader(self):
         cfg = self.cfg
-        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC)
+        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
+                                    trust_torchscript=cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
         match_input_size(cfg, self.clip_model)
         super().build_data_loader()
         self.classnames = self.dm.dataset.classnames

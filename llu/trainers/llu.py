@@ -13,6 +13,7 @@ prompts), the training loop, checkpoints and evaluation on other class sets.
 import torch
 
 from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+from llu.utils import UserError
 
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
 from .llu_adapter import LocalizedLinearAdapter
@@ -32,8 +33,25 @@ def add_llu_config(cfg):
     cfg.TRAINER.LLU.ADAPT = "both"  # which embeddings are adapted: both, image or text
 
 
+def check_llu_config(llu):
+    """The LLU keys' ranges, as one line naming the key (before any work)."""
+    choices = {"MASK": ("exp", "dirac"), "REG_FORM": ("mse", "norm"), "INIT": ("identity", "random"),
+               "ADAPT": ("both", "image", "text")}
+    for key, allowed in choices.items():
+        if llu[key] not in allowed:
+            raise UserError(f"TRAINER.LLU.{key} must be {' or '.join(allowed)}, got {llu[key]!r}")
+    if not 0.0 <= llu.BETA <= 1.0:
+        raise UserError(f"TRAINER.LLU.BETA must be in [0, 1] (the largest interpolation weight), got {llu.BETA}")
+    for key in ("GAMMA", "LAMBDA"):
+        if llu[key] < 0:
+            raise UserError(f"TRAINER.LLU.{key} must be >= 0, got {llu[key]}")
+
+
 @TRAINER_REGISTRY.register()
 class LLU(FeatureTrainer):
+    def check_cfg(self, cfg):
+        check_llu_config(cfg.TRAINER.LLU)
+
     def build_model(self):
         llu = self.cfg.TRAINER.LLU
         dim = self.clip_model.text_projection.shape[1]
