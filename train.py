@@ -13,7 +13,7 @@ import signal
 import torch
 import yaml
 
-from llu import engine
+from llu import engine, upstream_keys
 from llu.utils import UserError, exit_on_user_error, folder_lock, is_writable_dir, raise_terminated, run_log
 
 
@@ -103,7 +103,7 @@ def _merge_file(cfg, path):
     base = content.pop("_BASE_", None)
     if base:
         _merge_file(cfg, osp.join(osp.dirname(path), base))
-    content = _ints_as_floats(cfg, content)
+    content = _ints_as_floats(cfg, upstream_keys.translate_mapping(content))
     _merge(cfg, path, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
 
 
@@ -141,7 +141,7 @@ def setup_cfg(args):
     reset_cfg(cfg, args)
     if len(args.opts) % 2:
         raise UserError(f"trailing options must be KEY VALUE pairs, got {' '.join(args.opts)}")
-    opts = _opts_ints_as_floats(cfg, args.opts)
+    opts = _opts_ints_as_floats(cfg, upstream_keys.translate_opts(args.opts))
     _merge(cfg, "command line", lambda: cfg.merge_from_list(opts))
     if not cfg.TRAINER.NAME:
         raise UserError("no trainer given: pass --trainer NAME")

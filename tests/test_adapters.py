@@ -226,8 +226,10 @@ def test_search_picks_the_brute_force_best_of_the_official_grid():
     assert found[2] > first  # the grid is not flat: the search has something to find
 
 
-def test_search_reads_val_never_test_and_picks_the_best_on_val(build, monkeypatch):
-    trainer = build("TipAdapter", "TEST.NO_TEST", "True", "TRAINER.TIP_ADAPTER.SEARCH_STEP", "(12, 6)")
+@pytest.mark.parametrize("search_split, split", [("full_val", "full_val"), ("fewshot_val", "val")])
+def test_search_reads_val_never_test_and_picks_the_best_on_val(build, monkeypatch, search_split, split):
+    trainer = build("TipAdapter", "TEST.NO_TEST", "True", "TRAINER.TIP_ADAPTER.SEARCH_STEP", "(12, 6)",
+                    "TRAINER.TIP_ADAPTER.SEARCH_SPLIT", search_split)
     read = []
     split_features, cache_get = trainer.split_features, trainer.feature_cache.get
 
@@ -245,8 +247,9 @@ def test_search_reads_val_never_test_and_picks_the_best_on_val(build, monkeypatc
     monkeypatch.setattr(trainer, "split_features", split_features_spy)
     monkeypatch.setattr(trainer.feature_cache, "get", cache_get_spy)
     trainer.train()
-    assert "val" in read and "test" not in read
-    features, labels = split_features("val")
+    assert split in read and "test" not in read
+    features, labels = split_features(split)
+    assert len(labels) == len(trainer.split_data(split))
     expected_beta, expected_alpha, _ = _official_search(trainer.cache, features, labels,
                                                         trainer.clip_logits(features), (7.0, 3.0), (12, 6))
     assert (trainer.cache.beta.item(), trainer.cache.alpha.item()) == pytest.approx((expected_beta, expected_alpha))
@@ -323,3 +326,15 @@ def toy_zero_shot(request, tmp_path_factory, features_dir):
 def test_toy_training_beats_zero_shot_on_base_classes(name, toy_zero_shot, tmp_path, features_dir):
     root, zero_shot = toy_zero_shot
     assert _toy_base_accuracy(root, name, tmp_path / name, features_dir) > zero_shot
+
+
+def test_zero_shot_ensemble_uses_the_seven_templates_alone_on_imagenet_as_upstream():
+    from types import SimpleNamespace
+
+    from llu.trainers.zsclip import ZeroshotCLIP2
+
+    def templates(dataset):
+        return ZeroshotCLIP2.templates(SimpleNamespace(cfg=SimpleNamespace(DATASET=SimpleNamespace(NAME=dataset))))
+
+    assert templates("ImageNet") == ENSEMBLE_TEMPLATES
+    assert templates("OxfordPets") == ["a photo of a {}, a type of pet."] + ENSEMBLE_TEMPLATES

@@ -271,3 +271,20 @@ def test_state_dict_round_trips_variable_anchor_sets_through_a_weights_only_file
     bigger.load_state_dict(torch.load(tmp_path / "llu.pt", weights_only=True))
     images, texts = unit(11, 16, seed=35), unit(4, 16, seed=36)
     assert torch.equal(bigger.logits(images, texts, 100.0), model.logits(images, texts, 100.0))
+
+
+def test_dirac_mask_trains_everywhere_and_masks_at_evaluation_as_the_authors_code():
+    anchors = unit(4, 64, seed=8)
+    model = LocalizedLinearAdapter(64, beta=0.5, mask="dirac")
+    model.set_anchors(anchors, anchors)
+    far = unit(5, 64, seed=30)
+    model.train()
+    assert torch.equal(interpolation_weight(far, anchors, model.beta, model.gamma, "dirac"), torch.zeros(5))
+    with torch.no_grad():
+        model.adapter("image").bias.fill_(0.1)
+        moved = model.transform_image(far)
+    assert not torch.allclose(moved, far)  # alpha = beta in training, even far from every anchor
+    model.eval()
+    with torch.no_grad():
+        assert_close(model.transform_image(far), far, rel=1e-6)
+    assert DIRAC_THRESHOLD == 1e-3  # the authors' 1 - round(d + 0.499): weight 1 below d = 1e-3

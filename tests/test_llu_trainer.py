@@ -140,3 +140,25 @@ def test_on_the_built_in_world_llu_lowers_the_loss_and_beats_zero_shot_on_base(s
         loss_after = llu.adapter.loss(features, labels, llu.text_features, llu.logit_scale)[0].item()
     assert loss_after < loss_before
     assert llu.test() > zero_shot_accuracy + 5
+
+
+def test_one_step_computes_the_logits_once(world, monkeypatch):
+    trainer = llu_trainer(world, world["tmp"] / "a")
+    trainer.before_train()
+    calls = []
+    logits = trainer.adapter.logits
+    monkeypatch.setattr(trainer.adapter, "logits", lambda *a, **k: calls.append(1) or logits(*a, **k))
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    summary = trainer.forward_backward(next(trainer.feature_batches()))
+    assert calls == [1] and set(summary) == {"loss", "ce", "reg", "acc"}
+
+
+def test_training_batches_come_from_the_augmented_views_only(world):
+    trainer = llu_trainer(world, world["tmp"] / "a", "toy", "FEATURES.AUG_VIEWS", "3")
+    views = trainer.train_views()
+    assert views.shape[0] == 4
+    for batch in trainer.feature_batches():
+        for feature in batch["features"]:
+            matches = (views == feature).all(dim=-1).nonzero()
+            assert len(matches) and (matches[:, 0] > 0).all()  # one of views 1..3, never view 0

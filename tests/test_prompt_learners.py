@@ -121,19 +121,32 @@ def test_word_initialised_prompts_encode_like_the_written_sentence(tiny_clip_fil
     assert_close(features, expected)
 
 
-def test_short_init_fills_the_last_context_vectors_and_templates_become_contexts(tiny_clip_file):
+def test_init_words_set_the_context_as_upstream_and_prograd_keeps_n_ctx(tiny_clip_file):
     model = load_clip(tiny_clip_file)
-    learner = PromptLearner(model, ["blue"], n_ctx=6, ctx_init="a photo of a")
     words = model.token_embedding(tokenize(["a photo of a"], model))[0, 1:5]
-    assert torch.equal(learner.ctx[:2], torch.zeros(2, words.shape[1]))
-    assert torch.equal(learner.ctx[2:], words)
-    assert learner.init_text == "X X a photo of a"
+    coop = PromptLearner(model, ["blue"], n_ctx=16, ctx_init="a photo of a")  # upstream CoOp: N_CTX not used
+    assert coop.n_ctx == 4 and torch.equal(coop.ctx, words) and coop.init_text == "a photo of a"
+    prograd = PromptLearner(model, ["blue"], n_ctx=6, ctx_init="a photo of a", keep_n_ctx=True)
+    assert torch.equal(prograd.ctx[:2], torch.zeros(2, words.shape[1]))
+    assert torch.equal(prograd.ctx[2:], words)
+    assert prograd.init_text == "X X a photo of a"
     assert template_context("a photo of a {}, a type of pet.") == "a type of pet, a photo of a"
     assert template_context("a centered satellite photo of {}.") == "a centered satellite photo of"
     with pytest.raises(UserError, match="more than N_CTX 3"):
-        PromptLearner(model, ["blue"], n_ctx=3, ctx_init="a photo of a")
+        PromptLearner(model, ["blue"], n_ctx=3, ctx_init="a photo of a", keep_n_ctx=True)
     with pytest.raises(UserError, match="N_CTX 14 context tokens"):
         PromptLearner(model, ["blue"], n_ctx=14)
+
+
+def test_a_word_of_several_tokens_keeps_the_rest_frozen_as_upstream(tiny_clip_file):
+    # ProGrad's "a type of pet, a photo of a": 8 words, 9 tokens ("pet" ","); upstream learns the
+    # first 8 tokens and the prompt's last "a" stays a frozen word before the class name.
+    model = load_clip(tiny_clip_file)
+    learner = PromptLearner(model, ["blue"], n_ctx=8, ctx_init="a type of pet, a photo of a")
+    with torch.no_grad():
+        assembled = learner()
+        written = model.token_embedding(tokenize(["a type of pet, a photo of a blue."], model)).type(model.dtype)
+    assert torch.equal(assembled, written)
 
 
 @pytest.mark.parametrize("name", ["CoOp", "CoCoOp"])

@@ -151,6 +151,16 @@ def test_coop_epoch_schedule_for_published_configs(tmp_path, dataset, shots, epo
         assert trailing(by_trainer[trainer], "OPTIM.MAX_EPOCH") is None
 
 
+@pytest.mark.parametrize("dataset, shots, lam", [("oxford_flowers", 16, "0.8"), ("dtd", 8, "0.8"),
+                                                 ("eurosat", 4, None), ("caltech101", 16, None)])
+def test_prograd_gets_its_published_lambda(tmp_path, dataset, shots, lam):
+    commands = plan("base2new.sh", tmp_path, CFG="vit_b16", DATASETS=dataset, SHOTS=str(shots), SEEDS="1",
+                    TRAINERS="ProGrad CoOp")
+    by_trainer = {option(c, "--trainer"): c for c in train_commands(commands) if "--model-dir" not in c}
+    assert trailing(by_trainer["ProGrad"], "TRAINER.PROGRAD.LAMBDA") == lam
+    assert trailing(by_trainer["CoOp"], "TRAINER.PROGRAD.LAMBDA") is None
+
+
 def test_finished_runs_are_skipped_crashed_ones_rerun(tmp_path):
     done = tmp_path / "out/base2new/train_base/shapes/shots_16/LLU/toy/seed1"
     crashed = tmp_path / "out/base2new/train_base/shapes/shots_16/LLU/toy/seed2"

@@ -295,11 +295,17 @@ def fewshot_and_subsample(dataset, cfg, dataset_dir, train, val, test):
     """The common tail of every reader: few-shot sampling (cached), then CoOp's base/new split.
 
     ``val`` may be None for datasets whose val is their test set (ImageNet); then val = test.
+    The whole val split (before few-shot sampling, after the base/new split) is kept as
+    ``dataset.full_val`` (Tip-Adapter's official search runs on it).
     """
     num_shots = cfg.DATASET.NUM_SHOTS
+    subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+    full_val = val
     if num_shots >= 1:
         train, val = load_or_sample_fewshot(dataset, dataset_dir, num_shots, cfg.SEED, train, val)
     if val is None:
-        train, test = DatasetBase.subsample_classes(train, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        train, test = DatasetBase.subsample_classes(train, test, subsample=subsample)
+        dataset.full_val = test
         return train, test, test
-    return DatasetBase.subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+    train, val, test, dataset.full_val = DatasetBase.subsample_classes(train, val, test, full_val, subsample=subsample)
+    return train, val, test

@@ -392,11 +392,18 @@ class FeatureTrainer(ClipTrainer):
         self.feature_cache = FeatureCache(self.cfg, self.clip_model, self.device)
         self._split_features = {}
 
+    def split_data(self, split):
+        """The items of ``train``, ``val`` (the few-shot val), ``full_val`` (the whole val split, before
+        few-shot sampling) or ``test``."""
+        dataset = self.dm.dataset
+        return {"train": dataset.train_x, "val": dataset.val, "test": dataset.test,
+                "full_val": getattr(dataset, "full_val", None) or dataset.val}[split]
+
     def split_features(self, split):
-        """Un-augmented features and labels of ``train``, ``val`` or ``test`` (cached on disk)."""
+        """Un-augmented features and labels of a ``split_data`` split (cached on disk)."""
         if split not in self._split_features:
-            data = {"train": self.dm.dataset.train_x, "val": self.dm.dataset.val, "test": self.dm.dataset.test}[split]
-            self._split_features[split] = self.feature_cache.get(data, self.dm.tfm_test, 0, desc=split)
+            self._split_features[split] = self.feature_cache.get(self.split_data(split), self.dm.tfm_test, 0,
+                                                                 desc=split)
         return self._split_features[split]
 
     def train_views(self):
@@ -411,8 +418,11 @@ class FeatureTrainer(ClipTrainer):
 
     def feature_batches(self):
         """One epoch of shuffled training batches; like the image loader, drops the last partial
-        batch only when the set holds at least one full batch."""
+        batch only when the set holds at least one full batch. Each image comes as one of its
+        augmented views when there are any (CoOp re-crops every image every epoch), else un-augmented."""
         views = self.train_views()
+        if views.shape[0] > 1:
+            views = views[1:]
         labels = self.split_features("train")[1]
         n = labels.shape[0]
         batch_size = self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE

@@ -22,7 +22,9 @@ from .coop import CoOpCLIP, PromptLearner, PromptTrainer
 def add_cocoop_config(cfg):
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16  # M, the number of context vectors (the published runs use 4)
-    cfg.TRAINER.COCOOP.CTX_INIT = ""  # words initialising the context ("a photo of a"); "": random
+    # Words initialising the context ("a photo of a"; the context is then that many vectors, as
+    # upstream, and N_CTX is not used); "": N_CTX random vectors.
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
 
 
 class CoCoOpPromptLearner(PromptLearner):

@@ -31,8 +31,9 @@ from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
 def add_coop_config(cfg):
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16  # M, the number of learned context vectors (CoOp's few-shot default)
-    # Words initialising the last context vectors ("a photo of a"); "template": the words of the
-    # dataset's hand-made template (ProGrad's initialisation); "": random N(0, 0.02^2) vectors.
+    # Words initialising the context ("a photo of a"; then the context is that many vectors, N_CTX
+    # unused, as upstream); "template": the words of the dataset's hand-made template (ProGrad's
+    # initialisation, which keeps N_CTX); "": N_CTX random N(0, 0.02^2) vectors.
     cfg.TRAINER.COOP.CTX_INIT = ""
     cfg.TRAINER.COOP.CSC = False  # class-specific context: one context per class (cannot move to new classes)
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # where [CLASS] sits: end, middle or front
@@ -64,44 +65,57 @@ class PromptLearner(nn.Module):
     ``set_classnames`` rebuilds the buffers for any class set.
     """
 
-    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end"):
+    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end",
+                 keep_n_ctx=False):
+        """``ctx_init`` words ("a photo of a") initialise the context as upstream CoOp does: the context
+        is then as many vectors as the words (N_CTX is not used), their tokens' embeddings. With
+        ``keep_n_ctx`` (ProGrad's upstream), N_CTX stays and the words fill its last vectors, the
+        ones before them starting at zero. Otherwise the N_CTX vectors start at N(0, 0.02^2)."""
         super().__init__()
-        if n_ctx < 1:
-            raise UserError(f"N_CTX must be at least 1, got {n_ctx}")
         if class_token_position not in ("end", "middle", "front"):
             raise UserError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {class_token_position!r}")
-        self.n_ctx = n_ctx
-        self.csc = csc
-        self.class_token_position = class_token_position
         device = clip_model.token_embedding.weight.device
         ctx_dim = clip_model.ln_final.weight.shape[0]
+        words = ctx_init.replace("_", " ").strip()
+        n_words = len(words.split(" ")) if words else 0
+        if words and not keep_n_ctx:
+            n_ctx = n_words
+        if n_ctx < 1:
+            raise UserError(f"N_CTX must be at least 1, got {n_ctx}")
+        if n_words > n_ctx:
+            raise UserError(f"CTX_INIT {ctx_init!r} has {n_words} words, more than N_CTX {n_ctx}")
+        if words and class_token_position != "end" and len(_tokenizer.encode(words)) != n_words:
+            raise UserError(f"CTX_INIT {ctx_init!r} has punctuation (more tokens than words); with "
+                            f"CLASS_TOKEN_POSITION {class_token_position} use plain words")
+        self.n_ctx, self.csc, self.class_token_position = n_ctx, csc, class_token_position
         shape = (len(classnames), n_ctx, ctx_dim) if csc else (n_ctx, ctx_dim)
-        if ctx_init:
-            # The words fill the last context vectors; any before them start at zero (ProGrad's padding).
-            n_words = len(_tokenizer.encode(ctx_init))
-            if n_words > n_ctx:
-                raise UserError(f"CTX_INIT {ctx_init!r} has {n_words} tokens, more than N_CTX {n_ctx}")
+        if words:
             with torch.no_grad():
-                words = clip_model.token_embedding(tokenize([ctx_init], clip_model).to(device))[0, 1:1 + n_words]
+                embedded = clip_model.token_embedding(tokenize([words], clip_model).to(device))[0, 1:1 + n_words]
             ctx = torch.zeros(shape, device=device)
-            ctx[..., n_ctx - n_words:, :] = words.float()
-            self.init_text = " ".join(["X"] * (n_ctx - n_words) + [ctx_init])
+            ctx[..., n_ctx - n_words:, :] = embedded.float()
+            self.prompt_prefix = " ".join(["X"] * (n_ctx - n_words) + [words])
         else:
             ctx = torch.empty(shape, device=device).normal_(std=0.02)
-            self.init_text = " ".join(["X"] * n_ctx)
+            self.prompt_prefix = " ".join(["X"] * n_ctx)
         self.ctx = nn.Parameter(ctx)
-        print(f'Initial context: "{self.init_text}" ({n_ctx} context tokens'
+        print(f'Initial context: "{self.prompt_prefix}" ({n_ctx} context tokens'
               + (", class-specific)" if csc else ")"))
         self.set_classnames(clip_model, classnames)
+
+    @property
+    def init_text(self):
+        return self.prompt_prefix
 
     def set_classnames(self, clip_model, classnames):
         """(Re)build the class-dependent buffers for ``classnames``."""
         if self.csc and len(classnames) != self.ctx.shape[0]:
             raise UserError(f"class-specific contexts were made for {self.ctx.shape[0]} classes, not {len(classnames)}")
         names = [name.replace("_", " ") for name in classnames]
-        placeholder = " ".join(["X"] * self.n_ctx)
+        # As upstream: the prompt is the initial text and the name; the first n_ctx tokens after [SOS]
+        # are replaced by the learned context (a word split into several tokens keeps the rest frozen).
         try:
-            tokens = tokenize([f"{placeholder} {name}." for name in names], clip_model)
+            tokens = tokenize([f"{self.prompt_prefix} {name}." for name in names], clip_model)
         except UserError as e:
             raise UserError(f"{e} (N_CTX {self.n_ctx} context tokens, the class name and 3 more must fit)") from None
         tokens = tokens.to(clip_model.token_embedding.weight.device)
@@ -286,12 +300,17 @@ class PromptTrainer(FeatureTrainer):
 
 @TRAINER_REGISTRY.register()
 class CoOp(PromptTrainer):
+    keeps_n_ctx = False  # CTX_INIT's words are the whole context (upstream CoOp)
+
+    def template(self):
+        """The dataset's hand-made template (CTX_INIT "template" starts from its words)."""
+        return dataset_template(self.cfg.DATASET.NAME)
+
     def build_model(self):
         coop = self.cfg.TRAINER.COOP
-        ctx_init = template_context(dataset_template(self.cfg.DATASET.NAME)) if coop.CTX_INIT == "template" \
-            else coop.CTX_INIT
+        ctx_init = template_context(self.template()) if coop.CTX_INIT == "template" else coop.CTX_INIT
         prompt_learner = PromptLearner(self.clip_model, self.classnames, coop.N_CTX, ctx_init, coop.CSC,
-                                       coop.CLASS_TOKEN_POSITION)
+                                       coop.CLASS_TOKEN_POSITION, keep_n_ctx=self.keeps_n_ctx)
         self.model = CoOpCLIP(self.clip_model, prompt_learner).to(self.device)
         self.register_prompt_learner()
         self.eval_text_features = None

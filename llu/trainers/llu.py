@@ -10,9 +10,8 @@ The adapter itself lives in ``llu_adapter.py`` (usable without this trainer); th
 to the data: the anchor sets D_image (training image features) and D_text (training class
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
-import torch
 
-from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
 from llu.utils import UserError
 
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
@@ -25,6 +24,7 @@ def add_llu_config(cfg):
     cfg.TRAINER.LLU.BETA = 0.5  # beta of Eq. 5: the largest interpolation weight (1.0 = "no damp")
     cfg.TRAINER.LLU.GAMMA = 20.0  # gamma of Eq. 5: locality of the update (0.0 = "no mask", global alpha)
     cfg.TRAINER.LLU.MASK = "exp"  # exp (Eq. 5) or dirac (alpha = beta at a training point, 0 elsewhere)
+    cfg.TRAINER.LLU.DIRAC_THRESHOLD = 1e-3  # dirac: "at a training point" is 1 - cos <= this (the authors' code)
     cfg.TRAINER.LLU.LAMBDA = 1e3  # lambda of Eq. 6 (0.0 = "no reg")
     cfg.TRAINER.LLU.REG_FORM = "mse"  # mse: mean((W-I)^2) + mean(b^2), matches Table 4's values; norm: Eq. 6 as written
     cfg.TRAINER.LLU.INIT = "identity"  # identity (W = I, b = 0) or random (nn.Linear's init, "rand. init")
@@ -57,7 +57,7 @@ class LLU(FeatureTrainer):
         dim = self.clip_model.text_projection.shape[1]
         self.adapter = LocalizedLinearAdapter(
             dim, beta=llu.BETA, gamma=llu.GAMMA, mask=llu.MASK, init=llu.INIT, shared=llu.SHARED,
-            adapt=llu.ADAPT, reg_form=llu.REG_FORM).to(self.device)
+            adapt=llu.ADAPT, reg_form=llu.REG_FORM, dirac_threshold=llu.DIRAC_THRESHOLD).to(self.device)
         # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
         self.text_features = encode_class_texts(
             self.clip_model, self.classnames, dataset_template(self.cfg.DATASET.NAME)).to(self.device)
@@ -75,13 +75,11 @@ class LLU(FeatureTrainer):
 
     def forward_backward(self, batch):
         image_features, label = self.parse_batch_train(batch)
-        total, ce, reg = self.adapter.loss(image_features, label, self.text_features, self.logit_scale,
-                                           lam=self.cfg.TRAINER.LLU.LAMBDA)
+        logits = self.model_inference(image_features)  # Eq. 1 on the updated embeddings (Eq. 4-5)
+        total, ce, reg = self.adapter.objective(logits, label, lam=self.cfg.TRAINER.LLU.LAMBDA)  # Eq. 3 + Eq. 6
         self.model_backward_and_update(total)
-        with torch.no_grad():
-            logits = self.model_inference(image_features)
         summary = {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
-                   "acc": (logits.argmax(1) == label).float().mean().item() * 100}
+                   "acc": compute_accuracy(logits.detach(), label)[0].item()}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary

@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Dirac mask: a point counts as "at" an anchor when 1 - cos <= this (an angle of about 0.8 degrees).
-# It is far above float32 round-off of a 512-d cosine (~1e-7) and far below the distance between two
-# distinct images' CLIP features (1 - cos is typically > 1e-2).
-DIRAC_THRESHOLD = 1e-4
+# Dirac mask: a point counts as "at" an anchor when 1 - cos <= this (the authors' code: 1e-3, an
+# angle of 2.6 degrees). It is far above float32 round-off of a 512-d cosine (~1e-7) and below the
+# distance between two distinct images' CLIP features (1 - cos is typically > 1e-2).
+DIRAC_THRESHOLD = 1e-3
 
 # Largest [rows, anchors] block of cosines held at once (16 MiB in float32).
 _CHUNK_ELEMENTS = 1 << 22
@@ -232,7 +232,12 @@ class LocalizedLinearAdapter(nn.Module):
         if g is None:
             return F.normalize(f, dim=-1)
         anchors = self.image_anchors if side == "image" else self.text_anchors
-        alpha = interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)  # Eq. 5
+        if self.mask == "dirac" and self.training:
+            # As the authors' code: the mask applies at evaluation only; in training alpha = beta, as
+            # augmented views never lie at an anchor and g would get no gradient otherwise.
+            alpha = self.beta.expand(f.shape[0])
+        else:
+            alpha = interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)  # Eq. 5
         return localized_update(f, g, alpha)  # Eq. 4
 
     def transform_image(self, image_features):
@@ -254,7 +259,11 @@ class LocalizedLinearAdapter(nn.Module):
 
     def loss(self, image_features, labels, text_features, logit_scale, lam=1e3):
         """Eq. 3 (cross-entropy over the classes) + lambda * Eq. 6. Returns (total, ce, reg)."""
-        ce = F.cross_entropy(self.logits(image_features, text_features, logit_scale), labels)
+        return self.objective(self.logits(image_features, text_features, logit_scale), labels, lam)
+
+    def objective(self, logits, labels, lam=1e3):
+        """``loss`` from logits already computed: (ce + lambda * reg, ce, reg)."""
+        ce = F.cross_entropy(logits, labels)
         reg = self.regularizer()
         return ce + lam * reg, ce, reg
 
@@ -276,6 +285,7 @@ class LocalizedLinearAdapter(nn.Module):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
         generator = torch.Generator().manual_seed(seed)
         history = []
+        self.train()
         for _ in range(epochs):
             order = torch.randperm(labels.shape[0], generator=generator).to(device)
             losses = []
@@ -287,6 +297,7 @@ class LocalizedLinearAdapter(nn.Module):
                 losses.append(total.item())
             scheduler.step()
             history.append(sum(losses) / len(losses))
+        self.eval()  # ready to predict (the Dirac mask applies in eval mode only)
         return history
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

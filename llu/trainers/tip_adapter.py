@@ -40,10 +40,16 @@ def add_tip_adapter_config(cfg):
     cfg.TRAINER.TIP_ADAPTER.SEARCH = True  # pick alpha, beta on the validation split (False: keep INIT_*)
     cfg.TRAINER.TIP_ADAPTER.SEARCH_SCALE = (7.0, 3.0)  # largest (beta, alpha) of the grid ("search_scale")
     cfg.TRAINER.TIP_ADAPTER.SEARCH_STEP = (200, 20)  # grid points for (beta, alpha) ("search_step")
+    # The split searched on: "full_val", the dataset's whole val split (the official code), or
+    # "fewshot_val", CoOp's few-shot val of min(K, 4) images per class.
+    cfg.TRAINER.TIP_ADAPTER.SEARCH_SPLIT = "full_val"
     cfg.TRAINER.TIP_ADAPTER.ADAM_EPS = 1e-4  # Tip-Adapter-F's AdamW epsilon (official main.py)
     # Class texts: "dataset" (the dataset's template), "ensemble" (CLIP's seven ImageNet templates,
     # averaged), or "auto": the ensemble on ImageNet and its variants, the dataset template elsewhere.
     cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES = "auto"
+
+
+SEARCH_SPLITS = {"full_val": "full_val", "fewshot_val": "val"}  # TRAINER.TIP_ADAPTER.SEARCH_SPLIT -> split_data
 
 
 def text_templates(choice, dataset_name):
@@ -141,8 +147,13 @@ class TipAdapter(FeatureTrainer):
         return self.cache(image_features, self.clip_logits(image_features))
 
     def validation_features(self):
-        """The val split's features; refuses a val split that shares images with the test split."""
-        val, test = self.dm.dataset.val, self.dm.dataset.test
+        """Features of the split alpha and beta are searched on (TRAINER.TIP_ADAPTER.SEARCH_SPLIT);
+        refuses one that shares images with the test split."""
+        choice = self.cfg.TRAINER.TIP_ADAPTER.SEARCH_SPLIT
+        if choice not in SEARCH_SPLITS:
+            raise UserError(f"TRAINER.TIP_ADAPTER.SEARCH_SPLIT must be {' or '.join(SEARCH_SPLITS)}, got {choice!r}")
+        split = SEARCH_SPLITS[choice]
+        val, test = self.split_data(split), self.dm.dataset.test
         fix = "set TRAINER.TIP_ADAPTER.SEARCH False to use INIT_ALPHA and INIT_BETA"
         if not val:
             raise UserError(f"{self.cfg.DATASET.NAME} has no validation split to search Tip-Adapter's alpha and "
@@ -150,7 +161,7 @@ class TipAdapter(FeatureTrainer):
         if {item.impath for item in val} & {item.impath for item in test}:
             raise UserError(f"{self.cfg.DATASET.NAME}'s validation split shares images with its test split, so "
                             f"searching alpha and beta on it would select them on test; {fix}")
-        features, labels = self.split_features("val")
+        features, labels = self.split_features(split)
         return features.to(self.device), labels.to(self.device)
 
     def search_hyperparameters(self):
@@ -162,8 +173,8 @@ class TipAdapter(FeatureTrainer):
                                                   betas, alphas)
         self.cache.alpha.fill_(alpha)
         self.cache.beta.fill_(beta)
-        print(f"Searched on val over {len(betas)} x {len(alphas)} (beta, alpha): beta {beta:.2f}, "
-              f"alpha {alpha:.2f}, val accuracy {accuracy:.2f}%")
+        print(f"Searched on {tip.SEARCH_SPLIT} ({len(labels)} images) over {len(betas)} x {len(alphas)} (beta, alpha): "
+              f"beta {beta:.2f}, alpha {alpha:.2f}, val accuracy {accuracy:.2f}%")
 
     def train(self):
         print(f"{type(self).__name__} trains nothing: the cache holds {self.cache.keys.shape[0]} training features")

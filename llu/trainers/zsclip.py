@@ -31,4 +31,7 @@ class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling over the dataset template and CLIP's selected ImageNet templates."""
 
     def templates(self):
+        # As upstream: on ImageNet the seven templates alone (they were chosen on it).
+        if self.cfg.DATASET.NAME == "ImageNet":
+            return list(ENSEMBLE_TEMPLATES)
         return [dataset_template(self.cfg.DATASET.NAME)] + ENSEMBLE_TEMPLATES
