@@ -13,7 +13,7 @@ import signal
 import torch
 import yaml
 
-from llu import engine, upstream_keys
+from llu import config_files, engine, upstream_keys
 from llu.utils import UserError, exit_on_user_error, folder_lock, is_writable_dir, raise_terminated, run_log
 
 
@@ -21,8 +21,9 @@ def load_project(backend=None):
     """Choose the engine's backend (default: $LLU_ENGINE, else builtin), then register the datasets and
     the trainers, whose classes derive from that backend's, and declare their config keys."""
     engine.select_backend(backend)
-    import llu.datasets  # noqa: F401  (registers the datasets)
+    import llu.datasets
     import llu.trainers
+    llu.datasets.register_all()
     llu.trainers.register_all()
 
 
@@ -91,20 +92,9 @@ def _opts_ints_as_floats(cfg, opts):
 
 def _merge_file(cfg, path):
     """Merge a yaml file; a ``_BASE_: other.yaml`` entry (relative to the file) is merged first."""
-    if not osp.isfile(path):
-        raise UserError(f"{path}: config file not found")
-    with open(path) as f:
-        try:
-            content = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: expected a mapping of config keys")
-    base = content.pop("_BASE_", None)
-    if base:
-        _merge_file(cfg, osp.join(osp.dirname(path), base))
-    content = _ints_as_floats(cfg, upstream_keys.translate_mapping(content))
-    _merge(cfg, path, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
+    for source, content in config_files.chain(path):
+        content = _ints_as_floats(cfg, upstream_keys.translate_mapping(content))
+        _merge(cfg, source, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
 
 
 def reset_cfg(cfg, args):

@@ -22,11 +22,12 @@ import multiprocessing
 import os
 import os.path as osp
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 
-from llu.utils import UserError, exit_on_user_error
+from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated
 
 
 @dataclass
@@ -99,6 +100,7 @@ _train = None
 def _start_worker(repo):
     """Import the project once per worker (train.py registers the datasets and trainers)."""
     global _train
+    signal.signal(signal.SIGTERM, raise_terminated)  # a run then saves its last epoch to resume from
     sys.path.insert(0, repo)
     import train
     _train = train
@@ -119,6 +121,10 @@ def execute(train_args):
             return False, lines[-1] if lines else f"exited with status {e.code}"
         except Exception as e:  # the traceback is in the run's log.txt
             return False, f"{type(e).__name__}: {e}"
+        except KeyboardInterrupt:
+            return False, "interrupted"
+        except Terminated as e:
+            return False, f"terminated; {e}" if str(e) else "terminated"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +200,14 @@ class LocalWorkers:
             return self.pool.submit(execute, run.train_args)
 
     def __exit__(self, *exc):
+        if exc[0] is not None and issubclass(exc[0], (KeyboardInterrupt, Terminated)):
+            # Stop the queue; pass a SIGTERM on to the workers, whose runs then save what they can.
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for process in list(getattr(self.pool, "_processes", {}).values()):
+                if exc[0] is Terminated and process.is_alive():
+                    process.terminate()
+                process.join(timeout=60)
+            return False
         self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
         return False
 
@@ -273,7 +287,13 @@ def main(argv=None):
     if args.jobs < 1:
         raise UserError(f"--jobs (JOBS) must be at least 1, got {args.jobs}")
     runs = parse_plan(sys.stdin.readlines()) if args.plan == "-" else read_plan(args.plan)
-    return summary(run_plan(runs, jobs=args.jobs))
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return summary(run_plan(runs, jobs=args.jobs))
+    except (KeyboardInterrupt, Terminated) as e:
+        left = sum(r.state not in ("done", "skipped", "failed", "blocked") for r in runs)
+        raise type(e)(f"{left} run(s) not finished; finished runs keep their results, and the same command "
+                      f"continues the sweep") from None
 
 
 if __name__ == "__main__":

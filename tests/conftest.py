@@ -13,6 +13,11 @@ torch.set_num_threads(1)
 from llu import engine  # noqa: E402
 
 engine.select_backend()  # $LLU_ENGINE, as train.py: the tests run on either backend (docs/dassl.md)
+import llu.datasets  # noqa: E402
+import llu.trainers  # noqa: E402
+
+llu.datasets.register_all()
+llu.trainers.register_all()
 
 TINY_CLIP_DIMS = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
                       context_length=16, vocab_size=49408, transformer_width=64, transformer_heads=1,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import llu.datasets  # noqa: F401  (registers the datasets)
+import llu.datasets  # noqa: F401  (conftest registers the readers)
 from llu.world import generate, render, toyclip
 from llu.engine import DATASET_REGISTRY, get_cfg_default
 from llu.utils import UserError

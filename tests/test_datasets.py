@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import llu.datasets  # noqa: F401  (registers the datasets)
+import llu.datasets  # noqa: F401  (conftest registers the readers)
 from conftest import write_image_folder
 from llu.engine import DATASET_REGISTRY, extend_cfg, get_cfg_default
 from llu.utils import UserError

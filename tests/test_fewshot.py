@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-import llu.datasets  # noqa: F401  (registers the datasets)
+import llu.datasets  # noqa: F401  (conftest registers the readers)
 import llu.datasets.splits
 from conftest import write_image_folder
 from llu.engine import DATASET_REGISTRY, DatasetBase, extend_cfg, get_cfg_default, set_random_seed

@@ -2,12 +2,12 @@
 
 CoOp drops the background class and the duplicate "Faces_easy", and renames four classes.
 """
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import SplitFileDataset
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class Caltech101(SplitFileDataset):
     dataset_dir = "caltech-101"
     image_dir = "101_ObjectCategories"

@@ -1,10 +1,10 @@
 """Describable Textures (CoOp layout): ``dtd/images/<texture>/``, ``dtd/split_zhou_DescribableTextures.json``."""
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import SplitFileDataset
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class DescribableTextures(SplitFileDataset):
     dataset_dir = "dtd"
     image_dir = "images"

@@ -2,12 +2,12 @@
 
 The folder names become CoOp's more descriptive class names ("SeaLake" -> "Sea or Lake").
 """
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import SplitFileDataset
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class EuroSAT(SplitFileDataset):
     dataset_dir = "eurosat"
     image_dir = "2750"

@@ -3,9 +3,10 @@
 """
 import os.path as osp
 
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum
+from llu.engine import DatasetBase, Datum
 from llu.utils import UserError
 
+from . import dataset
 from .coop_common import dataset_folder, read_lines
 from .splits import fewshot_and_subsample, require_dir
 
@@ -13,7 +14,7 @@ LAYOUT = ("DATASET.ROOT/fgvc_aircraft/ holding images/, variants.txt and images_
           "(CoOp's DATASETS.md layout)")
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class FGVCAircraft(DatasetBase):
     dataset_dir = "fgvc_aircraft"
 

@@ -1,10 +1,10 @@
 """Food-101 (CoOp layout): ``food-101/images/<dish>/``, ``food-101/split_zhou_Food101.json``."""
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import SplitFileDataset
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class Food101(SplitFileDataset):
     dataset_dir = "food-101"
     image_dir = "images"

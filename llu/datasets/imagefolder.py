@@ -6,9 +6,10 @@ kept in ``split_imagefolder.json`` in the folder (or in the user cache if the fo
 """
 import os.path as osp
 
-from llu.engine import CN, DATASET_REGISTRY, DatasetBase, config_extension
+from llu.engine import CN, DatasetBase, config_extension
 from llu.utils import UserError, listdir_nohidden
 
+from . import dataset
 from .coop_common import dataset_folder
 from .splits import (dataset_file_path, fewshot_and_subsample, read_and_split_data, read_split, require_dir,
                      require_file, save_split)
@@ -24,7 +25,7 @@ def add_imagefolder_config(cfg):
     cfg.DATASET.IMAGEFOLDER.SPLIT_FILE = ""
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ImageFolder(DatasetBase):
 
     def __init__(self, cfg):

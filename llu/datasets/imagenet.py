@@ -5,9 +5,10 @@ evaluated). The image lists are re-read from the folders on every run (no ``prep
 """
 import os.path as osp
 
-from llu.engine import DATASET_REGISTRY, DatasetBase
+from llu.engine import DatasetBase
 from llu.utils import UserError, listdir_nohidden
 
+from . import dataset
 from .coop_common import class_name_of, dataset_folder, images_of, read_imagenet_classnames
 from .splits import fewshot_and_subsample, require_dir
 
@@ -15,7 +16,7 @@ LAYOUT = "DATASET.ROOT/imagenet/ holding images/train/<wnid>/, images/val/<wnid>
          "(CoOp's DATASETS.md layout)"
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ImageNet(DatasetBase):
     dataset_dir = "imagenet"
 

@@ -1,11 +1,11 @@
 """ImageNet-A (CoOp layout): ``imagenet-adversarial/imagenet-a/<wnid>/``, 200 of ImageNet's classes,
 labelled 0..199 in wnid order. Test only."""
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import ImageNetVariant
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ImageNetA(ImageNetVariant):
     dataset_dir = "imagenet-adversarial"
     image_dir = "imagenet-a"

@@ -1,10 +1,10 @@
 """ImageNet-Sketch (CoOp layout): ``imagenet-sketch/images/<wnid>/``. Test only."""
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import ImageNetVariant
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ImageNetSketch(ImageNetVariant):
     dataset_dir = "imagenet-sketch"
     image_dir = "images"

@@ -2,13 +2,13 @@
 class folders named by label index 0..999 in ``classnames.txt`` order. Test only."""
 import os.path as osp
 
-from llu.engine import DATASET_REGISTRY
 
+from . import dataset
 from .coop_common import ImageNetVariant
 from .splits import require_dir
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ImageNetV2(ImageNetVariant):
     dataset_dir = "imagenetv2"
     image_dir = "imagenetv2-matched-frequency-format-val"

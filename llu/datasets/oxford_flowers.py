@@ -8,14 +8,14 @@ from collections import defaultdict
 
 import numpy as np
 
-from llu.engine import DATASET_REGISTRY
 from llu.utils import UserError, read_json
 
+from . import dataset
 from .coop_common import SplitFileDataset
 from .splits import split_by_proportions
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class OxfordFlowers(SplitFileDataset):
     dataset_dir = "oxford_flowers"
     image_dir = "jpg"

@@ -6,14 +6,15 @@ Without the split file it is rebuilt as CoOp does from ``annotations/trainval.tx
 import os.path as osp
 import random
 
-from llu.engine import DATASET_REGISTRY, Datum
+from llu.engine import Datum
 from llu.utils import UserError
 
+from . import dataset
 from .coop_common import SplitFileDataset, read_lines
 from .splits import split_trainval
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class OxfordPets(SplitFileDataset):
     dataset_dir = "oxford_pets"
     image_dir = "images"

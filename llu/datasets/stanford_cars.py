@@ -8,8 +8,9 @@ import random
 
 import numpy as np
 
-from llu.engine import DATASET_REGISTRY, Datum
+from llu.engine import Datum
 
+from . import dataset
 from .coop_common import SplitFileDataset
 from .splits import split_trainval
 
@@ -19,7 +20,7 @@ def year_first(name):
     return " ".join(words[-1:] + words[:-1])
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class StanfordCars(SplitFileDataset):
     dataset_dir = "stanford_cars"
     split_file = "split_zhou_StanfordCars.json"  # image paths are relative to stanford_cars/

@@ -8,9 +8,10 @@ Class names drop the letter and put the variant first: "/a/apartment_building/ou
 import os.path as osp
 import random
 
-from llu.engine import DATASET_REGISTRY, Datum
+from llu.engine import Datum
 from llu.utils import UserError
 
+from . import dataset
 from .coop_common import SplitFileDataset, read_lines
 from .splits import split_trainval
 
@@ -19,7 +20,7 @@ def sun_classname(folder):
     return " ".join(folder.split("/")[1:][::-1])
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class SUN397(SplitFileDataset):
     dataset_dir = "sun397"
     image_dir = "SUN397"

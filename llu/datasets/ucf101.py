@@ -8,14 +8,15 @@ import os.path as osp
 import random
 import re
 
-from llu.engine import DATASET_REGISTRY, Datum
+from llu.engine import Datum
 from llu.utils import UserError
 
+from . import dataset
 from .coop_common import SplitFileDataset, read_lines
 from .splits import split_trainval
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class UCF101(SplitFileDataset):
     dataset_dir = "ucf101"
     image_dir = "UCF-101-midframes"

@@ -6,10 +6,11 @@ classes (``fewshot_and_subsample``).
 """
 import os.path as osp
 
-from llu.engine import DATASET_REGISTRY, DatasetBase
+from llu.engine import DatasetBase
 
 from llu.world.generate import DATASETS, ensure_dataset, split_file_name
 
+from . import dataset
 from .splits import fewshot_and_subsample, read_split
 
 
@@ -27,25 +28,25 @@ class WorldDataset(DatasetBase):
         super().__init__(train_x=train, val=val, test=test)
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class Shapes(WorldDataset):
     """64 classes, "red circle" ... "pink heart", in the downstream domain: the world's ImageNet."""
     dataset_dir = DATASETS["Shapes"].folder
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ShapesSketch(WorldDataset):
     """Shapes' classes drawn as coloured outlines (domain generalisation target)."""
     dataset_dir = DATASETS["ShapesSketch"].folder
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class ShapesNoisy(WorldDataset):
     """Shapes' classes under heavy noise, blur and occlusion (domain generalisation target)."""
     dataset_dir = DATASETS["ShapesNoisy"].folder
 
 
-@DATASET_REGISTRY.register()
+@dataset
 class Patterns(WorldDataset):
     """48 classes, "red stripes" ... "pink zigzag", in the downstream domain (cross-dataset target)."""
     dataset_dir = DATASETS["Patterns"].folder

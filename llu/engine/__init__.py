@@ -15,6 +15,18 @@ import os
 from llu.utils import UserError
 
 BACKENDS = {"builtin": ".builtin", "dassl": ".dassl_backend"}
+# Dassl's names, which both backends export (their __all__; tests/test_engine_backend.py checks).
+NAMES = frozenset({
+    "get_cfg_default", "CN", "config_extension", "extend_cfg",
+    "DATASET_REGISTRY", "DataManager", "DatasetBase", "DatasetWrapper", "Datum", "build_data_loader",
+    "build_dataset", "build_transform", "read_image",
+    "EVALUATOR_REGISTRY", "Classification", "build_evaluator",
+    "build_lr_scheduler", "build_optimizer",
+    "TRAINER_REGISTRY", "SimpleTrainer", "TrainerBase", "TrainerX", "build_trainer",
+    "collect_env_info", "compute_accuracy", "count_num_param", "listdir_nohidden", "load_checkpoint",
+    "load_pretrained_weights", "mkdir_if_missing", "read_json", "set_random_seed", "setup_logger", "write_json",
+    "UserError", "Registry",
+})
 _backend = None  # the module the names come from, once one was read
 
 
@@ -36,12 +48,12 @@ def select_backend(name=None):
 
 
 def __getattr__(name):
+    if name not in NAMES:  # e.g. a submodule, looked up before it is imported: choose nothing yet
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _backend is None:
         select_backend("builtin")
-    if name in _backend.__all__:
-        return getattr(_backend, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(_backend, name)
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_backend.__all__ if _backend else ()))
+    return sorted(set(globals()) | NAMES)

@@ -19,8 +19,9 @@ on base classes is evaluated on new ones with the new class names' texts (``--ev
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, build_lr_scheduler, build_optimizer, config_extension
 
+from . import trainer
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
 
 
@@ -52,7 +53,7 @@ def adapted_features(adapter, image_features, ratio):
     return F.normalize(ratio * adapter(image_features) + (1 - ratio) * image_features, dim=-1)
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class CLIP_Adapter(FeatureTrainer):
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER

@@ -322,10 +322,11 @@ class ClipTrainer(TrainerX):
     def _save_last_epoch(self):
         records = getattr(self, "_last_epoch_records", None)
         if not records:
-            return "no epoch had finished"
+            return "no epoch had finished; no results written"
         self.write_checkpoints(records, self.output_dir)
         epoch = next(iter(records.values()))["epoch"]
-        return f"the state after epoch {epoch} is saved: continue with --resume {self.output_dir}"
+        return (f"the state after epoch {epoch} is saved: continue with --resume {self.output_dir}; "
+                f"no results written")
 
     def detect_anomaly(self, loss):
         if not torch.isfinite(loss).all():

@@ -13,8 +13,9 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from llu.engine import CN, TRAINER_REGISTRY, config_extension
+from llu.engine import CN, config_extension
 
+from . import trainer
 from .coop import CoOpCLIP, PromptLearner, PromptTrainer
 
 
@@ -58,7 +59,7 @@ class CoCoOpCLIP(CoOpCLIP):
                             for feature, image_prompts in zip(image_features, prompts)])
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class CoCoOp(PromptTrainer):
     def build_model(self):
         cocoop = self.cfg.TRAINER.COCOOP

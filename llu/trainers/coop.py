@@ -20,10 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TRAINER_REGISTRY, TrainerX, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, TrainerX, build_lr_scheduler, build_optimizer, config_extension
 from llu.utils import UserError
 from llu.utils import load_torch
 
+from . import trainer
 from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
 
 
@@ -298,7 +299,7 @@ class PromptTrainer(FeatureTrainer):
         learner.load_state_dict(learned)
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class CoOp(PromptTrainer):
     keeps_n_ctx = False  # CTX_INIT's words are the whole context (upstream CoOp)
 

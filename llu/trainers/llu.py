@@ -11,9 +11,10 @@ to the data: the anchor sets D_image (training image features) and D_text (train
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
 
-from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
+from llu.engine import CN, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
 from llu.utils import UserError
 
+from . import trainer
 from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
 from .llu_adapter import LocalizedLinearAdapter
 
@@ -47,7 +48,7 @@ def check_llu_config(llu):
             raise UserError(f"TRAINER.LLU.{key} must be >= 0, got {llu[key]}")
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class LLU(FeatureTrainer):
     def check_cfg(self, cfg):
         check_llu_config(cfg.TRAINER.LLU)

@@ -15,8 +15,9 @@ keys below replace upstream's ``LOSS.LAMBDA`` and ``LOSS.T``.
 import torch
 import torch.nn.functional as F
 
-from llu.engine import CN, TRAINER_REGISTRY, compute_accuracy, config_extension
+from llu.engine import CN, compute_accuracy, config_extension
 
+from . import trainer
 from .clip_common import dataset_template, encode_class_texts
 from .coop import CoOp
 
@@ -63,7 +64,7 @@ PROGRAD_TEMPLATES = {
 }
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class ProGrad(CoOp):
     keeps_n_ctx = True  # upstream: the template's words fill the last of N_CTX vectors
 

@@ -25,9 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TRAINER_REGISTRY, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, build_lr_scheduler, build_optimizer, config_extension
 from llu.utils import UserError
 
+from . import trainer
 from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
 
 
@@ -111,7 +112,7 @@ def _some(names, shown=5):
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class TipAdapter(FeatureTrainer):
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
@@ -215,7 +216,7 @@ class TipAdapter(FeatureTrainer):
                 "tip_cache_size": int(self.cache.keys.shape[0])}
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the keys are fine-tuned (AdamW, cosine schedule), alpha and beta searched after."""
 

@@ -3,12 +3,12 @@
 Class texts come from the dataset's hand-made template (``ZeroshotCLIP``) or from the average of
 that template and CLIP's seven selected ImageNet templates (``ZeroshotCLIP2``); logits are Eq. 1.
 """
-from llu.engine import TRAINER_REGISTRY
 
+from . import trainer
 from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class ZeroshotCLIP(FeatureTrainer):
     learns = False
     trains_epochs = False
@@ -26,7 +26,7 @@ class ZeroshotCLIP(FeatureTrainer):
         self.test()
 
 
-@TRAINER_REGISTRY.register()
+@trainer
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling over the dataset template and CLIP's selected ImageNet templates."""
 
