@@ -19,10 +19,10 @@ on base classes is evaluated on new ones with the new class names' texts (``--ev
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, config_extension
 
 from . import trainer
-from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
+from .clip_common import ClipTrainer
 
 
 @config_extension
@@ -54,17 +54,14 @@ def adapted_features(adapter, image_features, ratio):
 
 
 @trainer
-class CLIP_Adapter(FeatureTrainer):
+class CLIP_Adapter(ClipTrainer):
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER
         self.ratio = settings.RATIO
-        self.text_features = encode_class_texts(
-            self.clip_model, self.classnames, dataset_template(self.cfg.DATASET.NAME)).to(self.device)
+        self.text_features = self.class_text_features()
         self.adapter = Adapter(self.clip_model.visual.output_dim, settings.REDUCTION).to(self.device)
-        optimizer = build_optimizer(self.adapter, self.cfg.OPTIM)
-        self.register_model("clip_adapter", self.adapter, optimizer, build_lr_scheduler(optimizer, self.cfg.OPTIM))
+        self.register_learned("clip_adapter", self.adapter)
 
     def model_inference(self, image_features):
-        features = adapted_features(self.adapter, image_features, self.ratio)
-        return self.logit_scale * features @ self.text_features.t()  # Eq. 1's logits
+        return self.cosine_logits(adapted_features(self.adapter, image_features, self.ratio), self.text_features)
 

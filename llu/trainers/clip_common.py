@@ -4,8 +4,9 @@
 - precision (fp16 only where a GPU runs it);
 - the per-dataset prompt templates and class-text encoding;
 - the text encoder over prompt embeddings used by prompt-learning trainers;
-- ``FeatureTrainer``, which trains on cached image features (``feature_cache.py``);
-- ``ClipTrainer``, the base that loads CLIP before the data so the input size follows the model.
+- ``ClipTrainer``, the base of every trainer: CLIP loaded before the data (so the input size follows
+  the model), the class texts, Eq. 1's logits, training on cached image features (``feature_cache.py``)
+  or on images, when the learning rate steps, and whether a trainer trains at all.
 """
 import contextlib
 import os
@@ -18,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TrainerX, compute_accuracy, config_extension
+from llu.engine import CN, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
 from llu.utils import Terminated, UserError, file_sha256, load_torch
 from llu.world import toyclip
 
@@ -305,7 +306,82 @@ class ClipTrainer(TrainerX):
         if not eval_only and cls.trains_epochs and cfg.OPTIM.MAX_EPOCH < 1:
             raise UserError(f"OPTIM.MAX_EPOCH must be at least 1 to train {name}, got {cfg.OPTIM.MAX_EPOCH}")
 
+    def build_data_loader(self):
+        cfg = self.cfg
+        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
+                                    trust_torchscript=cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
+        match_input_size(cfg, self.clip_model)
+        super().build_data_loader()
+        self.classnames = self.dm.dataset.classnames
+        self.image_loader = self.train_loader_x
+        self.feature_cache = FeatureCache(self.cfg, self.clip_model, self.device)
+        self._split_features = {}
+
+    # What a method's build_model uses: class texts, Eq. 1's logits, a learned module to register.
+
+    @property
+    def logit_scale(self):
+        return self.clip_model.logit_scale.exp().float()
+
+    def class_text_features(self, templates=None):
+        """Unit-norm text features of the classes: the dataset's hand-made template (CoOp's zero-shot
+        table), or the renormalised mean over ``templates`` (prompt ensembling)."""
+        templates = templates or [dataset_template(self.cfg.DATASET.NAME)]
+        return ensemble_class_texts(self.clip_model, self.classnames, templates).to(self.device)
+
+    def cosine_logits(self, image_features, text_features):
+        """Eq. 1 of the LLU paper: CLIP's learned 1 / tau times the cosines (features unit-norm)."""
+        return self.logit_scale * image_features @ text_features.t()
+
+    def register_learned(self, name, module, optimizer=None):
+        """Register ``module`` with the OPTIM settings' optimiser (or ``optimizer``) and schedule."""
+        optimizer = optimizer or build_optimizer(module, self.cfg.OPTIM)
+        self.register_model(name, module, optimizer, build_lr_scheduler(optimizer, self.cfg.OPTIM))
+
+    def provenance(self):
+        return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
+
+    # Training: whether there are epochs, where their batches come from, when the LR steps.
+
+    def trains_on_features(self):
+        """Training batches are cached image features (CLIP never runs in the loop); trainers whose
+        training must see freshly augmented pixels every epoch say False and get the image loader."""
+        return True
+
+    def train_without_epochs(self):
+        """What ``train`` does for a trainer with ``trains_epochs = False``."""
+        raise NotImplementedError
+
+    def run_epoch(self):
+        """One epoch over cached features (or images), then the learning rate steps: once per epoch,
+        after its last batch, as in Dassl's trainers."""
+        self.train_loader_x = list(self.feature_batches()) if self.trains_on_features() else self.image_loader
+        super().run_epoch()
+        self.update_lr()
+
+    def parse_batch_train(self, batch):
+        if "features" in batch:
+            return batch["features"], batch["label"]
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def autocast(self):
+        """Mixed precision for the training step; trainers that support amp return an autocast."""
+        return contextlib.nullcontext()
+
+    def forward_backward(self, batch):
+        """One cross-entropy step (Eq. 3 of the LLU paper) on ``model_inference``'s logits."""
+        inputs, label = self.parse_batch_train(batch)
+        with self.autocast():
+            logits = self.model_inference(inputs)
+            loss = F.cross_entropy(logits, label)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+
+    # Keeping a run honest: finite steps, and a SIGTERM's resumable checkpoint.
+
     def train(self):
+        if not self.trains_epochs:
+            return self.train_without_epochs()
         self._last_epoch_records = None
         try:
             super().train()
@@ -348,50 +424,7 @@ class ClipTrainer(TrainerX):
         raise TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, batch {self.batch_idx + 1}: {what}; "
                                f"no results written, {kept} (lower OPTIM.LR?)")
 
-    def build_data_loader(self):
-        cfg = self.cfg
-        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
-                                    trust_torchscript=cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
-        match_input_size(cfg, self.clip_model)
-        super().build_data_loader()
-        self.classnames = self.dm.dataset.classnames
-
-    @property
-    def logit_scale(self):
-        return self.clip_model.logit_scale.exp().float()
-
-    def provenance(self):
-        return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
-
-    def autocast(self):
-        """Mixed precision for the training step; trainers that support amp return an autocast."""
-        return contextlib.nullcontext()
-
-    def forward_backward(self, batch):
-        """One cross-entropy step (Eq. 3 of the LLU paper) on ``model_inference``'s logits; the
-        learning rate steps once per epoch, after its last batch (Dassl's convention)."""
-        inputs, label = self.parse_batch_train(batch)
-        with self.autocast():
-            logits = self.model_inference(inputs)
-            loss = F.cross_entropy(logits, label)
-        self.model_backward_and_update(loss)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
-
-
-class FeatureTrainer(ClipTrainer):
-    """A trainer whose model acts on image *features*: CLIP's image encoder runs once per image
-    (and per cached augmented view), never inside the training loop.
-
-    Training batches are dicts with ``features`` [B, D] and ``label`` [B]; each epoch draws one
-    cached view per training image (view 0 is the un-augmented image).
-    """
-
-    def build_data_loader(self):
-        super().build_data_loader()
-        self.feature_cache = FeatureCache(self.cfg, self.clip_model, self.device)
-        self._split_features = {}
+    # Features: CLIP's image encoder runs once per image and view (feature_cache.py).
 
     def split_data(self, split):
         """The items of ``train``, ``val`` (the few-shot val), ``full_val`` (the whole val split, before
@@ -433,13 +466,6 @@ class FeatureTrainer(ClipTrainer):
         for b in range(n_batches):
             idx = order[b * batch_size:(b + 1) * batch_size]
             yield {"features": views[chosen_view[idx], idx].to(self.device), "label": labels[idx].to(self.device)}
-
-    def run_epoch(self):
-        self.train_loader_x = list(self.feature_batches())
-        super().run_epoch()
-
-    def parse_batch_train(self, batch):
-        return batch["features"], batch["label"]
 
     def evaluation_batches(self, split):
         features, labels = self.split_features(split)

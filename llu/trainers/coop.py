@@ -20,12 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TrainerX, build_lr_scheduler, build_optimizer, config_extension
-from llu.utils import UserError
-from llu.utils import load_torch
+from llu.engine import CN, config_extension
+from llu.utils import UserError, load_torch
 
 from . import trainer
-from .clip_common import FeatureTrainer, TextEncoder, dataset_template, tokenize
+from .clip_common import ClipTrainer, TextEncoder, dataset_template, tokenize
 
 
 @config_extension
@@ -191,11 +190,11 @@ class CoOpCLIP(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Trainers
 
-class PromptTrainer(FeatureTrainer):
+class PromptTrainer(ClipTrainer):
     """What CoOp-family trainers share: the data path, precision, and class-free checkpoints.
 
     Subclasses build ``self.model`` (with ``self.model.prompt_learner``) in ``build_model`` and
-    call ``register_prompt_learner``. Training batches are cached features (``FeatureTrainer``)
+    call ``register_prompt_learner``. Training batches are cached features (``ClipTrainer``)
     unless ``INPUT.TRANSFORMS`` asks for augmentation; then the image loader's batches go through
     CLIP's frozen image encoder every step. Evaluation always reads cached features (test images
     are never augmented).
@@ -203,9 +202,7 @@ class PromptTrainer(FeatureTrainer):
 
     def register_prompt_learner(self):
         self.prompt_learner = self.model.prompt_learner
-        optimizer = build_optimizer(self.prompt_learner, self.cfg.OPTIM)
-        scheduler = build_lr_scheduler(optimizer, self.cfg.OPTIM)
-        self.register_model("prompt_learner", self.prompt_learner, optimizer, scheduler)
+        self.register_learned("prompt_learner", self.prompt_learner)
         if self.cfg.MODEL.INIT_WEIGHTS:  # CoOp's way to start from a trained context
             self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS)
         # fp16: CLIP runs in half precision, the prompt learner stays fp32; amp: autocast + loss scaling.
@@ -228,16 +225,8 @@ class PromptTrainer(FeatureTrainer):
     def augments_images(self):
         return any(name in AUGMENTATIONS for name in self.cfg.INPUT.TRANSFORMS)
 
-    def run_epoch(self):
-        if self.augments_images:
-            TrainerX.run_epoch(self)  # the image loader; FeatureTrainer's cached batches would repeat pixels
-        else:
-            super().run_epoch()
-
-    def parse_batch_train(self, batch):
-        if "features" in batch:
-            return batch["features"], batch["label"]
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+    def trains_on_features(self):
+        return not self.augments_images  # cached batches would repeat the same pixels every epoch
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.scaler is not None else contextlib.nullcontext()

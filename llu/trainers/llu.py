@@ -11,11 +11,11 @@ to the data: the anchor sets D_image (training image features) and D_text (train
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
 
-from llu.engine import CN, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
+from llu.engine import CN, compute_accuracy, config_extension
 from llu.utils import UserError
 
 from . import trainer
-from .clip_common import FeatureTrainer, dataset_template, encode_class_texts
+from .clip_common import ClipTrainer
 from .llu_adapter import LocalizedLinearAdapter
 
 
@@ -49,7 +49,7 @@ def check_llu_config(llu):
 
 
 @trainer
-class LLU(FeatureTrainer):
+class LLU(ClipTrainer):
     def check_cfg(self, cfg):
         check_llu_config(cfg.TRAINER.LLU)
 
@@ -60,11 +60,8 @@ class LLU(FeatureTrainer):
             dim, beta=llu.BETA, gamma=llu.GAMMA, mask=llu.MASK, init=llu.INIT, shared=llu.SHARED,
             adapt=llu.ADAPT, reg_form=llu.REG_FORM, dirac_threshold=llu.DIRAC_THRESHOLD).to(self.device)
         # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
-        self.text_features = encode_class_texts(
-            self.clip_model, self.classnames, dataset_template(self.cfg.DATASET.NAME)).to(self.device)
-        optimizer = build_optimizer(self.adapter, self.cfg.OPTIM)
-        scheduler = build_lr_scheduler(optimizer, self.cfg.OPTIM)
-        self.register_model("adapter", self.adapter, optimizer, scheduler)
+        self.text_features = self.class_text_features()
+        self.register_learned("adapter", self.adapter)
 
     def before_train(self):
         super().before_train()
@@ -79,11 +76,8 @@ class LLU(FeatureTrainer):
         logits = self.model_inference(image_features)  # Eq. 1 on the updated embeddings (Eq. 4-5)
         total, ce, reg = self.adapter.objective(logits, label, lam=self.cfg.TRAINER.LLU.LAMBDA)  # Eq. 3 + Eq. 6
         self.model_backward_and_update(total)
-        summary = {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
-                   "acc": compute_accuracy(logits.detach(), label)[0].item()}
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+        return {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
+                "acc": compute_accuracy(logits.detach(), label)[0].item()}
 
     def model_inference(self, image_features):
         return self.adapter.logits(image_features, self.text_features, self.logit_scale)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from llu.engine import CN, compute_accuracy, config_extension
 
 from . import trainer
-from .clip_common import dataset_template, encode_class_texts
+from .clip_common import dataset_template
 from .coop import CoOp
 
 
@@ -74,8 +74,7 @@ class ProGrad(CoOp):
     def build_model(self):
         super().build_model()
         # The general knowledge: zero-shot CLIP with ProGrad's template for the dataset.
-        self.zero_shot_text_features = encode_class_texts(
-            self.clip_model, self.classnames, self.template()).to(self.device)
+        self.zero_shot_text_features = self.class_text_features([self.template()])
 
     def forward_backward(self, batch):
         inputs, label = self.parse_batch_train(batch)
@@ -83,12 +82,10 @@ class ProGrad(CoOp):
         with self.autocast():
             image_features = self.model.encode_images(inputs)
             logits = self.model(image_features)
-            zero_shot_logits = self.logit_scale * image_features @ self.zero_shot_text_features.t()
+            zero_shot_logits = self.cosine_logits(image_features, self.zero_shot_text_features)
             ce = F.cross_entropy(logits, label)
             kl = distillation_kl(logits, zero_shot_logits, prograd.T)
         self.prograd_backward_and_update(ce, kl, prograd.LAMBDA)
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
         return {"loss": ce.item(), "kl": kl.item(), "acc": compute_accuracy(logits, label)[0].item()}
 
     def prograd_backward_and_update(self, ce, kl, lam):

@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, build_lr_scheduler, build_optimizer, config_extension
+from llu.engine import CN, build_optimizer, config_extension
 from llu.utils import UserError
 
 from . import trainer
-from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
+from .clip_common import ENSEMBLE_TEMPLATES, ClipTrainer, dataset_template
 
 
 @config_extension
@@ -113,21 +113,21 @@ def _some(names, shown=5):
 
 
 @trainer
-class TipAdapter(FeatureTrainer):
+class TipAdapter(ClipTrainer):
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
 
     def build_model(self):
         tip = self.cfg.TRAINER.TIP_ADAPTER
         templates = text_templates(tip.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
-        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, templates).to(self.device)
+        self.text_features = self.class_text_features(templates)
         labels = self.split_features("train")[1]
         self.cache = CacheModel(self.cache_keys(), labels, len(self.classnames), tip.INIT_ALPHA, tip.INIT_BETA,
                                 learn_keys=self.learn_keys).to(self.device)
-        self.register_model("cache", self.cache, *self.build_optimizer_and_scheduler())
+        self.register_cache()
 
-    def build_optimizer_and_scheduler(self):
-        return None, None
+    def register_cache(self):
+        self.register_model("cache", self.cache)  # nothing is trained
 
     def cache_keys(self):
         """F_train: each training image's feature averaged over its augmented views, renormalised.
@@ -142,7 +142,7 @@ class TipAdapter(FeatureTrainer):
         return F.normalize(views.mean(dim=0), dim=-1)
 
     def clip_logits(self, image_features):
-        return self.logit_scale * image_features @ self.text_features.t()
+        return self.cosine_logits(image_features, self.text_features)
 
     def model_inference(self, image_features):
         return self.cache(image_features, self.clip_logits(image_features))
@@ -177,7 +177,7 @@ class TipAdapter(FeatureTrainer):
         print(f"Searched on {tip.SEARCH_SPLIT} ({len(labels)} images) over {len(betas)} x {len(alphas)} (beta, alpha): "
               f"beta {beta:.2f}, alpha {alpha:.2f}, val accuracy {accuracy:.2f}%")
 
-    def train(self):
+    def train_without_epochs(self):
         print(f"{type(self).__name__} trains nothing: the cache holds {self.cache.keys.shape[0]} training features")
         if self.cfg.TRAINER.TIP_ADAPTER.SEARCH:
             self.search_hyperparameters()
@@ -228,15 +228,12 @@ class TipAdapterF(TipAdapter):
             raise UserError("TipAdapterF searches alpha and beta on val after its last epoch; "
                             "set TEST.FINAL_MODEL last_step")
 
-    def build_optimizer_and_scheduler(self):
+    def register_cache(self):
         optimizer = build_optimizer(self.cache, self.cfg.OPTIM)
         if "eps" in optimizer.defaults:  # Adam(W): Dassl's OPTIM keys have no epsilon
             for group in optimizer.param_groups:
                 group["eps"] = self.cfg.TRAINER.TIP_ADAPTER.ADAM_EPS
-        return optimizer, build_lr_scheduler(optimizer, self.cfg.OPTIM)
-
-    def train(self):
-        FeatureTrainer.train(self)  # the epoch loop, which the training-free TipAdapter.train skips
+        self.register_learned("cache", self.cache, optimizer)
 
     def after_epoch(self):
         if self.epoch + 1 == self.max_epoch and self.cfg.TRAINER.TIP_ADAPTER.SEARCH:

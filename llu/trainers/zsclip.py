@@ -5,24 +5,24 @@ that template and CLIP's seven selected ImageNet templates (``ZeroshotCLIP2``); 
 """
 
 from . import trainer
-from .clip_common import ENSEMBLE_TEMPLATES, FeatureTrainer, dataset_template, ensemble_class_texts
+from .clip_common import ENSEMBLE_TEMPLATES, ClipTrainer, dataset_template
 
 
 @trainer
-class ZeroshotCLIP(FeatureTrainer):
+class ZeroshotCLIP(ClipTrainer):
     learns = False
     trains_epochs = False
     def templates(self):
         return [dataset_template(self.cfg.DATASET.NAME)]
 
     def build_model(self):
-        self.text_features = ensemble_class_texts(self.clip_model, self.classnames, self.templates())
+        self.text_features = self.class_text_features(self.templates())
 
     def model_inference(self, image_features):
-        return self.logit_scale * image_features @ self.text_features.t()
+        return self.cosine_logits(image_features, self.text_features)
 
-    def train(self):
-        print("ZeroshotCLIP learns nothing; evaluating")
+    def train_without_epochs(self):
+        print(f"{type(self).__name__} learns nothing; evaluating")
         self.test()
 
 
