@@ -6,8 +6,9 @@ Reads every ``results.json`` under the folder (the one machine-readable record e
 ``train.py`` writes; logs are never parsed), checks their fields, and prints whichever tables the
 records allow, like the paper's; Figure 3 comes from a ``step_time.json`` of
 ``bench/bench_step_time.py`` found under the folder or given by ``--bench``. It writes
-``tables.md``, ``tables.json`` and the figures' PNGs into ``--out`` (default: the folder), each
-atomically.
+``tables.md``, ``tables.json``, ``tables.csv`` (``tables.tex`` with ``--format latex``) and the
+figures (PNG at 300 dpi and PDF) into ``--out`` (default: the folder), each atomically; ``--format``
+chooses what is printed (md, latex, csv, terminal). Every table is one ``llu.tables.Table``.
 
 How records are classified (``classify``):
 
@@ -47,8 +48,7 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tabulate import tabulate
-
+from llu.tables import FORMATS, Row, Stat, Table, csv_text, document
 from llu.utils import atomic_path, write_text
 
 
@@ -121,6 +121,7 @@ class Record:
     classnames: tuple
     regularizer: float = None
     backbone_sha256: str = None  # the weights file's hash (results.json's provenance)
+    device: str = None  # the GPU's name, or the CPU's kernels (provenance)
 
     @property
     def run_key(self):
@@ -199,17 +200,22 @@ def load_record(path):
         model_dir=content.get("model_dir") or "",
         classnames=tuple(sorted(content.get("per_class_accuracy", {}))),
         regularizer=optional_number(content, "llu_regularizer", path),
-        backbone_sha256=backbone_sha256(content, path))
+        backbone_sha256=provenance_text(content, "backbone_sha256", path), device=device(content, path))
 
 
-def backbone_sha256(content, path):
+def provenance_text(content, key, path):
     provenance = content.get("provenance") or {}
     if not isinstance(provenance, dict):
         raise ResultsError(f"{path}: field 'provenance' must be an object")
-    value = provenance.get("backbone_sha256")
+    value = provenance.get(key)
     if value is not None and not isinstance(value, str):
-        raise ResultsError(f"{path}: field 'provenance.backbone_sha256' must be a string, got {value!r}")
+        raise ResultsError(f"{path}: field 'provenance.{key}' must be a string, got {value!r}")
     return value
+
+
+def device(content, path):
+    gpu, capability = provenance_text(content, "gpu", path), provenance_text(content, "cpu_capability", path)
+    return gpu or (f"CPU ({capability})" if capability else None)
 
 
 def load_records(root):
@@ -312,32 +318,9 @@ def harmonic_mean(a, b):
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
 
 
-def summary(values):
-    """Mean, population std and count of a list of numbers."""
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values)}
-
-
 def mean_or_none(values):
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
-
-
-def base2new_entry(pairs):
-    """Base, New and H of one method on one dataset from its (base, new) pairs over seeds."""
-    base = summary([b.accuracy for b, _ in pairs])
-    new = summary([n.accuracy for _, n in pairs])
-    per_seed_h = [harmonic_mean(b.accuracy, n.accuracy) for b, n in pairs]
-    h = {"mean": harmonic_mean(base["mean"], new["mean"]), "std": statistics.pstdev(per_seed_h), "n": len(pairs)}
-    return {"base": base, "new": new, "h": h, "seeds": sorted(b.seed for b, _ in pairs),
-            "regularizer": mean_or_none([b.regularizer for b, _ in pairs])}
-
-
-def average_entry(entries):
-    """The average over datasets of per-dataset entries (H from the averaged Base and New)."""
-    base = statistics.fmean(e["base"]["mean"] for e in entries)
-    new = statistics.fmean(e["new"]["mean"] for e in entries)
-    return {"base": {"mean": base}, "new": {"mean": new}, "h": {"mean": harmonic_mean(base, new)},
-            "datasets": len(entries), "regularizer": mean_or_none([e["regularizer"] for e in entries])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,34 +363,66 @@ def ablation_order(variants, default_cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the tables (plain data; rendering is below)
+# Building the tables: each a tables.Table (rendered to every format by llu/tables.py)
+
+def method_json(m, label):
+    return {"trainer": m.trainer, "cfg": m.cfg, "backbone": m.backbone, "label": label}
+
+
+def stat(values):
+    """A Stat of a list of numbers: mean, population std (CoOp's np.std) and count."""
+    return Stat(statistics.fmean(values), statistics.pstdev(values), len(values))
+
+
+def base2new_cells(pairs):
+    """Base, New and H of one method on one dataset from its (base, new) pairs over seeds; H is of
+    the means, its spread that of the per-seed H."""
+    base, new = stat([b.accuracy for b, _ in pairs]), stat([n.accuracy for _, n in pairs])
+    per_seed_h = [harmonic_mean(b.accuracy, n.accuracy) for b, n in pairs]
+    h = Stat(harmonic_mean(base.mean, new.mean), statistics.pstdev(per_seed_h), len(pairs))
+    return {"base": base, "new": new, "h": h, "regularizer": mean_or_none([b.regularizer for b, _ in pairs])}
+
+
+def average_cells(per_dataset):
+    """The average over datasets of per-dataset cells (H from the averaged Base and New)."""
+    base = statistics.fmean(c["base"].mean for c in per_dataset)
+    new = statistics.fmean(c["new"].mean for c in per_dataset)
+    return {"base": Stat(base), "new": Stat(new), "h": Stat(harmonic_mean(base, new)),
+            "regularizer": mean_or_none([c["regularizer"] for c in per_dataset])}
+
 
 def base2new_by_shots(pairs):
-    """{shots: {dataset: {method: entry}}} from the base-to-new pairs."""
+    """{shots: {dataset: {method: [(base, new) over seeds]}}}."""
     grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for base, new in pairs:
         grouped[base.shots][base.dataset][base.method].append((base, new))
-    return {shots: {dataset: {m: base2new_entry(p) for m, p in by_method.items()}
-                    for dataset, by_method in by_dataset.items()}
-            for shots, by_dataset in grouped.items()}
+    return grouped
 
 
-def averages_over_datasets(by_dataset):
-    """{method: average entry} for the methods that have every dataset."""
-    datasets = list(by_dataset)
+BASE2NEW_COLUMNS = [("base", "Base"), ("new", "New"), ("h", "H")]
+
+
+def table1(by_dataset, shots):
+    """Table 1 at one shot count: one table per dataset, and their average over datasets."""
     methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
-    return {m: average_entry([by_dataset[d][m] for d in datasets])
-            for m in methods if all(m in by_dataset[d] for d in datasets)}
-
-
-def table1(by_dataset):
-    """Table 1 at one shot count: the non-variant methods, per dataset and on average."""
-    all_methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
-    main = [m for m in ordered_methods(all_methods) if variant_base(m, all_methods) is None]
+    main = [m for m in ordered_methods(methods) if variant_base(m, methods) is None]
+    labels = method_labels(main)
     datasets = ordered(by_dataset, DATASET_ORDER)
-    main_only = {d: {m: e for m, e in by_dataset[d].items() if m in main} for d in datasets}
-    return {"methods": main, "datasets": datasets, "per_dataset": main_only,
-            "average": averages_over_datasets(main_only) if len(datasets) > 1 else None}
+    cells = {d: {m: base2new_cells(by_dataset[d][m]) for m in main if m in by_dataset[d]} for d in datasets}
+    tables = []
+    if len(datasets) > 1:
+        rows = [Row(labels[m], average_cells([cells[d][m] for d in datasets]), method_json(m, labels[m]),
+                    {"datasets": len(datasets)}) for m in main if all(m in cells[d] for d in datasets)]
+        tables.append(Table("table1", f"Average over {len(datasets)} datasets ({shots} shots)",
+                            BASE2NEW_COLUMNS + [("datasets", "datasets")],
+                            [Row(r.label, {**r.cells, "datasets": r.extra["datasets"]}, r.method, r.extra) for r in rows],
+                            {"dataset": "Average", "shots": shots}))
+    for d in datasets:
+        rows = [Row(labels[m], {**cells[d][m], "seeds": len(by_dataset[d][m])}, method_json(m, labels[m]),
+                    {"seeds": sorted(b.seed for b, _ in by_dataset[d][m])}) for m in main if m in cells[d]]
+        tables.append(Table("table1", f"{d} ({shots} shots)", BASE2NEW_COLUMNS + [("seeds", "seeds")], rows,
+                            {"dataset": d, "shots": shots}))
+    return tables
 
 
 def ablation_columns(default, methods):
@@ -421,59 +436,111 @@ def ablation_columns(default, methods):
     return columns + [("Default", default)] + [(ablation_label(m.cfg, default.cfg), m) for m in variants]
 
 
-def table4(by_dataset):
-    """One Table 4 per (trainer, default config) that has ablation variants, averaged over datasets."""
+def table4(by_dataset, shots):
+    """One Table 4 per (trainer, default config) that has ablation variants, averaged over datasets;
+    shown as the paper does, the variants as columns."""
     methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
     defaults = {Method(m.trainer, variant_base(m, methods), m.backbone) for m in methods if variant_base(m, methods)}
     tables = []
     for default in ordered_methods(defaults):
         datasets = ordered([d for d in by_dataset if default in by_dataset[d]], DATASET_ORDER)
-        columns = []
+        rows = []
         for label, m in ablation_columns(default, methods):
-            entries = [by_dataset[d].get(m) for d in datasets]
-            columns.append((label, m, average_entry(entries) if all(entries) else None))
-        tables.append({"trainer": default.trainer, "default": default, "datasets": datasets, "columns": columns})
+            pairs = [by_dataset[d].get(m) for d in datasets]
+            cells = average_cells([base2new_cells(p) for p in pairs]) if all(pairs) else {}
+            rows.append(Row(label, cells, method_json(m, label)))
+        trainer = DISPLAY_NAMES.get(default.trainer, default.trainer)
+        tables.append(Table("table4", f"{trainer}, config {default.cfg}; average over {len(datasets)} dataset(s), "
+                            f"{shots} shots", [("base", "Base"), ("new", "New"), ("h", "Mean (H)"),
+                                               ("regularizer", "Regularization")], rows,
+                            {"trainer": default.trainer, "default_cfg": default.cfg, "datasets": datasets,
+                             "shots": shots}, transpose=True))
     return tables
 
 
-def transfer_tables(transfers, sources, with_average):
-    """Tables 2 / 3: one per (source dataset, shots); rows are methods, columns source then targets."""
+def transfer_tables(transfers, sources, kind, with_average):
+    """Tables 2 / 3: one per (source dataset, shots); rows methods, columns the source, then targets."""
     grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in transfers:
         grouped[(r.train_dataset, r.train_shots)][r.method][r.dataset].append(r.accuracy)
-    source_acc = defaultdict(list)
+    source_accuracy = defaultdict(list)
     for r in sources:
-        source_acc[(r.dataset, r.shots, r.method)].append(r.accuracy)
+        source_accuracy[(r.dataset, r.shots, r.method)].append(r.accuracy)
     tables = []
     for (source, shots), by_method in sorted(grouped.items(), key=lambda item: str(item[0])):
         targets = ordered({t for per_target in by_method.values() for t in per_target}, DATASET_ORDER)
-        rows = [transfer_row(m, by_method[m], targets, source_acc.get((source, shots, m)), with_average)
-                for m in ordered_methods(by_method)]
-        tables.append({"source": source, "shots": shots, "targets": targets, "rows": rows})
+        labels = method_labels(list(by_method))
+        rows = []
+        for m in ordered_methods(by_method):
+            cells = {t: stat(by_method[m][t]) for t in targets if t in by_method[m]}
+            values = source_accuracy.get((source, shots, m))
+            cells["source"] = stat(values) if values else None
+            if with_average:
+                cells["average"] = (Stat(statistics.fmean(cells[t].mean for t in targets))
+                                    if all(t in cells for t in targets) else None)
+            cells["seeds"] = max(c.n for k, c in cells.items() if k in targets)
+            rows.append(Row(labels[m], cells, method_json(m, labels[m])))
+        columns = [("source", f"Source: {source}")] + [(t, t) for t in targets]
+        columns += [("average", "Average")] if with_average else []
+        tables.append(Table(kind, f"trained on {source}, {shots} shots", columns + [("seeds", "seeds")], rows,
+                            {"source": source, "shots": shots, "targets": targets}))
     return tables
 
 
-def transfer_row(method, per_target, targets, source_values, with_average):
-    cells = {t: summary(per_target[t]) for t in targets if t in per_target}
-    row = {"method": method, "source": summary(source_values) if source_values else None, "targets": cells,
-           "seeds": max(c["n"] for c in cells.values())}
-    if with_average:
-        row["average"] = statistics.fmean(cells[t]["mean"] for t in targets) if len(cells) == len(targets) else None
-    return row
+def all_classes_tables(sources):
+    """Accuracy of runs trained and evaluated on all classes of a dataset: methods x datasets, one
+    table per shot count (for runs that are not base-to-new, such as your own image folder's)."""
+    grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in sources:
+        grouped[r.shots][r.method][r.dataset].append(r.accuracy)
+    tables = []
+    for shots, by_method in sorted(grouped.items()):
+        datasets = ordered({d for per in by_method.values() for d in per}, DATASET_ORDER)
+        labels = method_labels(list(by_method))
+        rows = [Row(labels[m], {**{d: stat(by_method[m][d]) for d in datasets if d in by_method[m]},
+                                "seeds": max(len(v) for v in by_method[m].values())}, method_json(m, labels[m]))
+                for m in ordered_methods(by_method)]
+        tables.append(Table("all_classes", f"{shots} shots" if shots > 0 else "all training images",
+                            [(d, d) for d in datasets] + [("seeds", "seeds")], rows, {"shots": shots}))
+    return tables
 
 
 def fewshot_curves(by_shots):
-    """Figure 2's data: {panel ("Average" or a dataset): {method: {shots: (base, new)}}} for the main methods."""
+    """Figure 2's data: {panel ("Average" or a dataset): {method: {shots: {"base": Stat, "new": Stat}}}}."""
     curves = defaultdict(lambda: defaultdict(dict))
-    for shots, by_dataset in sorted(by_shots.items()):
-        t1 = table1(by_dataset)
-        panels = dict(t1["per_dataset"])
-        if t1["average"]:
-            panels = {"Average": t1["average"], **panels}
-        for panel, by_method in panels.items():
-            for m, e in by_method.items():
-                curves[panel][m][shots] = (e["base"]["mean"], e["new"]["mean"])
+    for shots in sorted(by_shots):
+        for t in table1(by_shots[shots], shots):
+            for row in t.rows:
+                m = Method(row.method["trainer"], row.method["cfg"], row.method["backbone"])
+                curves[t.meta["dataset"]][m][shots] = {"base": row.cells["base"], "new": row.cells["new"]}
     return curves
+
+
+def fewshot_table(curves, panel):
+    shots = sorted({s for per_shot in curves[panel].values() for s in per_shot})
+    labels = method_labels(list(curves[panel]))
+    rows = [Row(labels[m], {str(s): curves[panel][m].get(s) for s in shots}, method_json(m, labels[m]))
+            for m in ordered_methods(curves[panel])]
+    return Table("fewshot", f"{panel}: Base / New accuracy by shots",
+                 [(str(s), f"{s} shot{'s' if s != 1 else ''}") for s in shots], rows, {"dataset": panel}, best=None)
+
+
+def step_time_table(bench):
+    """Figure 3's data: ms per training step by batch size, with the ratio to LLU's."""
+    times = bench["step_time_ms"]
+    trainers = ordered(times, TRAINER_ORDER)
+    reference = times.get("LLU", {})
+    rows = []
+    for b in sorted({int(b) for per_batch in times.values() for b in per_batch}):
+        cells = {}
+        for t in trainers:
+            ms = times[t].get(str(b))
+            ratio = f"({ms / reference[str(b)]:.2f}x)" if ms is not None and reference.get(str(b)) else ""
+            cells[t] = None if ms is None else Stat(ms, suffix=ratio)
+        rows.append(Row(str(b), cells))
+    return Table("step_time", f"one training step (forward + backward), ms; ratio to LLU "
+                 f"({bench.get('backbone', '?')} on {bench.get('device', '?')})",
+                 [(t, DISPLAY_NAMES.get(t, t)) for t in trainers], rows, {"path": bench.get("path")}, best=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,136 +566,13 @@ def find_bench_files(root, explicit):
 
 
 # ---------------------------------------------------------------------------------------------
-# Rendering
-
-def markdown_table(rows, headers):
-    """A GitHub-markdown table; cells are shown as formatted here (no re-parsing of numbers)."""
-    align = ("left",) + ("right",) * (len(headers) - 1)
-    return tabulate(rows, headers, tablefmt="github", disable_numparse=True, colalign=align)
-
-
-def fmt(value, std=None):
-    if value is None:
-        return "-"
-    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
-
-
-def fmt_stat(stat):
-    return "-" if stat is None else fmt(stat["mean"], stat.get("std"))
-
-
-def render_table1(t1, shots):
-    labels = method_labels(t1["methods"])
-    blocks = []
-    if t1["average"]:
-        rows = [[labels[m], fmt(e["base"]["mean"]), fmt(e["new"]["mean"]), fmt(e["h"]["mean"]), e["datasets"]]
-                for m, e in ((m, t1["average"].get(m)) for m in t1["methods"]) if e]
-        blocks.append(f"### Average over {len(t1['datasets'])} datasets ({shots} shots)\n\n"
-                      + markdown_table(rows, ["", "Base", "New", "H", "datasets"]))
-    for dataset in t1["datasets"]:
-        entries = t1["per_dataset"][dataset]
-        rows = [[labels[m], fmt_stat(e["base"]), fmt_stat(e["new"]), fmt_stat(e["h"]), len(e["seeds"])]
-                for m, e in ((m, entries.get(m)) for m in t1["methods"]) if e]
-        blocks.append(f"### {dataset} ({shots} shots)\n\n"
-                      + markdown_table(rows, ["", "Base", "New", "H", "seeds"]))
-    return "## Table 1: base-to-new generalisation\n\n" + "\n\n".join(blocks)
-
-
-def fmt_regularizer(value):
-    return "-" if value is None else f"{value:.3g}"
-
-
-def render_table4(t4, shots):
-    headers = [""] + [label for label, _, _ in t4["columns"]]
-    rows = []
-    for name, key in (("Base", "base"), ("New", "new"), ("Mean (H)", "h")):
-        rows.append([name] + [fmt(avg[key]["mean"]) if avg else "-" for _, _, avg in t4["columns"]])
-    rows.append(["Regularization"] + [fmt_regularizer(avg["regularizer"]) if avg else "-"
-                                      for _, _, avg in t4["columns"]])
-    title = (f"## Table 4: ablation of {DISPLAY_NAMES.get(t4['trainer'], t4['trainer'])} "
-             f"(config {t4['default'].cfg}; average over {len(t4['datasets'])} dataset(s), {shots} shots)")
-    return title + "\n\n" + markdown_table(rows, headers)
-
-
-def render_transfer(table, title, with_average):
-    labels = method_labels([row["method"] for row in table["rows"]])
-    headers = ["", f"Source: {table['source']}"] + table["targets"] + (["Average"] if with_average else []) + ["seeds"]
-    rows = []
-    for row in table["rows"]:
-        cells = [fmt(row["targets"][t]["mean"]) if t in row["targets"] else "-" for t in table["targets"]]
-        average = [fmt(row["average"])] if with_average else []
-        source = fmt(row["source"]["mean"]) if row["source"] else "-"
-        rows.append([labels[row["method"]], source] + cells + average + [row["seeds"]])
-    return (f"## {title} (trained on {table['source']}, {table['shots']} shots)\n\n"
-            + markdown_table(rows, headers))
-
-
-def render_fewshot(curves):
-    panel = "Average" if "Average" in curves else next(iter(curves))
-    by_method = curves[panel]
-    shots = sorted({s for per_shot in by_method.values() for s in per_shot})
-    labels = method_labels(list(by_method))
-    rows = []
-    for m in ordered_methods(by_method):
-        cells = [f"{by_method[m][s][0]:.2f} / {by_method[m][s][1]:.2f}" if s in by_method[m] else "-" for s in shots]
-        rows.append([labels[m]] + cells)
-    return (f"## Figure 2 (data): {panel}, Base / New accuracy by shots\n\n"
-            + markdown_table(rows, [""] + [f"{s} shot{'s' if s != 1 else ''}" for s in shots]))
-
-
-def render_bench(bench):
-    times = bench["step_time_ms"]
-    trainers = ordered(times, TRAINER_ORDER)
-    batch_sizes = sorted({int(b) for per_batch in times.values() for b in per_batch})
-    reference = times.get("LLU", {})
-    rows = []
-    for b in batch_sizes:
-        row = [b]
-        for t in trainers:
-            ms = times[t].get(str(b))
-            ratio = f" ({ms / reference[str(b)]:.2f}x)" if ms is not None and reference.get(str(b)) else ""
-            row.append("-" if ms is None else f"{ms:.2f}{ratio}")
-        rows.append(row)
-    device = bench.get("device", "?")
-    backbone = bench.get("backbone", "?")
-    return (f"## Figure 3 (data): one training step (forward + backward), ms; ratio to LLU "
-            f"({backbone} on {device})\n\n"
-            + markdown_table(rows, ["batch size"] + [DISPLAY_NAMES.get(t, t) for t in trainers]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
+# Figures (PNG at 300 dpi and PDF, legends outside the axes, error bars: std over seeds)
 
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def plot_fewshot(curves, path):
-    """Figure 2: accuracy against shots; circles base classes, x new classes, one colour per method."""
-    plt = pyplot()
-    panels = list(curves)
-    cols = min(4, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
-        labels = method_labels(list(curves[panel]))
-        for m in ordered_methods(curves[panel]):
-            shots = sorted(curves[panel][m])
-            colour = COLOURS.get(m.trainer)
-            ax.plot(shots, [curves[panel][m][s][0] for s in shots], "o-", color=colour, label=labels[m])
-            ax.plot(shots, [curves[panel][m][s][1] for s in shots], "x--", color=colour)
-        log2_axis(ax, sorted({s for per_shot in curves[panel].values() for s in per_shot}), "shots")
-        ax.set_title(panel)
-        ax.set_ylabel("accuracy (%)")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    axes.flat[0].plot([], [], "ko", label="base classes")
-    axes.flat[0].plot([], [], "kx--", label="new classes")
-    axes.flat[0].legend(fontsize="small")
-    save_figure(fig, path)
 
 
 def log2_axis(ax, values, label):
@@ -639,57 +583,81 @@ def log2_axis(ax, values, label):
     ax.set_xlabel(label)
 
 
-def plot_bench(bench, path):
-    """Figure 3: step time against batch size; CoCoOp (one batch size) as a dot."""
+def describe(records):
+    """'backbone on device' of the records (several joined by commas)."""
+    backbones = sorted({r.method.backbone for r in records})
+    devices = sorted({r.device for r in records if r.device})
+    return f"{', '.join(backbones)} on {', '.join(devices) or 'unknown hardware'}"
+
+
+def plot_fewshot(curves, what, path):
+    """Figure 2: accuracy against shots; solid circles base classes, dashed crosses new classes, one
+    colour per method, error bars over seeds; the average over datasets first, then one panel each."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    times = bench["step_time_ms"]
+    panels = list(curves)
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    handles = {}
+    for ax, panel in zip(axes.flat, panels):
+        labels = method_labels(list(curves[panel]))
+        for m in ordered_methods(curves[panel]):
+            shots = sorted(curves[panel][m])
+            colour = COLOURS.get(m.trainer)
+            seeds = {curves[panel][m][s]["base"].n for s in shots} - {None}
+            label = labels[m] + (f" ({max(seeds)} seeds)" if seeds else "")
+            for half, style in (("base", "o-"), ("new", "x--")):
+                stats = [curves[panel][m][s][half] for s in shots]
+                errors = [s.std or 0.0 for s in stats]
+                line = ax.errorbar(shots, [s.mean for s in stats], yerr=errors if any(errors) else None, fmt=style,
+                                   color=colour, capsize=2, markersize=4)
+                if half == "base":
+                    handles.setdefault(label, line)
+        log2_axis(ax, sorted({s for per_shot in curves[panel].values() for s in per_shot}), "shots per class")
+        ax.set_title(panel)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    legend = list(handles.values()) + [plt.Line2D([], [], color="k", marker="o"),
+                                       plt.Line2D([], [], color="k", marker="x", linestyle="--")]
+    fig.legend(legend, list(handles) + ["base classes", "new classes"], loc="center left", bbox_to_anchor=(1.0, 0.5),
+               fontsize="small", frameon=False)
+    fig.suptitle(f"Accuracy by shots, base and new classes ({what})")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_bench(bench, path):
+    """Figure 3: step time against batch size (error bars when the benchmark gives a spread);
+    CoCoOp (one batch size) as a dot."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    times, spread = bench["step_time_ms"], bench.get("step_time_std_ms", {})
     for t in ordered(times, TRAINER_ORDER):
         sizes = sorted(int(b) for b in times[t])
         style = "o" if len(sizes) == 1 else ".-"
         colour = "tab:orange" if t == "CoCoOp" else COLOURS.get(t)
-        ax.plot(sizes, [times[t][str(b)] for b in sizes], style, color=colour, label=DISPLAY_NAMES.get(t, t))
+        errors = [spread.get(t, {}).get(str(b), 0.0) for b in sizes]
+        ax.errorbar(sizes, [times[t][str(b)] for b in sizes], yerr=errors if any(errors) else None, fmt=style,
+                    color=colour, capsize=2, label=DISPLAY_NAMES.get(t, t))
     log2_axis(ax, sorted({int(b) for per_batch in times.values() for b in per_batch}), "batch size")
+    ax.set_yscale("log")
     ax.set_ylabel("forward + backward (ms)")
-    ax.legend(fontsize="small")
-    save_figure(fig, path)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
+    ax.set_title(f"One training step ({bench.get('backbone', '?')} on {bench.get('device', '?')})", fontsize="medium")
+    return save_figure(fig, path)
 
 
 def save_figure(fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    fig.clf()
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-def method_json(m):
-    return {"trainer": m.trainer, "cfg": m.cfg, "backbone": m.backbone, "label": method_labels([m])[m]}
-
-
-def entries_json(by_method, labels):
-    return [{**method_json(m), "label": labels[m], **e} for m, e in by_method.items()]
-
-
-def table1_json(t1):
-    labels = method_labels(t1["methods"])
-    out = {"datasets": {d: entries_json(t1["per_dataset"][d], labels) for d in t1["datasets"]}}
-    if t1["average"]:
-        out["average"] = entries_json(t1["average"], labels)
-    return out
-
-
-def table4_json(t4):
-    return {"trainer": t4["trainer"], "default_cfg": t4["default"].cfg, "datasets": t4["datasets"],
-            "columns": [{**method_json(m), "label": label, "average": avg} for label, m, avg in t4["columns"]]}
-
-
-def transfer_json(table):
-    labels = method_labels([row["method"] for row in table["rows"]])
-    rows = [{**method_json(row["method"]), "label": labels[row["method"]],
-             **{k: v for k, v in row.items() if k != "method"}} for row in table["rows"]]
-    return {"source": table["source"], "shots": table["shots"], "targets": table["targets"], "rows": rows}
+    """Write ``path`` (.png, 300 dpi) and the same figure as .pdf; returns both paths."""
+    paths = [path, osp.splitext(path)[0] + ".pdf"]
+    for target, fmt in zip(paths, ("png", "pdf")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=300, bbox_inches="tight")
+    pyplot().close(fig)
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,52 +665,81 @@ def transfer_json(table):
 
 @dataclass
 class Report:
-    """Every table and figure the tree allows, as data (``json``) and text (``markdown``)."""
-    json: dict = field(default_factory=dict)
-    sections: list = field(default_factory=list)
-    figures: dict = field(default_factory=dict)  # file name -> function(path)
+    """Every table and figure the tree allows: sections of tables (``sections``, for the printed
+    document: the largest shot count), every table (``tables``, for JSON and CSV), figures, notes."""
+    sections: list = field(default_factory=list)  # (heading, [Table])
+    tables: list = field(default_factory=list)
+    figures: dict = field(default_factory=dict)  # file name -> function(path) returning the written paths
+    notes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    num_records: int = 0
+
+    def text(self, fmt="md"):
+        if not self.sections:
+            return f"No table: {self.num_records} record(s) found, none fits a table.\n"
+        return document(self.sections, fmt)
 
     @property
     def markdown(self):
-        return "\n\n".join(self.sections) + "\n"
+        return self.text("md")
+
+    @property
+    def json(self):
+        return {"tables": [t.json() for t in self.tables], "notes": self.notes, "warnings": self.warnings,
+                "num_records": self.num_records}
+
+    def add(self, heading, tables, shown=None):
+        self.tables += tables
+        shown = tables if shown is None else shown
+        if shown:
+            self.sections.append((heading, shown))
 
 
 def add_base2new(report, classified):
     by_shots = base2new_by_shots(classified.base2new)
     if not by_shots:
         return
-    report.json["base2new"] = {str(s): table1_json(table1(by_shots[s])) for s in sorted(by_shots)}
     top = max(by_shots)
-    report.sections.append(render_table1(table1(by_shots[top]), top))
-    ablations = {str(s): [table4_json(t) for t in table4(by_shots[s])] for s in sorted(by_shots)}
-    if any(ablations.values()):
-        report.json["ablation"] = ablations
-        report.sections += [render_table4(t, top) for t in table4(by_shots[top])]
+    for shots in sorted(by_shots):
+        tables = table1(by_shots[shots], shots)
+        report.add("Table 1: base-to-new generalisation", tables, tables if shots == top else [])
+    for shots in sorted(by_shots):
+        tables = table4(by_shots[shots], shots)
+        report.add("Table 4: ablation", tables, tables if shots == top else [])
     if len(by_shots) > 1:
         curves = fewshot_curves(by_shots)
-        report.json["fewshot"] = {panel: [{**method_json(m), "shots": {str(s): {"base": b, "new": n}
-                                                                        for s, (b, n) in per_shot.items()}}
-                                          for m, per_shot in by_method.items()] for panel, by_method in curves.items()}
-        report.sections.append(render_fewshot(curves))
-        report.figures["figure2_fewshot.png"] = lambda path: plot_fewshot(curves, path)
+        panel = "Average" if "Average" in curves else next(iter(curves))
+        report.add("Figure 2 (data)", [fewshot_table(curves, p) for p in curves], [fewshot_table(curves, panel)])
+        report.warnings += uneven_seed_warnings(curves)
+        what = describe([r for pair in classified.base2new for r in pair])
+        report.figures["figure2_fewshot.png"] = lambda path: plot_fewshot(curves, what, path)
+
+
+def uneven_seed_warnings(curves):
+    warnings = []
+    for panel, by_method in curves.items():
+        for m, per_shot in by_method.items():
+            seeds = {shots: cells["base"].n for shots, cells in per_shot.items() if cells["base"].n is not None}
+            if len(set(seeds.values())) > 1:
+                warnings.append(f"Figure 2, {panel}, {m.trainer} ({m.cfg}): the points average different numbers "
+                                f"of seeds ({', '.join(f'{s} shots: {n}' for s, n in sorted(seeds.items()))})")
+    return warnings
 
 
 def add_transfer(report, classified):
-    settings = (("cross_dataset", classified.cross_dataset, "Table 2: cross-dataset generalisation", True),
-                ("domain_generalization", classified.domain_generalization,
-                 "Table 3: domain generalisation", False))
-    for key, records, title, with_average in settings:
-        tables = transfer_tables(records, classified.sources, with_average)
-        if tables:
-            report.json[key] = [transfer_json(t) for t in tables]
-            report.sections += [render_transfer(t, title, with_average) for t in tables]
+    report.add("Table 2: cross-dataset generalisation",
+               transfer_tables(classified.cross_dataset, classified.sources, "cross_dataset", True))
+    report.add("Table 3: domain generalisation",
+               transfer_tables(classified.domain_generalization, classified.sources, "domain_generalization", False))
+    trained_elsewhere = {r.train_dataset for r in classified.cross_dataset + classified.domain_generalization}
+    report.add("Accuracy on all classes", all_classes_tables(
+        [r for r in classified.sources if r.dataset not in trained_elsewhere]))
 
 
 def add_bench(report, bench_paths):
     benches = [load_bench(path) for path in bench_paths]
     if benches:
-        report.json["step_time"] = benches
-        report.sections += [render_bench(b) for b in benches]
+        report.add("Figure 3 (data)", [step_time_table(b) for b in benches])
         report.figures["figure3_step_time.png"] = lambda path: plot_bench(benches[0], path)
 
 
@@ -770,46 +767,49 @@ def build_report(root, bench=None):
     if not records and not bench_paths:
         raise ResultsError(f"{root}: no results.json found under it (has any run finished?)")
     classified = classify(records)
-    report = Report()
+    report = Report(notes=classified.notes, num_records=len(records))
     add_base2new(report, classified)
     add_transfer(report, classified)
     add_bench(report, bench_paths)
-    report.json["notes"] = classified.notes
-    report.json["warnings"] = (
+    report.warnings += (
         mixed_weights_warnings([r for pair in classified.base2new for r in pair], "the base-to-new tables")
         + mixed_weights_warnings(classified.cross_dataset + classified.domain_generalization + classified.sources,
                                  "the transfer tables"))
-    report.json["num_records"] = len(records)
-    if not report.sections:
-        report.sections.append(f"No table: {len(records)} record(s) found, none fits a table.")
     return report
 
 
-def write_report(report, out_dir):
-    """Write tables.md, tables.json and the figures into ``out_dir``; return the written paths."""
-    paths = [osp.join(out_dir, "tables.md"), osp.join(out_dir, "tables.json")]
+def write_report(report, out_dir, fmt="md"):
+    """Write tables.md, tables.json, tables.csv (and tables.tex for --format latex) and the figures
+    into ``out_dir``; return the written paths."""
+    paths = [osp.join(out_dir, "tables.md"), osp.join(out_dir, "tables.json"), osp.join(out_dir, "tables.csv")]
     write_text(report.markdown, paths[0])
     write_text(json.dumps(report.json, indent=2, default=str) + "\n", paths[1])
+    write_text(csv_text(report.tables), paths[2])
+    if fmt == "latex":
+        paths.append(osp.join(out_dir, "tables.tex"))
+        write_text(report.text("latex"), paths[-1])
     for name, plot in report.figures.items():
-        paths.append(osp.join(out_dir, name))
-        plot(paths[-1])
+        paths += plot(osp.join(out_dir, name))
     return paths
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output_dir", help="folder holding the runs' results.json files")
-    parser.add_argument("--out", default="", help="where tables.md, tables.json and figures go (default: output_dir)")
+    parser.add_argument("--out", default="", help="where tables.* and figures go (default: output_dir)")
     parser.add_argument("--bench", default="", help="step-time results file for Figure 3 "
                                                     "(default: any step_time.json under output_dir)")
+    parser.add_argument("--format", choices=FORMATS, default="md",
+                        help="what is printed: md (GitHub Markdown, also tables.md), latex (booktabs, best in bold; "
+                             "also tables.tex), csv (one row per cell, also tables.csv) or terminal")
     args = parser.parse_args(argv)
     report = build_report(args.output_dir, args.bench or None)
-    print(report.markdown, end="")
-    for note in report.json["notes"]:
+    print(csv_text(report.tables) if args.format == "csv" else report.text(args.format), end="")
+    for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
-    for warning in report.json["warnings"]:
+    for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for path in write_report(report, args.out or args.output_dir):
+    for path in write_report(report, args.out or args.output_dir, args.format):
         print(f"wrote {path}", file=sys.stderr)
 
 

@@ -31,7 +31,8 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import train  # noqa: E402  (registers datasets and trainers)
-from parse_results import render_bench  # noqa: E402  (the table of Figure 3, with ratios to LLU)
+from llu.tables import markdown  # noqa: E402
+from parse_results import step_time_table  # noqa: E402  (the table of Figure 3, with ratios to LLU)
 from llu.engine import TRAINER_REGISTRY, build_trainer, set_random_seed  # noqa: E402
 from llu.utils import UserError, exit_on_user_error, user_cache_dir, write_json  # noqa: E402
 
@@ -211,7 +212,7 @@ def run(args):
               "step_time_ms": times, "skipped": skipped, "out_of_memory_at": out_of_memory}
     write_json(result, args.out)
     print(f"\n{result['num_classes']} classes, inputs: {args.inputs}")
-    print(render_bench(result))
+    print(markdown(step_time_table(result)))
     print(f"\nwrote {args.out}")
     return result
 

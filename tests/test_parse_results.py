@@ -60,6 +60,16 @@ def by_label(entries):
     return {e["label"]: e for e in entries}
 
 
+def tables_of(report, kind, **meta):
+    return [t for t in report.json["tables"] if t["kind"] == kind and all(t.get(k) == v for k, v in meta.items())]
+
+
+def rows(report, kind, **meta):
+    """{row label: row} of the one table of ``kind`` with ``meta``."""
+    (table,) = tables_of(report, kind, **meta)
+    return by_label(table["rows"])
+
+
 # Accuracies of the synthetic base-to-new tree: {dataset: {trainer: [(base, new) per seed 1, 2, 3]}}.
 BASE2NEW = {
     "Shapes": {"ZeroshotCLIP": [(60.0, 70.0)] * 3, "LLU": [(80.0, 70.0), (82.0, 70.0), (84.0, 76.0)],
@@ -81,26 +91,27 @@ def base2new_tree(tmp_path):
 
 def test_table1_per_dataset_matches_hand_computation(base2new_tree):
     report = pr.build_report(base2new_tree)
-    llu = by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])["LLU"]
-    assert llu["base"]["mean"] == pytest.approx((80 + 82 + 84) / 3)
-    assert llu["base"]["std"] == pytest.approx(math.sqrt(8 / 3))
-    assert llu["new"]["mean"] == pytest.approx(72.0)
-    assert llu["new"]["std"] == pytest.approx(math.sqrt(8))
+    llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
+    cells = llu["cells"]
+    assert cells["base"]["mean"] == pytest.approx((80 + 82 + 84) / 3)
+    assert cells["base"]["std"] == pytest.approx(math.sqrt(8 / 3))
+    assert cells["new"]["mean"] == pytest.approx(72.0)
+    assert cells["new"]["std"] == pytest.approx(math.sqrt(8))
     # H of the means (the paper's convention), its spread from the per-seed H.
-    assert llu["h"]["mean"] == pytest.approx(2 * 82 * 72 / (82 + 72))
-    assert llu["h"]["std"] == pytest.approx(pstdev([harmonic(80, 70), harmonic(82, 70), harmonic(84, 76)]))
+    assert cells["h"]["mean"] == pytest.approx(2 * 82 * 72 / (82 + 72))
+    assert cells["h"]["std"] == pytest.approx(pstdev([harmonic(80, 70), harmonic(82, 70), harmonic(84, 76)]))
     assert llu["seeds"] == [1, 2, 3]
 
 
 def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
     report = pr.build_report(base2new_tree)
-    average = by_label(report.json["base2new"]["16"]["average"])["CoOp"]
+    average = rows(report, "table1", dataset="Average", shots=16)["CoOp"]
     shapes_base, patterns_base = (90 + 90 + 93) / 3, (70 + 72 + 68) / 3
     shapes_new, patterns_new = (50 + 54 + 52) / 3, (20 + 24 + 22) / 3
     base, new = (shapes_base + patterns_base) / 2, (shapes_new + patterns_new) / 2
-    assert average["base"]["mean"] == pytest.approx(base)
-    assert average["new"]["mean"] == pytest.approx(new)
-    assert average["h"]["mean"] == pytest.approx(2 * base * new / (base + new))
+    assert average["cells"]["base"]["mean"] == pytest.approx(base)
+    assert average["cells"]["new"]["mean"] == pytest.approx(new)
+    assert average["cells"]["h"]["mean"] == pytest.approx(2 * base * new / (base + new))
     assert average["datasets"] == 2
 
 
@@ -118,8 +129,8 @@ def test_table1_rows_and_rendering(base2new_tree):
 def test_a_method_missing_a_dataset_has_no_average(base2new_tree):
     write_pair(base2new_tree, "Shapes", "ProGrad", 1, 85.0, 60.0)
     report = pr.build_report(base2new_tree)
-    assert "ProGrad" in by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])
-    assert "ProGrad" not in by_label(report.json["base2new"]["16"]["average"])
+    assert "ProGrad" in rows(report, "table1", dataset="Shapes", shots=16)
+    assert "ProGrad" not in rows(report, "table1", dataset="Average", shots=16)
 
 
 def test_unpaired_half_is_left_out_with_a_note(tmp_path):
@@ -127,8 +138,8 @@ def test_unpaired_half_is_left_out_with_a_note(tmp_path):
     write_pair(root, "Shapes", "LLU", 1, 80.0, 70.0)
     lonely = write_result(root, "train_base/Shapes/shots_16/LLU/toy/seed2", seed=2, accuracy=99.0)
     report = pr.build_report(root)
-    llu = by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])["LLU"]
-    assert llu["base"]["mean"] == 80.0 and llu["seeds"] == [1]
+    llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
+    assert llu["cells"]["base"]["mean"] == 80.0 and llu["seeds"] == [1]
     assert any(note.startswith(lonely) for note in report.json["notes"])
 
 
@@ -151,15 +162,15 @@ def test_ablation_variants_go_to_table4_not_table1(tmp_path):
         write_pair(root, "Shapes", "LLU", seed, base - 20, new - 40, cfg="toy_linear")
         write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0)
     report = pr.build_report(root)
-    assert set(by_label(report.json["base2new"]["16"]["datasets"]["Shapes"])) == {"CLIP", "LLU"}
-    (table,) = report.json["ablation"]["16"]
-    columns = {c["label"]: c for c in table["columns"]}
-    assert [c["label"] for c in table["columns"]] == ["CLIP", "Default", "no mask", "Linear"]
+    assert set(rows(report, "table1", dataset="Shapes", shots=16)) == {"CLIP", "LLU"}
+    (table,) = tables_of(report, "table4", shots=16)
+    columns = by_label(table["rows"])  # Table 4's columns (the paper's layout) are its rows here
+    assert [c["label"] for c in table["rows"]] == ["CLIP", "Default", "no mask", "Linear"]
     assert columns["no mask"]["cfg"] == "toy_no_mask"
-    assert columns["Default"]["average"]["base"]["mean"] == pytest.approx(81.0)
-    assert columns["no mask"]["average"]["h"]["mean"] == pytest.approx(harmonic(80.0, 61.0))
-    assert columns["Default"]["average"]["regularizer"] == pytest.approx(2e-5)
-    assert columns["Linear"]["average"]["regularizer"] is None
+    assert columns["Default"]["cells"]["base"]["mean"] == pytest.approx(81.0)
+    assert columns["no mask"]["cells"]["h"]["mean"] == pytest.approx(harmonic(80.0, 61.0))
+    assert columns["Default"]["cells"]["regularizer"] == pytest.approx(2e-5)
+    assert columns["Linear"]["cells"]["regularizer"] is None
     assert "## Table 4" in report.markdown and "| Regularization" in report.markdown
 
 
@@ -186,17 +197,18 @@ def test_transfer_records_split_into_cross_dataset_and_domain_generalisation(tmp
             "ShapesBlurry": (60.0, ["circle", "star"]),  # unknown name, the source's classes: domain shift
         })
     report = pr.build_report(root)
-    (xd,) = report.json["cross_dataset"]
-    (dg,) = report.json["domain_generalization"]
+    (xd,) = tables_of(report, "cross_dataset")
+    (dg,) = tables_of(report, "domain_generalization")
     assert xd["source"] == dg["source"] == "Shapes" and xd["shots"] == 16
     assert xd["targets"] == ["OxfordPets", "Patterns", "Checkers"]  # the known order first, then alphabetical
     assert dg["targets"] == ["ShapesSketch", "ShapesBlurry"]
     (row,) = xd["rows"]
-    assert row["source"]["mean"] == pytest.approx(91.0) and row["seeds"] == 2
-    assert row["targets"]["Patterns"]["mean"] == pytest.approx(41.0)
-    assert row["targets"]["Patterns"]["std"] == pytest.approx(1.0)
-    assert row["average"] == pytest.approx((50.0 + 41.0 + 30.0) / 3)
-    assert "average" not in dg["rows"][0]  # Table 3 has no average, as in the paper
+    cells = row["cells"]
+    assert cells["source"]["mean"] == pytest.approx(91.0) and cells["seeds"] == 2
+    assert cells["Patterns"]["mean"] == pytest.approx(41.0)
+    assert cells["Patterns"]["std"] == pytest.approx(1.0)
+    assert cells["average"]["mean"] == pytest.approx((50.0 + 41.0 + 30.0) / 3)
+    assert "average" not in dg["rows"][0]["cells"]  # Table 3 has no average, as in the paper
     assert "## Table 2" in report.markdown and "## Table 3" in report.markdown
 
 
@@ -204,7 +216,7 @@ def test_train_shots_field_is_preferred_for_transfer(tmp_path):
     root = str(tmp_path)
     write_result(root, "a", dataset="Patterns", train_dataset="Shapes", subsample_classes="all",
                  train_subsample_classes="all", shots=-1, train_shots=4, model_dir="x")
-    (xd,) = pr.build_report(root).json["cross_dataset"]
+    (xd,) = tables_of(pr.build_report(root), "cross_dataset")
     assert xd["shots"] == 4
 
 
@@ -214,13 +226,16 @@ def test_fewshot_figure_and_data_when_several_shot_counts(tmp_path):
         write_pair(root, "Shapes", "CoOp", 1, base, new, shots=shots)
         write_pair(root, "Shapes", "ZeroshotCLIP", 1, 65.0, 70.0, shots=shots)
     report = pr.build_report(root)
-    coop = [e for e in report.json["fewshot"]["Shapes"] if e["trainer"] == "CoOp"][0]
-    assert coop["shots"] == {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
+    coop = rows(report, "fewshot", dataset="Shapes")["CoOp"]
+    assert {shots: {half: cell[half]["mean"] for half in cell} for shots, cell in coop["cells"].items()} == \
+        {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
     assert "### Shapes (16 shots)" in report.markdown  # Table 1 at the largest shot count
     written = pr.write_report(report, str(tmp_path / "out"))
-    assert os.path.basename(written[-1]) == "figure2_fewshot.png"
-    with open(written[-1], "rb") as f:
+    assert [os.path.basename(p) for p in written[-2:]] == ["figure2_fewshot.png", "figure2_fewshot.pdf"]
+    with open(written[-2], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(written[-1], "rb") as f:
+        assert f.read(5) == b"%PDF-"
 
 
 def write_bench(path):
@@ -251,7 +266,8 @@ def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path
     result = run_cli(base2new_tree, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "## Table 1" in result.stdout and "| CLIP" in result.stdout
-    assert sorted(os.listdir(out)) == ["figure3_step_time.png", "tables.json", "tables.md"]  # no temp files left
+    assert sorted(os.listdir(out)) == ["figure3_step_time.pdf", "figure3_step_time.png", "tables.csv", "tables.json",
+                                       "tables.md"]  # no temp files left
     with open(out / "tables.json") as f:
         tables = json.load(f)
     assert tables["num_records"] == 36 and tables["notes"] == []
@@ -319,3 +335,58 @@ def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys
 def test_one_set_of_weights_gives_no_warning(base2new_tree, capsys):
     pr.main([base2new_tree])
     assert "warning" not in capsys.readouterr().err
+
+
+def test_latex_marks_the_best_of_each_column_in_bold_and_pastes_into_a_paper(base2new_tree):
+    result = run_cli(base2new_tree, "--format", "latex")
+    assert result.returncode == 0, result.stderr
+    shapes = result.stdout.split("% Shapes (16 shots)")[1].split(r"\end{tabular}")[0]
+    assert r"\begin{tabular}{lrrrr}" in shapes and r"\toprule" in shapes and r"\bottomrule" in shapes
+    coop = next(line for line in shapes.splitlines() if line.startswith("CoOp"))
+    llu = next(line for line in shapes.splitlines() if line.startswith("LLU"))
+    assert r"\textbf{91.00 $\pm$ 1.41}" in coop  # CoOp's base is the best base
+    assert r"\textbf{72.00 $\pm$ 2.83}" in llu and r"\textbf{76.68" in llu  # LLU's new and H
+    assert r"\textbf{3}" not in llu  # counts are not ranked
+    assert os.path.isfile(os.path.join(base2new_tree, "tables.tex"))
+
+
+def test_csv_has_one_row_per_cell(base2new_tree):
+    import csv
+    result = run_cli(base2new_tree, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    (llu_base,) = [r for r in rows if r["table"] == "table1" and r["dataset"] == "Shapes" and r["row"] == "LLU"
+                   and r["column"] == "Base"]
+    assert float(llu_base["mean"]) == pytest.approx(82.0) and llu_base["n"] == "3"
+    assert open(os.path.join(base2new_tree, "tables.csv")).read() == result.stdout
+
+
+def test_terminal_format_prints_plain_tables(base2new_tree):
+    result = run_cli(base2new_tree, "--format", "terminal")
+    assert result.returncode == 0 and "Table 1: base-to-new generalisation\n===" in result.stdout
+    assert "|" not in result.stdout.split("Shapes (16 shots)")[1].splitlines()[1]
+
+
+def test_runs_on_all_classes_get_a_method_by_dataset_table(tmp_path):
+    root = str(tmp_path)
+    for seed, (a, b) in enumerate([(60.0, 40.0), (62.0, 44.0)], start=1):
+        for trainer, shift in (("ZeroshotCLIP", 0.0), ("LLU", 10.0)):
+            common = dict(trainer=trainer, seed=seed, subsample_classes="all", train_subsample_classes="all",
+                          config_files=trainer_file(trainer, "vit_b16"))
+            write_result(root, f"a/{trainer}/{seed}", dataset="folder_a", train_dataset="folder_a",
+                         accuracy=a + shift, **common)
+            write_result(root, f"b/{trainer}/{seed}", dataset="folder_b", train_dataset="folder_b",
+                         accuracy=b + shift, **common)
+    report = pr.build_report(root)
+    llu = rows(report, "all_classes", shots=16)["LLU"]["cells"]
+    assert llu["folder_a"]["mean"] == pytest.approx(71.0) and llu["folder_b"]["mean"] == pytest.approx(52.0)
+    assert "## Accuracy on all classes" in report.markdown and "No table" not in report.markdown
+
+
+def test_figure2_points_over_different_seed_counts_are_warned_about(tmp_path):
+    root = str(tmp_path)
+    for seed in (1, 2):
+        write_pair(root, "Shapes", "CoOp", seed, 80.0, 60.0, shots=16)
+    write_pair(root, "Shapes", "CoOp", 1, 70.0, 65.0, shots=1)
+    report = pr.build_report(root)
+    assert any("different numbers of seeds (1 shots: 1, 16 shots: 2)" in w for w in report.warnings)

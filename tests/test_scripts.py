@@ -260,10 +260,11 @@ def test_base2new_end_to_end_with_a_tiny_clip(tmp_path, image_folder, tiny_clip_
                         CFG="vit_b16", TRAINERS="ZeroshotCLIP CoOp", SEEDS="1", SHOTS="2", PYTHON=sys.executable,
                         OPTS=opts, OMP_NUM_THREADS="1")
     assert result.returncode == 0, result.stderr[-2000:]
-    table = result.stdout.split("### ImageFolder (2 shots)")[1]
+    table = result.stdout.split("### my_images (2 shots)")[1]  # your own data is named after its folder
     assert "| CLIP " in table and "| CoOp " in table
     with open(tmp_path / "out" / "base2new" / "tables.json") as f:
         tables = json.load(f)
     assert tables["num_records"] == 4 and tables["notes"] == []
-    zero_shot = [e for e in tables["base2new"]["2"]["datasets"]["ImageFolder"] if e["trainer"] == "ZeroshotCLIP"]
+    (table1,) = [t for t in tables["tables"] if t["kind"] == "table1" and t["dataset"] == "my_images"]
+    zero_shot = [row for row in table1["rows"] if row["trainer"] == "ZeroshotCLIP"]
     assert zero_shot[0]["cfg"] == "vit_b16" and zero_shot[0]["seeds"] == [1]

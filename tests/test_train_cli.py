@@ -35,7 +35,9 @@ def test_zero_shot_eval_prints_dassl_lines_and_writes_results(image_folder, tiny
     for key in ("accuracy", "macro_f1", "per_class_accuracy", "error", "subsample_classes", "dataset", "trainer",
                 "backbone", "seed", "shots", "config_files", "elapsed_seconds"):
         assert key in results
-    assert results["trainer"] == "ZeroshotCLIP" and results["dataset"] == "ImageFolder" and results["seed"] == 0
+    # Your own images are named after their folder (DATASET.IMAGEFOLDER.NAME to choose another name).
+    assert results["trainer"] == "ZeroshotCLIP" and results["dataset"] == "my_images" and results["seed"] == 0
+    assert results["dataset_reader"] == "ImageFolder"
     assert set(results["per_class_accuracy"]) == {"red", "green", "blue", "yellow"}
     assert results["accuracy"] == pytest.approx(100 - results["error"])
     assert (out / "log.txt").read_text().count("* accuracy: ") == 1
@@ -120,3 +122,16 @@ def test_openai_name_offline_says_where_to_put_the_file(image_folder, tmp_path, 
     from llu.utils import UserError
     with pytest.raises(UserError, match=f"put ViT-B-16.pt there.*{tmp_path / 'clip'}|{tmp_path / 'clip'}.*ViT-B-16.pt"):
         clip_common.resolve_weights("ViT-B/16")
+
+
+def test_an_image_folder_can_be_named_and_a_loaded_model_is_recorded_relative(image_folder, tiny_clip_file, tmp_path,
+                                                                              monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    train.cli(_args(image_folder, tiny_clip_file, tmp_path / "runs" / "trained", "--eval-only",
+                    "DATASET.IMAGEFOLDER.NAME", "Colours"))
+    train.cli(_args(image_folder, tiny_clip_file, tmp_path / "runs" / "eval", "--eval-only", "--model-dir",
+                    str(tmp_path / "runs" / "trained"), "DATASET.IMAGEFOLDER.NAME", "Colours"))
+    results = json.loads((tmp_path / "runs" / "eval" / "results.json").read_text())
+    assert results["dataset"] == results["train_dataset"] == "Colours"
+    assert results["model_dir"] == os.path.join("..", "trained")

@@ -21,8 +21,19 @@ SPLIT_NAME = "split_imagefolder.json"
 def add_imagefolder_config(cfg):
     cfg.DATASET.IMAGEFOLDER = CN()
     cfg.DATASET.IMAGEFOLDER.DIR = "my_images"  # the folder under DATASET.ROOT with one sub-folder per class
+    cfg.DATASET.IMAGEFOLDER.NAME = ""  # the dataset's name in results and tables ("": the folder's name)
     # Optional split in CoOp's split_zhou JSON format, relative to DIR; "": a 50/20/30 split per class.
     cfg.DATASET.IMAGEFOLDER.SPLIT_FILE = ""
+
+
+def dataset_label(cfg):
+    """An image folder's name in results.json and the tables (IMAGEFOLDER.NAME, else the folder's);
+    other datasets are named by DATASET.NAME. ``cfg`` is a config or the dict of a saved one."""
+    dataset = cfg["DATASET"]
+    if dataset["NAME"] != "ImageFolder":
+        return dataset["NAME"]
+    folder = dataset.get("IMAGEFOLDER", {})
+    return folder.get("NAME") or osp.basename(osp.normpath(folder.get("DIR") or "ImageFolder"))
 
 
 @dataset

@@ -187,6 +187,7 @@ class ProjectTrainerMixin:
     evaluation_batches = _builtin_trainer.SimpleTrainer.evaluation_batches
     test = _builtin_trainer.SimpleTrainer.test
     training_source = _builtin_trainer.SimpleTrainer.training_source
+    dataset_label = _builtin_trainer.SimpleTrainer.dataset_label
     extra_results = _builtin_trainer.SimpleTrainer.extra_results
     provenance = _builtin_trainer.SimpleTrainer.provenance
     parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)

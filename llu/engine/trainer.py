@@ -336,7 +336,8 @@ class SimpleTrainer(TrainerBase):
         """Write ``OUTPUT_DIR/results.json``: the one machine-readable record of a run."""
         cfg = self.cfg
         record = {
-            "dataset": cfg.DATASET.NAME,
+            "dataset": self.dataset_label(cfg),
+            "dataset_reader": cfg.DATASET.NAME,
             "trainer": cfg.TRAINER.NAME,
             "backbone": cfg.MODEL.BACKBONE.NAME,
             "seed": cfg.SEED,
@@ -363,20 +364,28 @@ class SimpleTrainer(TrainerBase):
         print(f"Results written to {path}")
 
     def training_source(self):
-        """Which data the evaluated model was trained on: this run's, or the loaded model's run."""
-        source = {"train_dataset": self.cfg.DATASET.NAME, "train_shots": self.cfg.DATASET.NUM_SHOTS,
+        """Which data the evaluated model was trained on: this run's, or the loaded model's run.
+
+        The loaded model's folder is recorded relative to this run's, so a moved results tree still reads.
+        """
+        source = {"train_dataset": self.dataset_label(self.cfg), "train_shots": self.cfg.DATASET.NUM_SHOTS,
                   "train_subsample_classes": self.cfg.DATASET.SUBSAMPLE_CLASSES, "model_dir": ""}
         model_dir = getattr(self, "model_source_dir", "")
-        config_path = osp.join(model_dir, "config.yaml") if model_dir else ""
-        if config_path and osp.isfile(config_path):
+        if not model_dir:
+            return source
+        source["model_dir"] = osp.relpath(osp.abspath(model_dir), osp.abspath(self.output_dir))
+        config_path = osp.join(model_dir, "config.yaml")
+        if osp.isfile(config_path):
             with open(config_path) as f:
                 trained = yaml.safe_load(f) or {}
             dataset = trained.get("DATASET", {})
-            source = {"train_dataset": dataset.get("NAME", ""), "train_shots": dataset.get("NUM_SHOTS", -1),
-                      "train_subsample_classes": dataset.get("SUBSAMPLE_CLASSES", "all"), "model_dir": model_dir}
-        elif model_dir:
-            source["model_dir"] = model_dir
+            source.update(train_dataset=self.dataset_label(trained), train_shots=dataset.get("NUM_SHOTS", -1),
+                          train_subsample_classes=dataset.get("SUBSAMPLE_CLASSES", "all"))
         return source
+
+    def dataset_label(self, cfg):
+        """The dataset's name in results.json and the tables (``cfg`` a config or its dict)."""
+        return cfg["DATASET"]["NAME"]
 
     def extra_results(self):
         """Trainer-specific entries for results.json (e.g. a regulariser value)."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from llu.engine import CN, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
 from llu.utils import Terminated, UserError, file_sha256, load_torch
+from llu.datasets import imagefolder
 from llu.world import toyclip
 
 from . import torchscript
@@ -340,6 +341,9 @@ class ClipTrainer(TrainerX):
 
     def provenance(self):
         return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
+
+    def dataset_label(self, cfg):
+        return imagefolder.dataset_label(cfg)
 
     # Training: whether there are epochs, where their batches come from, when the LR steps.
 
