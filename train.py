@@ -14,7 +14,8 @@ import torch
 import yaml
 
 from llu import config_files, engine, upstream_keys
-from llu.utils import UserError, exit_on_user_error, folder_lock, is_writable_dir, raise_terminated, run_log
+from llu.utils import (UserError, exit_on_user_error, folder_lock, is_writable_dir, log_only, raise_terminated,
+                       run_log)
 
 
 def load_project(backend=None):
@@ -217,13 +218,13 @@ def run(cfg, args):
     """One run of a frozen config, logged by the caller."""
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
-    print("** Arguments **")
-    for key in sorted(vars(args)):
-        print(f"{key}: {getattr(args, key)}")
-    print("** Config **")
-    print(cfg)
-    print("** System info **")
-    print(engine.collect_env_info())
+    # The whole record of the run goes to its log.txt, as in Dassl; the console stays readable.
+    log_only("** Arguments **")
+    log_only("\n".join(f"{key}: {getattr(args, key)}" for key in sorted(vars(args))))
+    log_only("** Config **")
+    log_only(str(cfg))
+    log_only("** System info **")
+    log_only(engine.collect_env_info())
 
     trainer = engine.build_trainer(cfg)
     if args.eval_only:

@@ -169,18 +169,25 @@ def package_version(name):
 
 
 # Logging a run (Dassl's log.txt)
+#
+# The console shows what a person reads (a few lines per run and per epoch, progress bars in a
+# terminal); ``log.txt`` keeps everything, as Dassl's does: the arguments, the whole config, every
+# PRINT_FREQ-th batch. ``print`` goes to both; ``log_only`` to the log alone.
 
 class Tee:
-    """Write to the terminal and to a log file at once (Dassl's ``log.txt``). If the log cannot be
-    written (a full disk), the terminal says so once and keeps getting everything."""
+    """Write to the console and to a log file at once (Dassl's ``log.txt``). If the log cannot be
+    written (a full disk), the console says so once and keeps getting everything."""
 
     def __init__(self, fpath, stream):
-        self.stream = stream
+        self.stream = stream  # the console
         self.path = fpath
         self.file = open(fpath, "a")
 
     def write(self, msg):
         self.stream.write(msg)
+        self.write_log(msg)
+
+    def write_log(self, msg):
         if self.file is not None:
             try:
                 self.file.write(msg)
@@ -202,7 +209,7 @@ class Tee:
                 self._lose_file(e)
 
     def isatty(self):
-        return False
+        return False  # what is written here also goes to a file: no progress bars (see ``console``)
 
     def close(self):
         if self.file is not None:
@@ -210,6 +217,36 @@ class Tee:
                 self.file.close()
             except OSError:
                 pass
+
+
+def log_only(text):
+    """Write ``text`` (one or more lines) to the run's log.txt only; with no log it is printed, so
+    nothing is lost."""
+    if isinstance(sys.stdout, Tee) and sys.stdout.file is not None:
+        sys.stdout.write_log(text + "\n")
+    else:
+        print(text)
+
+
+def console():
+    """The console stream under the run's log (progress bars go there, never into log.txt)."""
+    stream = sys.stderr
+    while isinstance(stream, Tee):
+        stream = stream.stream
+    return stream
+
+
+def progress(iterable, desc, report=True):
+    """``iterable`` with a tqdm bar on the console when it is a terminal; afterwards (``report``) one
+    line saying what was done and how long it took: in the log, and on a console without the bar."""
+    from tqdm import tqdm
+    stream = console()
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    start = time.time()
+    yield from tqdm(iterable, desc=desc, file=stream, disable=not interactive, leave=False)
+    if report:
+        line = f"{desc}: done in {time.time() - start:.1f} s"
+        log_only(line) if interactive else print(line)
 
 
 def log_file_path(output_dir):

@@ -188,6 +188,8 @@ class ProjectTrainerMixin:
     test = _builtin_trainer.SimpleTrainer.test
     training_source = _builtin_trainer.SimpleTrainer.training_source
     dataset_label = _builtin_trainer.SimpleTrainer.dataset_label
+    record_metrics = _builtin_trainer.SimpleTrainer.record_metrics
+    TENSORBOARD_EVENTS = False  # Dassl's own writer has them; metrics.jsonl gets the evaluations
     extra_results = _builtin_trainer.SimpleTrainer.extra_results
     provenance = _builtin_trainer.SimpleTrainer.provenance
     parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)

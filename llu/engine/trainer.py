@@ -1,17 +1,18 @@
 """Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
 import datetime
+import math
 import os.path as osp
 import time
 from collections import OrderedDict
 
 import torch
 import yaml
-from tqdm import tqdm
 
-from llu.utils import UserError, atomic_path, mkdir_if_missing, run_provenance, write_json
+from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progress, run_provenance, write_json
 
 from .data.data_manager import DataManager
 from .evaluation import build_evaluator
+from .metrics import RunMetrics
 from .registry import Registry
 from .utils import (AverageMeter, MetricMeter, load_checkpoint, load_state_dict_strictly, random_state,
                     save_checkpoint, set_random_state)
@@ -69,7 +70,7 @@ class TrainerBase:
     def write_checkpoints(self, records, directory, is_best=False, model_name=""):
         for name, record in records.items():
             path = save_checkpoint(record, osp.join(directory, name), is_best=is_best, model_name=model_name)
-            print(f"Checkpoint saved to {path}")
+            log_only(f"Checkpoint saved to {path}")
 
     def resume_model_if_exist(self, directory):
         """Resume from ``directory`` (only called when the user asked with --resume)."""
@@ -221,11 +222,16 @@ class TrainerBase:
         raise NotImplementedError
 
     def write_scalar(self, tag, scalar_value, global_step=None):
-        pass
+        """Dassl's call: one scalar to the run's TensorBoard events (``record_metrics`` writes them)."""
+        writer = self.metrics.writer() if getattr(self, "metrics", None) else None
+        if writer is not None:
+            writer.add_scalar(tag, scalar_value, global_step)
 
 
 class SimpleTrainer(TrainerBase):
     """Builds data, model and evaluator from a config; trains and tests."""
+
+    TENSORBOARD_EVENTS = True  # record_metrics also writes TensorBoard events (OUTPUT_DIR/tensorboard)
 
     def __init__(self, cfg):
         super().__init__()
@@ -239,6 +245,7 @@ class SimpleTrainer(TrainerBase):
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.time_start = time.time()
+        self.metrics = None  # RunMetrics, opened by the first record
         self.save_config()
         self.build_data_loader()
         self.build_model()
@@ -278,6 +285,8 @@ class SimpleTrainer(TrainerBase):
         elif any(osp.isfile(osp.join(self.output_dir, name, "checkpoint")) for name in self.get_model_names()):
             print(f"Note: {self.output_dir} holds checkpoints of an earlier run; training from scratch "
                   f"(pass --resume {self.output_dir} to continue it)")
+        if self.output_dir:
+            self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS)
         self.time_start = time.time()
 
     def after_train(self):
@@ -291,6 +300,8 @@ class SimpleTrainer(TrainerBase):
             self.test()
         elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
         print(f"Elapsed: {elapsed}")
+        if self.metrics is not None:
+            self.metrics.close()
 
     def after_epoch(self):
         last_epoch = (self.epoch + 1) == self.max_epoch
@@ -309,7 +320,7 @@ class SimpleTrainer(TrainerBase):
     def evaluation_batches(self, split):
         """(input, label) pairs of ``split``; feature-based trainers override this."""
         loader = self.val_loader if split == "val" else self.test_loader
-        for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None):
+        for batch in progress(loader, f"eval {split}", report=False):
             yield self.parse_batch_test(batch)
 
     @torch.no_grad()
@@ -326,8 +337,8 @@ class SimpleTrainer(TrainerBase):
             output = self.model_inference(input)
             self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
-        for k, v in results.items():
-            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        trained = getattr(self, "metrics", None) is not None  # else an evaluation-only run: epoch 0
+        self.record_metrics({"epoch": self.epoch + 1 if trained else 0, "split": split, **results})
         if split == self.cfg.TEST.SPLIT:
             self.save_results(results, split)
         return list(results.values())[0]
@@ -387,6 +398,14 @@ class SimpleTrainer(TrainerBase):
         """The dataset's name in results.json and the tables (``cfg`` a config or its dict)."""
         return cfg["DATASET"]["NAME"]
 
+    def record_metrics(self, record):
+        """One record of metrics.jsonl and TensorBoard (an epoch's training averages, an evaluation)."""
+        if not self.output_dir:
+            return
+        if getattr(self, "metrics", None) is None:
+            self.metrics = RunMetrics(self.output_dir, record["epoch"], self.TENSORBOARD_EVENTS)
+        self.metrics.add(record)
+
     def extra_results(self):
         """Trainer-specific entries for results.json (e.g. a regulariser value)."""
         return {}
@@ -411,24 +430,40 @@ class TrainerX(SimpleTrainer):
         losses = MetricMeter()
         batch_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
-        end = time.time()
+        epoch_start = end = time.time()
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
-            self.log_progress(losses, batch_time)
+            self.log_batch(losses, batch_time)
             end = time.time()
+        self.log_epoch(losses, time.time() - epoch_start)
 
-    def log_progress(self, losses, batch_time):
-        meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0
-        only_few_batches = self.num_batches < self.cfg.TRAIN.PRINT_FREQ
-        if not (meet_freq or only_few_batches):
+    def log_batch(self, losses, batch_time):
+        """Every PRINT_FREQ-th batch and the last of each epoch, to log.txt (Dassl's line)."""
+        last_batch = self.batch_idx + 1 == self.num_batches
+        if (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ and not last_batch:
             return
         nb_remain = (self.num_batches - self.batch_idx - 1) + (self.max_epoch - self.epoch - 1) * self.num_batches
         eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
-        print(f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
-              f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) {losses} "
-              f"lr {self.get_current_lr():.4e} eta {eta}")
+        log_only(f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
+                 f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) {losses} "
+                 f"lr {self.get_current_lr():.4e} eta {eta}")
+
+    def log_epoch(self, losses, seconds):
+        """The epoch's averages: a metrics record, and a console line for about ten epochs of a run
+        (the first, the last and every tenth of the run)."""
+        epoch, lr = self.epoch + 1, self.get_current_lr()
+        averages = {name: meter.avg for name, meter in losses.meters.items()}
+        self.record_metrics({"epoch": epoch, "split": "train", **averages, "lr": lr, "seconds": round(seconds, 4)})
+        every = max(1, math.ceil(self.max_epoch / 10))
+        eta = str(datetime.timedelta(seconds=round(seconds * (self.max_epoch - epoch))))
+        line = (f"epoch [{epoch}/{self.max_epoch}] " + " ".join(f"{k} {v:.4f}" for k, v in averages.items())
+                + f" lr {lr:.4e} ({seconds:.2f} s, eta {eta})")
+        if epoch in (1, self.max_epoch) or epoch % every == 0:
+            print(line)
+        else:
+            log_only(line)
 
     def parse_batch_train(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

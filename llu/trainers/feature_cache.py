@@ -25,10 +25,9 @@ import uuid
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from llu.engine import DatasetWrapper
-from llu.utils import UserError, exit_on_user_error, load_torch, save_torch, user_cache_dir, write_json
+from llu.utils import UserError, exit_on_user_error, load_torch, progress, save_torch, user_cache_dir, write_json
 
 VERSION = 2
 STALE_TEMPORARY_SECONDS = 24 * 3600  # a temporary file this old belongs to a writer that was killed
@@ -165,8 +164,8 @@ class FeatureCache:
             _ViewDataset(self.cfg, data_source, transform, view, self.root),
             batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
         features = []
-        label = f"encoding {len(data_source)} {desc} images" + (f" (view {view})" if view else "")
-        for batch in tqdm(loader, desc=label, disable=None):
+        label = f"Encoding {len(data_source)} {desc} images" + (f" (view {view})" if view else "")
+        for batch in progress(loader, label):
             images = batch["img"].to(self.device).type(self.clip_model.dtype)
             features.append(F.normalize(self.clip_model.encode_image(images).float(), dim=-1).cpu())
             self.encoder_passes += images.shape[0]

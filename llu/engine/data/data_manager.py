@@ -5,7 +5,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from llu.utils import UserError
+from llu.utils import UserError, log_only
 
 from .datasets import build_dataset
 from .transforms import build_transform
@@ -108,4 +108,5 @@ class DataManager:
             rows.append(("# val", f"{len(self.dataset.val):,}"))
         rows.append(("# test", f"{len(self.dataset.test):,}"))
         width = max(len(k) for k, _ in rows)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+        log_only("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+        print(f"{cfg.DATASET.NAME}: " + ", ".join(f"{v} {k.lstrip('# ')}" for k, v in rows[1:]))
