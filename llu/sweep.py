@@ -12,6 +12,12 @@ in an order that also works line by line (each evaluation after the training run
 - the console gets one line per finished run, with the time spent and an estimate of what is left;
   each run's own output goes to its ``log.txt``; the end lists the failed runs with the last line
   of their logs, and the exit status is 1 if any failed.
+
+``--launcher submitit`` (``LAUNCHER=submitit``) runs the same plan as jobs through submitit: on
+Slurm when ``srun`` is there, else with submitit's local executor. One job runs one chain: a
+training run and the evaluations that read it (a (dataset, trainer, seed) of base-to-new, a source
+and its targets of the transfer sweeps), in one process. The output tree, skip rules and tables are
+those of a local sweep. Slurm's settings come from the environment (``SLURM_SETTINGS``).
 """
 import argparse
 import concurrent.futures
@@ -22,6 +28,7 @@ import multiprocessing
 import os
 import os.path as osp
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -125,6 +132,20 @@ def execute(train_args):
             return False, "interrupted"
         except Terminated as e:
             return False, f"terminated; {e}" if str(e) else "terminated"
+
+
+def run_chain(repo, chain):
+    """A submitit job: the runs of one chain in this process, in order. ``chain`` holds (``train.py``
+    arguments, the position in the chain of the run it reads or None); returns [(ok, message)], a
+    run whose producer failed not run."""
+    _start_worker(repo)
+    outcomes = []
+    for train_args, producer in chain:
+        if producer is not None and not outcomes[producer][0]:
+            outcomes.append((False, "not run: the run it reads failed"))
+        else:
+            outcomes.append(execute(train_args))
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,17 +269,158 @@ def run_plan(runs, jobs=1, workers=None, stream=sys.stdout, relative_to=None):
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
                 run = running.pop(future)
-                run.seconds = time.time() - run.started
                 try:
                     ok, message = future.result()
                 except Exception as e:  # the worker process died
                     ok, message = False, f"the worker running it died ({type(e).__name__}: {e})"
-                if ok and not run.finished:
-                    ok, message = False, "finished without writing results.json"
-                run.state = "done" if ok else "failed"
-                run.message = "" if ok else (last_log_line(run.output_dir) or message)
+                finish_run(run, ok, message)
                 progress.report(run, relative_to)
     return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# The submitit launcher (Slurm, or submitit's local executor)
+
+# Slurm's settings for LAUNCHER=submitit: environment variable -> (submitit parameter, type, default).
+SLURM_SETTINGS = {
+    "LLU_SLURM_PARTITION": ("slurm_partition", str, None),  # the partition (queue); None: the cluster's default
+    "LLU_SLURM_ACCOUNT": ("slurm_account", str, None),  # the account charged
+    "LLU_SLURM_GPUS": ("gpus_per_node", int, 1),  # GPUs per job (one chain of runs uses one)
+    "LLU_SLURM_CPUS": ("cpus_per_task", int, 8),  # CPU cores per job (data loading)
+    "LLU_SLURM_MEM_GB": ("mem_gb", float, 32.0),  # memory per job
+    "LLU_SLURM_TIME_MIN": ("timeout_min", int, 720),  # time limit per job, minutes (also the local executor's)
+}
+SLURM_EXTRA = "LLU_SLURM_EXTRA"  # more sbatch settings, "key=value,key=value" (e.g. "constraint=a100,qos=high")
+
+
+def on_slurm():
+    return shutil.which("srun") is not None
+
+
+def slurm_parameters(environ=os.environ):
+    """submitit parameters from the LLU_SLURM_* settings (a bad value is one line naming it)."""
+    parameters = {}
+    for variable, (name, kind, default) in SLURM_SETTINGS.items():
+        text = environ.get(variable, "")
+        try:
+            value = kind(text) if text else default
+        except ValueError:
+            raise UserError(f"{variable} must be a {kind.__name__}, got {text!r}") from None
+        if value is not None:
+            parameters[name] = value
+    for item in filter(None, (part.strip() for part in environ.get(SLURM_EXTRA, "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{SLURM_EXTRA} must be 'key=value,key=value', got {item!r}")
+        parameters[f"slurm_{key.strip()}"] = value.strip()
+    return parameters
+
+
+def chains(runs):
+    """The pending runs grouped into chains: a run whose producer is not pending starts a chain, and
+    every run that reads a pending run joins its producer's chain (in plan order)."""
+    chain_of, grouped = {}, []
+    for run in runs:
+        if run.state != "pending":
+            continue
+        producer = runs[run.needs] if run.needs is not None else None
+        if producer is not None and producer.index in chain_of:
+            chain_of[run.index] = chain_of[producer.index]
+            grouped[chain_of[run.index]].append(run)
+        else:
+            chain_of[run.index] = len(grouped)
+            grouped.append([run])
+    return grouped
+
+
+def chain_arguments(chain):
+    position = {run.index: i for i, run in enumerate(chain)}
+    return [(run.train_args, position.get(run.needs)) for run in chain]
+
+
+def failure_line(job):
+    """The last line of what a failed submitit job reported."""
+    try:
+        error = job.exception()
+    except Exception as e:  # the job's state could not be read
+        error = e
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return f"the job failed ({lines[-1] if lines else type(error).__name__})"
+
+
+def make_executor(folder):
+    """submitit's executor: Slurm when it is there (with SLURM_SETTINGS), else the local executor."""
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("LAUNCHER=submitit needs submitit: pip install submitit") from None
+    slurm = on_slurm()
+    executor = submitit.AutoExecutor(folder=folder, cluster=None if slurm else "local")
+    parameters = slurm_parameters()
+    if not slurm:  # the local executor takes the time limit only
+        parameters = {"timeout_min": parameters["timeout_min"]}
+    executor.update_parameters(name="llu-sweep", **parameters)
+    return executor, slurm
+
+
+def run_plan_submitit(runs, jobs=0, folder=None, stream=sys.stdout, relative_to=None, executor=None):
+    """Run the plan's pending runs as submitit jobs, one per chain, at most ``jobs`` at a time (0: all
+    at once). Returns the runs (with their states), as ``run_plan``."""
+    relative_to = relative_to or common_folder(runs)
+    for run in runs:
+        if run.finished:
+            run.state, run.message = "skipped", "results.json exists"
+    todo = chains(runs)
+    count = sum(len(chain) for chain in todo)
+    folder = folder or osp.join(relative_to, ".submitit")
+    if executor is None and todo:
+        executor, slurm = make_executor(folder)
+    else:
+        slurm = False
+    progress = Progress(count, stream)
+    print(f"Sweep in {relative_to}: {count} run(s) to do in {len(todo)} job(s) ({'Slurm' if slurm else 'local'} "
+          f"submitit, logs in {folder}), {len(runs) - count} already done; "
+          f"{jobs or 'all'} job(s) at a time", file=stream, flush=True)
+    if not todo:
+        return runs
+    repo = osp.dirname(osp.abspath(todo[0][0].command[1]))
+    in_flight = {}
+    try:
+        while todo or in_flight:
+            while todo and (not jobs or len(in_flight) < jobs):
+                chain = todo.pop(0)
+                for run in chain:
+                    run.state, run.started = "running", time.time()
+                in_flight[executor.submit(run_chain, repo, chain_arguments(chain))] = chain
+            done = [job for job in in_flight if job.done()]
+            if not done:
+                time.sleep(15.0 if slurm else 0.2)
+                continue
+            for job in done:
+                chain = in_flight.pop(job)
+                try:
+                    outcomes = job.result()
+                except Exception:  # the job died (killed, out of time or memory): its runs failed
+                    outcomes = [(False, failure_line(job))] * len(chain)
+                for run, (ok, message) in zip(chain, outcomes):
+                    finish_run(run, ok, message)
+                    progress.report(run, relative_to)
+    finally:
+        for job in in_flight:  # interrupted: a rerun of the same command continues the sweep
+            job.cancel(check=False)
+    return runs
+
+
+def finish_run(run, ok, message):
+    """Record how a run ended: done only if it says so and wrote its results.json."""
+    run.seconds = time.time() - run.started
+    if ok and not run.finished:
+        ok, message = False, "finished without writing results.json"
+    if not ok and message.startswith("not run:"):
+        run.state, run.message = "blocked", message
+        return
+    run.state = "done" if ok else "failed"
+    run.message = "" if ok else (last_log_line(run.output_dir) or message)
 
 
 def common_folder(runs):
@@ -281,15 +443,26 @@ def summary(runs, stream=sys.stdout, relative_to=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llu.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("plan", help="file of 'python train.py ...' lines ('-': standard input)")
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS") or 1),
-                        help="worker processes running at once (default: $JOBS or 1)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local: worker processes at once (default: $JOBS or 1); submitit: jobs at once "
+                             "(default: $JOBS, else all on Slurm and one per core on the local executor)")
+    parser.add_argument("--launcher", choices=("local", "submitit"), default=os.environ.get("LAUNCHER") or "local",
+                        help="local worker processes, or submitit jobs (Slurm, else its local executor); "
+                             "default: $LAUNCHER or local")
+    parser.add_argument("--submitit-folder", default=os.environ.get("SUBMITIT_FOLDER") or "",
+                        help="where submitit keeps its job files and logs (default: OUTPUT/.submitit)")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        raise UserError(f"--jobs (JOBS) must be at least 1, got {args.jobs}")
+    jobs = args.jobs if args.jobs is not None else (int(os.environ["JOBS"]) if os.environ.get("JOBS") else None)
+    if jobs is not None and jobs < (0 if args.launcher == "submitit" else 1):
+        raise UserError(f"--jobs (JOBS) must be at least 1, got {jobs}")
     runs = parse_plan(sys.stdin.readlines()) if args.plan == "-" else read_plan(args.plan)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        return summary(run_plan(runs, jobs=args.jobs))
+        if args.launcher == "submitit":
+            if jobs is None:
+                jobs = 0 if on_slurm() else (os.cpu_count() or 1)
+            return summary(run_plan_submitit(runs, jobs=jobs, folder=args.submitit_folder or None))
+        return summary(run_plan(runs, jobs=jobs or 1))
     except (KeyboardInterrupt, Terminated) as e:
         left = sum(r.state not in ("done", "skipped", "failed", "blocked") for r in runs)
         raise type(e)(f"{left} run(s) not finished; finished runs keep their results, and the same command "

@@ -10,7 +10,9 @@
 # Settings (environment): DATA (dataset root; default the built-in world), DATASETS (default
 # shapes), CFG (trainer config name, default toy), TRAINERS, SEEDS (default "1 2 3"), SHOTS
 # (default 16; several values sweep shots), OUTPUT (default output), PYTHON (default python),
-# OPTS (extra KEY VALUE options for every run; not part of the folder names), DRY_RUN=1.
+# OPTS (extra KEY VALUE options for every run; not part of the folder names), DRY_RUN=1,
+# JOBS (runs at once), LAUNCHER (local, or submitit: Slurm jobs, one per (dataset, trainer, seed),
+# with LLU_SLURM_PARTITION, _GPUS, _CPUS, _MEM_GB, _TIME_MIN, _ACCOUNT, _EXTRA; see llu/sweep.py).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

@@ -6,7 +6,8 @@
 #   - CoOp's number of epochs by shots for the published configs;
 #   - the base-to-new pair (train on base, evaluate on new) and the transfer runs (train on all
 #     classes of a source, evaluate on targets).
-#   - finish: the plan is run by llu/sweep.py (JOBS workers), then the tables are printed.
+#   - finish: the plan is run by llu/sweep.py (JOBS workers, or LAUNCHER=submitit jobs), then the
+#     tables are printed.
 # DRY_RUN=1 prints each command ("+ python train.py ...") or skip ("skip DIR") instead of running it,
 # in an order that works line by line (an evaluation after the training run it reads).
 set -euo pipefail
@@ -32,7 +33,8 @@ if [[ $PYTHON == */* ]]; then
     PYTHON=$(abspath "$PYTHON")  # a relative path still works after the cd below
 fi
 DRY_RUN=${DRY_RUN:-0}
-JOBS=${JOBS:-1}  # worker processes running runs at once
+JOBS=${JOBS:-}  # runs at once: worker processes (default 1), or submitit jobs (default: see llu/sweep.py)
+LAUNCHER=${LAUNCHER:-local}  # local worker processes, or submitit (Slurm when there, else its local executor)
 PLAN_FILE=$(mktemp "${TMPDIR:-/tmp}/llu-plan.XXXXXX")
 trap 'rm -f "$PLAN_FILE"' EXIT
 # Extra KEY VALUE options appended to every train.py run (e.g. "FEATURES.CACHE_DIR /scratch/features").
@@ -104,7 +106,7 @@ run_once() {
 finish() {  # finish TREE
     local status=0
     if [[ $DRY_RUN != 1 ]]; then
-        "$PYTHON" -m llu.sweep --jobs "$JOBS" "$PLAN_FILE" || status=$?
+        "$PYTHON" -m llu.sweep --launcher "$LAUNCHER" ${JOBS:+--jobs "$JOBS"} "$PLAN_FILE" || status=$?
     fi
     if [[ $status == 0 || -n $(find "$1" -name results.json -print -quit 2>/dev/null) ]]; then
         print_tables "$1" || status=$((status ? status : $?))

@@ -126,10 +126,96 @@ def test_runs_in_workers_give_the_numbers_of_runs_in_their_own_processes(tmp_pat
         done = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-    plan_file = tmp_path / "plan.txt"
-    plan_file.write_text("\n".join(shlex.join(c) for c in plan(tmp_path / "workers")) + "\n")
-    swept = subprocess.run([sys.executable, "-m", "llu.sweep", "--jobs", "2", str(plan_file)], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
-    assert swept.returncode == 0, swept.stdout + swept.stderr[-2000:]
-    for name in ("train", "new", "zero_shot"):
-        assert results(tmp_path / "workers" / name) == results(tmp_path / "alone" / name), name
+    for launcher in ("local", "submitit"):  # worker processes; submitit's local executor (one job per chain)
+        plan_file = tmp_path / f"plan_{launcher}.txt"
+        plan_file.write_text("\n".join(shlex.join(c) for c in plan(tmp_path / launcher)) + "\n")
+        swept = subprocess.run([sys.executable, "-m", "llu.sweep", "--jobs", "2", "--launcher", launcher,
+                                str(plan_file)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert swept.returncode == 0, swept.stdout + swept.stderr[-2000:]
+        for name in ("train", "new", "zero_shot"):
+            assert results(tmp_path / launcher / name) == results(tmp_path / "alone" / name), (launcher, name)
+    assert "3 run(s) to do in 2 job(s) (local submitit" in swept.stdout
+
+
+def test_chains_group_each_training_run_with_the_evaluations_that_read_it(tmp_path):
+    runs = pairs(tmp_path, 2) + sweep.parse_plan([line(tmp_path / "alone")])
+    runs[-1].index = 4
+    runs[0].state = "skipped"  # finished before: its reader starts a chain of its own
+    assert [[r.index for r in chain] for chain in sweep.chains(runs)] == [[1], [2, 3], [4]]
+    assert sweep.chain_arguments(sweep.chains(runs)[1])[1][1] == 0  # the evaluation reads the chain's first run
+
+
+def test_slurm_settings_come_from_the_environment():
+    parameters = sweep.slurm_parameters({"LLU_SLURM_PARTITION": "gpu", "LLU_SLURM_GPUS": "2", "LLU_SLURM_TIME_MIN": "90",
+                                         "LLU_SLURM_EXTRA": "constraint=a100, qos=high"})
+    assert parameters == {"slurm_partition": "gpu", "gpus_per_node": 2, "cpus_per_task": 8, "mem_gb": 32.0,
+                          "timeout_min": 90, "slurm_constraint": "a100", "slurm_qos": "high"}
+    with pytest.raises(UserError, match="LLU_SLURM_GPUS must be a int, got 'two'"):
+        sweep.slurm_parameters({"LLU_SLURM_GPUS": "two"})
+    with pytest.raises(UserError, match="LLU_SLURM_EXTRA must be 'key=value"):
+        sweep.slurm_parameters({"LLU_SLURM_EXTRA": "constraint"})
+
+
+class FakeJob:
+    def __init__(self, outcomes=None, error=None):
+        self.outcomes, self.error, self.cancelled = outcomes, error, False
+
+    def done(self):
+        return True
+
+    def result(self):
+        if self.error:
+            raise RuntimeError(self.error)
+        return self.outcomes
+
+    def exception(self):
+        return RuntimeError(self.error) if self.error else None
+
+    def cancel(self, check=True):
+        self.cancelled = True
+
+
+class FakeExecutor:
+    """submitit's interface: each chain's outcome from ``outcome(train_args)``; None: the job dies."""
+
+    def __init__(self, outcome):
+        self.outcome, self.submitted = outcome, []
+
+    def submit(self, fn, repo, chain):
+        assert fn is sweep.run_chain
+        self.submitted.append([args for args, _ in chain])
+        outcomes = [self.outcome(args) for args, _ in chain]
+        if None in outcomes:
+            return FakeJob(error="Job died\nslurmstepd: error: TIME LIMIT")
+        for args, (ok, _) in zip((a for a, _ in chain), outcomes):
+            if ok:
+                out = args[args.index("--output-dir") + 1]
+                os.makedirs(out, exist_ok=True)
+                with open(os.path.join(out, "results.json"), "w") as f:
+                    f.write("{}")
+        return FakeJob(outcomes)
+
+
+def test_submitit_runs_one_job_per_chain_and_reports_failed_jobs(tmp_path):
+    runs = pairs(tmp_path, 3)
+
+    def outcome(args):
+        out = args[args.index("--output-dir") + 1]
+        if out.endswith("train2"):
+            return None  # the job of chain 2 dies
+        return (not out.endswith("new1"), "error: boom")
+
+    executor = FakeExecutor(outcome)
+    out = io.StringIO()
+    sweep.run_plan_submitit(runs, jobs=0, executor=executor, stream=out)
+    assert len(executor.submitted) == 3 and all(len(chain) == 2 for chain in executor.submitted)
+    assert [r.state for r in runs] == ["done", "done", "done", "failed", "failed", "failed"]
+    assert runs[4].message == "the job failed (slurmstepd: error: TIME LIMIT)"
+    assert sweep.summary(runs, stream=out) == 1 and "failed: new1: error: boom" in out.getvalue()
+
+
+def test_a_chain_job_skips_the_runs_whose_producer_failed(monkeypatch):
+    monkeypatch.setattr(sweep, "_start_worker", lambda repo: None)
+    monkeypatch.setattr(sweep, "execute", lambda args: (args != ["train"], "error: boom"))
+    outcomes = sweep.run_chain("repo", [(["train"], None), (["new"], 0), (["other"], None)])
+    assert outcomes == [(False, "error: boom"), (False, "not run: the run it reads failed"), (True, "error: boom")]

@@ -241,8 +241,11 @@ def encode_class_texts(clip_model, classnames, template):
 
 
 def ensemble_class_texts(clip_model, classnames, templates):
-    """Prompt ensembling: per class, the renormalised mean of its unit-norm features over ``templates``."""
+    """Prompt ensembling: per class, the renormalised mean of its unit-norm features over ``templates``
+    (one template: its features as they are, bit for bit)."""
     per_template = [encode_class_texts(clip_model, classnames, t) for t in templates]
+    if len(per_template) == 1:
+        return per_template[0]
     return F.normalize(sum(per_template) / len(per_template), dim=-1)
 
 
