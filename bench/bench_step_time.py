@@ -25,7 +25,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -121,8 +120,7 @@ def takes_images(trainer):
 @torch.no_grad()
 def encode_images(trainer, images):
     """What the feature cache stores: CLIP's unit-norm float32 image features."""
-    clip_model = trainer.clip_model
-    return F.normalize(clip_model.encode_image(images.type(clip_model.dtype)).float(), dim=-1)
+    return trainer.clip_model.encode_images(images)
 
 
 def make_step(trainer, batch_size, inputs):

@@ -33,7 +33,8 @@ from llu.datasets.splits import read_split  # noqa: E402
 from llu.engine import get_cfg_default  # noqa: E402
 from llu.engine.data import build_transform  # noqa: E402
 from llu.utils import user_cache_dir  # noqa: E402
-from llu.trainers.clip_common import encode_class_texts, load_clip  # noqa: E402
+from llu.backbones import load_backbone  # noqa: E402
+from llu.trainers.clip_common import encode_class_texts  # noqa: E402
 
 TEMPLATE = "a photo of a {}."
 
@@ -55,7 +56,7 @@ def image_features(model, items, transform):
     batches = []
     for i in range(0, len(items), 256):
         images = torch.stack([transform(Image.open(item.impath)) for item in items[i:i + 256]])
-        batches.append(F.normalize(model.encode_image(images).float(), dim=-1))
+        batches.append(model.encode_images(images))
     return torch.cat(batches)
 
 
@@ -95,9 +96,9 @@ def main():
     overrides = {k: getattr(args, k) for k in ("level", "cast") if getattr(args, k) is not None}
 
     timings = build_world(args.root, overrides)
-    model = load_clip("toy")
+    model = load_backbone("toy")
     cfg = get_cfg_default()
-    cfg.INPUT.SIZE = (model.visual.input_resolution,) * 2
+    cfg.INPUT.SIZE = model.preprocess.size
     transform = build_transform(cfg, is_train=False)
 
     dataset_dir = generate.ensure_dataset(args.root, "Shapes", **overrides)

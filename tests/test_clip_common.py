@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from numerics import assert_close
 
 from llu.engine import Datum, build_transform, extend_cfg, get_cfg_default
-from llu.trainers import clip_common, feature_cache
-from llu.trainers.clip_common import TextEncoder, encode_texts, load_clip, tokenize
+from llu.trainers import feature_cache
+from llu.backbones import load_backbone, openai
 from llu.trainers.feature_cache import FeatureCache
 from llu.utils import UserError
 
@@ -19,36 +19,50 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_load_clip_from_state_dict_file_is_frozen_fp32(tiny_clip_file):
-    model = load_clip(tiny_clip_file, "cpu", prec="fp16")
+    model = load_backbone(tiny_clip_file, "cpu", prec="fp16")
     assert model.dtype == torch.float32
     assert not any(p.requires_grad for p in model.parameters())
-    assert model.visual.input_resolution == 32 and model.context_length == 16
-    assert model.weights_id == load_clip(tiny_clip_file).weights_id
+    assert model.preprocess.size == (32, 32) and model.context_length == 16 and model.embed_dim == 32
+    assert model.weights_id == load_backbone(tiny_clip_file).weights_id
 
 
 def test_load_clip_reads_a_torchscript_archive(tiny_clip_file, tmp_path):
-    model = load_clip(tiny_clip_file)
+    model = load_backbone(tiny_clip_file)
     image = torch.zeros(1, 3, 32, 32)
-    text = tokenize(["a photo of a dog."], model)
-    scripted = torch.jit.trace(model, (image, text), check_trace=False)
+    text = model.tokenize(["a photo of a dog."])
+    scripted = torch.jit.trace(model.model, (image, text), check_trace=False)  # OpenAI's own format
     path = tmp_path / "scripted.pt"
     torch.jit.save(scripted, str(path))
-    loaded = load_clip(str(path))
+    loaded = load_backbone(str(path))
     assert torch.allclose(loaded.encode_text(text), model.encode_text(text), atol=1e-3)
 
 
 def test_text_encoder_over_token_embeddings_matches_encode_text(tiny_clip_file):
-    model = load_clip(tiny_clip_file)
-    tokens = tokenize(["a photo of a red circle.", "blue dots"], model)
+    model = load_backbone(tiny_clip_file)
+    tokens = model.tokenize(["a photo of a red circle.", "blue dots"])
     embeddings = model.token_embedding(tokens).type(model.dtype)
-    assert_close(TextEncoder(model)(embeddings, tokens), model.encode_text(tokens))
-    assert_close(encode_texts(model, ["blue dots"]), F.normalize(model.encode_text(tokens[1:]), dim=-1))
+    assert torch.equal(model.encode_prompts(embeddings, tokens), model.encode_text(tokens))
+    assert_close(model.encode_texts(["blue dots"]), F.normalize(model.encode_text(tokens[1:]), dim=-1))
+
+
+def test_prompt_embeddings_replace_the_token_embeddings_and_take_the_gradient(tiny_clip_file):
+    model = load_backbone(tiny_clip_file)
+    tokens = model.tokenize(["a photo of a red circle."])
+    embeddings = model.token_embedding(tokens).type(model.dtype).clone().requires_grad_(True)
+    shifted = embeddings.detach().clone()
+    shifted[0, 2] = torch.randn(shifted.shape[-1], generator=torch.Generator().manual_seed(0))  # another "photo"
+    assert not torch.allclose(model.encode_prompts(shifted, tokens), model.encode_text(tokens))
+    model.encode_prompts(embeddings, tokens).sum().backward()
+    assert embeddings.grad is not None and embeddings.grad[0, 2].abs().sum() > 0
+    assert embeddings.grad[0, tokens[0].argmax() + 1:].abs().sum() == 0  # after the end token: causal mask
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.encode_text(tokens), model.encode_text(tokens))  # the replacement is gone
 
 
 def test_too_long_prompt_is_a_user_error(tiny_clip_file):
-    model = load_clip(tiny_clip_file)
+    model = load_backbone(tiny_clip_file)
     with pytest.raises(UserError, match="context length 16"):
-        tokenize(["word " * 40], model)
+        model.tokenize(["word " * 40])
 
 
 @pytest.fixture
@@ -60,7 +74,7 @@ def cache_setup(image_folder, tiny_clip_file, tmp_path):
     for label, name in enumerate(sorted(os.listdir(image_folder))):
         for f in sorted(os.listdir(os.path.join(image_folder, name)))[:2]:
             data.append(Datum(impath=os.path.join(image_folder, name, f), label=label, classname=name))
-    return cfg, load_clip(tiny_clip_file), data
+    return cfg, load_backbone(tiny_clip_file), data
 
 
 def test_cache_second_get_runs_no_encoder_pass(cache_setup):
@@ -132,13 +146,13 @@ def test_the_cache_is_shared_between_processes(cache_setup, tmp_path):
 import sys; sys.path.insert(0, {REPO!r})
 from llu.engine import Datum, extend_cfg, get_cfg_default
 from llu.engine.data import build_transform
-from llu.trainers.clip_common import load_clip
+from llu.backbones import load_backbone
 from llu.trainers.feature_cache import FeatureCache
 cfg = extend_cfg(get_cfg_default())
 cfg.INPUT.SIZE = (32, 32)
 cfg.FEATURES.CACHE_DIR = {cfg.FEATURES.CACHE_DIR!r}
 data = [Datum(impath=p, label=0) for p in {[item.impath for item in data]!r}]
-cache = FeatureCache(cfg, load_clip({model.backbone_name!r}), "cpu")
+cache = FeatureCache(cfg, load_backbone({model.backbone_name!r}), "cpu")
 cache.get(data, build_transform(cfg, is_train=True), view=1)
 print(cache.encoder_passes)
 """
@@ -196,7 +210,7 @@ def test_augmented_views_are_deterministic_and_differ(cache_setup, tmp_path):
 def test_openai_names_resolve_to_the_clip_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_DOWNLOAD_ROOT", str(tmp_path))
     (tmp_path / "ViT-B-16.pt").write_bytes(b"x")
-    assert clip_common.resolve_weights("ViT-B/16") == str(tmp_path / "ViT-B-16.pt")
+    assert openai.resolve_weights("ViT-B/16") == str(tmp_path / "ViT-B-16.pt")
 
 
 def test_filling_the_cache_leaves_the_global_random_stream_alone(cache_setup):

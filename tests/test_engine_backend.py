@@ -105,7 +105,7 @@ DASSL_TRAINER_METHODS = {
     "run_epoch", "save_model", "set_model_mode", "test", "train", "update_lr", "write_scalar",
 }
 # Used only by the built-in run_epoch, which Dassl's run_epoch replaces.
-BUILTIN_LOOP_HELPERS = {"log_progress"}
+BUILTIN_LOOP_HELPERS = {"log_batch", "log_epoch"}  # run_epoch's, which Dassl has its own of
 
 
 def class_members(relative_path, class_names):

@@ -12,7 +12,7 @@ import train
 from conftest import write_image_folder
 from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint, set_random_seed
 from llu.utils import UserError
-from llu.trainers.clip_common import TextEncoder, load_clip, tokenize
+from llu.backbones import load_backbone
 from llu.trainers.coop import PromptLearner, template_context
 from llu.trainers.prograd import project_conflicting_gradient
 
@@ -85,7 +85,7 @@ def test_a_training_step_moves_the_prompt_learner_and_nothing_of_clip(build, nam
     learned_before = {k: p.detach().clone() for k, p in trainer.prompt_learner.named_parameters()}
     buffers_before = {k: b.clone() for k, b in trainer.prompt_learner.named_buffers()}
     encoder_calls = []
-    trainer.clip_model.visual.register_forward_hook(lambda *_: encoder_calls.append(1))
+    trainer.clip_model.model.visual.register_forward_hook(lambda *_: encoder_calls.append(1))
 
     trainer.forward_backward(batch)
 
@@ -112,18 +112,18 @@ def test_gpu_precisions_train_in_fp32_on_a_cpu(build, prec):
     ("end", "a photo of a {}."), ("front", "{} a photo of a."), ("middle", "a photo {} of a."),
 ])
 def test_word_initialised_prompts_encode_like_the_written_sentence(tiny_clip_file, position, sentence):
-    model = load_clip(tiny_clip_file)
+    model = load_backbone(tiny_clip_file)
     classnames = ["blue", "dark_green"]
     learner = PromptLearner(model, classnames, n_ctx=4, ctx_init="a photo of a", class_token_position=position)
     with torch.no_grad():
-        features = TextEncoder(model)(learner(), learner.tokenized_prompts)
-        expected = model.encode_text(tokenize([sentence.format("blue"), sentence.format("dark green")], model))
+        features = model.encode_prompts(learner(), learner.tokenized_prompts)
+        expected = model.encode_text(model.tokenize([sentence.format("blue"), sentence.format("dark green")]))
     assert_close(features, expected)
 
 
 def test_init_words_set_the_context_as_upstream_and_prograd_keeps_n_ctx(tiny_clip_file):
-    model = load_clip(tiny_clip_file)
-    words = model.token_embedding(tokenize(["a photo of a"], model))[0, 1:5]
+    model = load_backbone(tiny_clip_file)
+    words = model.token_embedding(model.tokenize(["a photo of a"]))[0, 1:5]
     coop = PromptLearner(model, ["blue"], n_ctx=16, ctx_init="a photo of a")  # upstream CoOp: N_CTX not used
     assert coop.n_ctx == 4 and torch.equal(coop.ctx, words) and coop.init_text == "a photo of a"
     prograd = PromptLearner(model, ["blue"], n_ctx=6, ctx_init="a photo of a", keep_n_ctx=True)
@@ -141,11 +141,11 @@ def test_init_words_set_the_context_as_upstream_and_prograd_keeps_n_ctx(tiny_cli
 def test_a_word_of_several_tokens_keeps_the_rest_frozen_as_upstream(tiny_clip_file):
     # ProGrad's "a type of pet, a photo of a": 8 words, 9 tokens ("pet" ","); upstream learns the
     # first 8 tokens and the prompt's last "a" stays a frozen word before the class name.
-    model = load_clip(tiny_clip_file)
+    model = load_backbone(tiny_clip_file)
     learner = PromptLearner(model, ["blue"], n_ctx=8, ctx_init="a type of pet, a photo of a")
     with torch.no_grad():
         assembled = learner()
-        written = model.token_embedding(tokenize(["a type of pet, a photo of a blue."], model)).type(model.dtype)
+        written = model.token_embedding(model.tokenize(["a type of pet, a photo of a blue."])).type(model.dtype)
     assert torch.equal(assembled, written)
 
 
@@ -173,7 +173,7 @@ def test_checkpoint_reproduces_logits_and_moves_to_new_classes(build, name):
     assert new.classnames == ["red", "yellow"] and trained.classnames == ["blue", "green"]
     for key, value in trained.prompt_learner.named_parameters():
         assert torch.equal(dict(new.prompt_learner.named_parameters())[key], value)
-    expected_tokens = tokenize(["X X X X red.", "X X X X yellow."], new.clip_model)
+    expected_tokens = new.clip_model.tokenize(["X X X X red.", "X X X X yellow."])
     assert torch.equal(new.prompt_learner.tokenized_prompts, expected_tokens)
     new.test()
     with open(os.path.join(new.output_dir, "results.json")) as f:

@@ -379,7 +379,7 @@ torch.jit.save(torch.jit.script(Evil()), {path!r})
 
 
 def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_clip_file, capfd):
-    from llu.trainers import clip_common, torchscript
+    from llu.backbones import openai, torchscript
     evil = str(tmp_path / "evil.pt")
     maker = tmp_path / "make_evil.py"  # torch.jit.script reads the class's source from its file
     maker.write_text(EVIL_MODULE.format(path=evil))
@@ -389,7 +389,7 @@ def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_c
     with pytest.raises(torchscript.TorchScriptFormatError):
         torchscript.read_state_dict(evil)  # its weights live in a tuple only its code understands
     with pytest.raises(UserError, match="TRUST_TORCHSCRIPT True"):
-        clip_common.read_clip_state_dict(evil, trust_torchscript=False)
+        openai.read_clip_state_dict(evil, trust_torchscript=False)
     assert "CODE FROM THE ARCHIVE RAN" not in capfd.readouterr().out
 
 

@@ -113,15 +113,15 @@ def test_unknown_backbone_and_corrupt_weights_are_one_line(image_folder, tmp_pat
 
 def test_openai_name_offline_says_where_to_put_the_file(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_DOWNLOAD_ROOT", str(tmp_path / "clip"))
-    from llu.trainers import clip_common
+    from llu.backbones import openai
 
     def offline(url, root):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(clip_common.clip.clip, "_download", offline)
+    monkeypatch.setattr(openai.clip.clip, "_download", offline)
     from llu.utils import UserError
     with pytest.raises(UserError, match=f"put ViT-B-16.pt there.*{tmp_path / 'clip'}|{tmp_path / 'clip'}.*ViT-B-16.pt"):
-        clip_common.resolve_weights("ViT-B/16")
+        openai.resolve_weights("ViT-B/16")
 
 
 def test_an_image_folder_can_be_named_and_a_loaded_model_is_recorded_relative(image_folder, tiny_clip_file, tmp_path,

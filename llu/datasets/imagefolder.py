@@ -26,16 +26,6 @@ def add_imagefolder_config(cfg):
     cfg.DATASET.IMAGEFOLDER.SPLIT_FILE = ""
 
 
-def dataset_label(cfg):
-    """An image folder's name in results.json and the tables (IMAGEFOLDER.NAME, else the folder's);
-    other datasets are named by DATASET.NAME. ``cfg`` is a config or the dict of a saved one."""
-    dataset = cfg["DATASET"]
-    if dataset["NAME"] != "ImageFolder":
-        return dataset["NAME"]
-    folder = dataset.get("IMAGEFOLDER", {})
-    return folder.get("NAME") or osp.basename(osp.normpath(folder.get("DIR") or "ImageFolder"))
-
-
 @dataset
 class ImageFolder(DatasetBase):
 

@@ -59,7 +59,7 @@ class CLIP_Adapter(ClipTrainer):
         settings = self.cfg.TRAINER.CLIP_ADAPTER
         self.ratio = settings.RATIO
         self.text_features = self.class_text_features()
-        self.adapter = Adapter(self.clip_model.visual.output_dim, settings.REDUCTION).to(self.device)
+        self.adapter = Adapter(self.clip_model.embed_dim, settings.REDUCTION).to(self.device)
         self.register_learned("clip_adapter", self.adapter)
 
     def model_inference(self, image_features):

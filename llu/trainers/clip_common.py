@@ -1,179 +1,59 @@
 """What every CLIP trainer shares, written once.
 
-- loading CLIP weights by name (OpenAI's table, the project's shipped ``toy``) or from a file;
-- precision (fp16 only where a GPU runs it);
+- the backbone (``llu.backbones``: OpenAI's CLIP, OpenCLIP, Hugging Face, or stored embeddings),
+  loaded before the data so that the images are prepared as the model expects;
 - the per-dataset prompt templates and class-text encoding;
-- the text encoder over prompt embeddings used by prompt-learning trainers;
-- ``ClipTrainer``, the base of every trainer: CLIP loaded before the data (so the input size follows
-  the model), the class texts, Eq. 1's logits, training on cached image features (``feature_cache.py``)
-  or on images, when the learning rate steps, and whether a trainer trains at all.
+- ``ClipTrainer``, the base of every trainer: the class texts, Eq. 1's logits, training on cached
+  image features (``feature_cache.py``) or on images, when the learning rate steps, and whether a
+  trainer trains at all.
 """
 import contextlib
-import os
 import os.path as osp
-import zipfile
 
-import clip
-import clip.model
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from llu.engine import CN, TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
-from llu.utils import Terminated, UserError, file_sha256, load_torch
-from llu.datasets import imagefolder
-from llu.world import toyclip
+from llu.backbones import EMBEDDINGS_BACKBONE, load_backbone
+from llu.backbones.embeddings import EmbeddingsBackbone
+from llu.datasets import dataset_label
+from llu.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
+from llu.utils import Terminated, UserError
 
-from . import torchscript
 from .feature_cache import FeatureCache
 
 
 @config_extension
 def add_clip_config(cfg):
     cfg.TRAINER.PREC = "fp16"  # fp16, fp32 or amp; CPU always runs fp32
+    # openclip:<model>: a weights file, or one of open_clip's pretrained tags (from its local cache).
+    cfg.MODEL.BACKBONE.WEIGHTS = ""
     # A TorchScript weights file (OpenAI's .pt) is read without running its code; if that reader
     # cannot read it, True lets torch.jit.load read it (running the code it carries), False refuses.
     cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT = True
-    cfg.FEATURES = CN()
-    cfg.FEATURES.CACHE_DIR = ""  # "" = $LLU_CACHE/features (default ~/.cache/llu/features)
-    cfg.FEATURES.CACHE_MAX_GB = 50.0  # least recently used features are removed beyond this (0: no bound)
-    cfg.FEATURES.AUG_VIEWS = 0  # augmented views cached per training image (0: un-augmented only)
-    cfg.FEATURES.BATCH_SIZE = 64  # images per encoder pass when filling the cache
+    cfg.INPUT.RESIZE_MODE = "shortest"  # test images: shortest side + center crop, or "squash"; the backbone's
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading weights
-
-TOY_BACKBONE = "toy"  # the built-in world's ToyCLIP, shipped with the project
-
-
-def openai_download_root():
-    return os.environ.get("CLIP_DOWNLOAD_ROOT") or osp.join(osp.expanduser("~"), ".cache", "clip")
-
-
-def resolve_weights(name):
-    """Map a backbone name (``ViT-B/16``, ``toy``) or a file path to a local weights file."""
-    if name == TOY_BACKBONE:
-        return toyclip.weights_file()
-    if name in clip.clip._MODELS:
-        url = clip.clip._MODELS[name]
-        root = openai_download_root()
-        path = osp.join(root, osp.basename(url))
-        if osp.isfile(path):
-            return path
-        try:
-            return clip.clip._download(url, root)
-        except Exception as e:
-            raise UserError(
-                f"MODEL.BACKBONE.NAME {name}: weights not found at {path} and the download failed "
-                f"({type(e).__name__}); put {osp.basename(url)} there (or set CLIP_DOWNLOAD_ROOT), "
-                f"or pass the weights file path as --backbone") from None
-    if osp.isfile(osp.expanduser(name)):
-        return osp.expanduser(name)
-    names = ", ".join(list(clip.available_models()) + [TOY_BACKBONE])
-    raise UserError(f"MODEL.BACKBONE.NAME {name!r}: neither a known model ({names}) nor an existing file")
-
-
-def read_clip_state_dict(path, trust_torchscript=True):
-    """Read OpenAI's TorchScript archive, ToyCLIP's file or a plain state-dict file, never unpickling
-    objects. A TorchScript archive is read without running its code (``torchscript.py``); only if
-    that fails and ``trust_torchscript`` (MODEL.BACKBONE.TRUST_TORCHSCRIPT) is set does
-    ``torch.jit.load`` read it, which runs the code the archive carries."""
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{path}: not a CLIP weights file (expected OpenAI's .pt archive or a torch.save'd state dict)")
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    if toyclip.is_weights_archive(names):
-        return toyclip.read_weights(path)
-    is_torchscript = any(n.endswith("constants.pkl") or "/code/" in n for n in names)
-    if is_torchscript:
-        try:
-            return torchscript.read_state_dict(path)
-        except torchscript.TorchScriptFormatError as e:
-            if not trust_torchscript:
-                raise UserError(f"{path}: a TorchScript archive whose weights cannot be read without running its "
-                                f"code ({e}); set MODEL.BACKBONE.TRUST_TORCHSCRIPT True to let torch.jit.load "
-                                f"run it, if you trust the file") from None
-            print(f"Note: {path}: reading it with torch.jit.load, which runs its code "
-                  f"(MODEL.BACKBONE.TRUST_TORCHSCRIPT True; the code-free reader: {e})")
-        try:
-            return torch.jit.load(path, map_location="cpu").state_dict()
-        except Exception as e:
-            raise UserError(f"{path}: cannot be read as a TorchScript CLIP archive ({e})") from None
-    state_dict = load_torch(path)
-    if isinstance(state_dict, dict) and "state_dict" in state_dict:
-        state_dict = state_dict["state_dict"]
-    if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
-        raise UserError(f"{path}: not a CLIP state dict (no 'visual.conv1.weight' key)")
-    return state_dict
-
-
-_weights_sha256 = {}
-
-
-def weights_sha256(path):
-    """The sha256 of a weights file (memoised per process by path, size and mtime)."""
-    stat = os.stat(path)
-    key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _weights_sha256:
-        _weights_sha256[key] = file_sha256(path)
-    return _weights_sha256[key]
-
-
-_loaded = {}  # the last backbone built: (weights sha256, device, precision) -> model
-
-
-def load_clip(name, device="cpu", prec="fp32", trust_torchscript=True):
-    """A frozen CLIP from ``name``; it carries ``weights_sha256``, ``weights_id`` and ``backbone_name``.
-
-    On a CPU every precision runs as fp32 (CPU kernels for fp16 are missing or slow). A process that
-    runs one run after another (a sweep worker) builds each backbone once: the model is frozen and
-    in eval mode, so runs can share it.
-    """
-    if prec not in ("fp16", "fp32", "amp"):
-        raise UserError(f"TRAINER.PREC must be fp16, fp32 or amp, got {prec!r}")
-    path = resolve_weights(name)
-    device = torch.device(device)
-    key = (weights_sha256(path), str(device), prec)
-    if device.type == "cpu" and prec == "fp16":
-        print("Note: fp16 cannot run on the CPU; using fp32")
-    if key not in _loaded:
-        _loaded.clear()  # one backbone in memory at a time
-        _loaded[key] = build_frozen_clip(path, device, prec, trust_torchscript)
-    model = _loaded[key].eval()
-    model.backbone_name = name
-    return model
-
-
-def build_frozen_clip(path, device, prec, trust_torchscript=True):
-    # build_model initialises a random model before loading the weights: keep that off the global
-    # random stream, so a run draws the same numbers whether or not its process built the model.
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model = clip.model.build_model(read_clip_state_dict(path, trust_torchscript))
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise UserError(f"{path}: the state dict does not describe a CLIP model ({type(e).__name__}: {e})") from None
-    if device.type == "cpu" or prec != "fp16":
-        model.float()
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.weights_sha256 = weights_sha256(path)
-    model.weights_id = model.weights_sha256[:16]
-    return model
-
-
-def match_input_size(cfg, clip_model):
-    """Make ``INPUT.SIZE`` follow the model's input resolution, saying so when it changes."""
-    resolution = clip_model.visual.input_resolution
-    if tuple(cfg.INPUT.SIZE) != (resolution, resolution):
-        print(f"Note: INPUT.SIZE {tuple(cfg.INPUT.SIZE)} differs from the model's input resolution "
-              f"{resolution}; using ({resolution}, {resolution})")
-        was_frozen = cfg.is_frozen()
-        cfg.defrost()
-        cfg.INPUT.SIZE = (resolution, resolution)
-        if was_frozen:
-            cfg.freeze()
+def match_preprocessing(cfg, backbone):
+    """Make INPUT's size, statistics, interpolation and resize mode the backbone's, saying what changed."""
+    preprocess = backbone.preprocess
+    wanted = {"SIZE": tuple(preprocess.size), "PIXEL_MEAN": list(preprocess.mean), "PIXEL_STD": list(preprocess.std),
+              "INTERPOLATION": preprocess.interpolation, "RESIZE_MODE": preprocess.resize_mode}
+    current = {"SIZE": tuple(cfg.INPUT.SIZE), "PIXEL_MEAN": list(cfg.INPUT.PIXEL_MEAN),
+               "PIXEL_STD": list(cfg.INPUT.PIXEL_STD), "INTERPOLATION": cfg.INPUT.INTERPOLATION,
+               "RESIZE_MODE": cfg.INPUT.get("RESIZE_MODE", "shortest")}
+    changed = {key: value for key, value in wanted.items()
+               if (list(map(float, value)) != list(map(float, current[key])) if key != "INTERPOLATION"
+                   and key != "RESIZE_MODE" else value != current[key])}
+    if not changed:
+        return
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    for key, value in changed.items():
+        model_value = f"input resolution {value[0]}" if key == "SIZE" else value
+        print(f"Note: INPUT.{key} {current[key]} differs from the model's {model_value}; using {value}")
+        cfg.INPUT[key] = value
+    if was_frozen:
+        cfg.freeze()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,58 +95,21 @@ def dataset_template(dataset_name):
     return DATASET_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-def class_prompts(classnames, template):
-    return [template.format(name.replace("_", " ")) for name in classnames]
-
-
-def tokenize(texts, clip_model):
-    """Tokenise to the model's own context length (77 for OpenAI's models)."""
-    try:
-        return clip.tokenize(texts, context_length=clip_model.context_length)
-    except RuntimeError as e:
-        raise UserError(f"prompt too long for the model's context length {clip_model.context_length}: {e}") from None
-
-
-@torch.no_grad()
-def encode_texts(clip_model, texts):
-    """Unit-norm text features (float32) of a list of strings."""
-    device = clip_model.positional_embedding.device
-    features = clip_model.encode_text(tokenize(texts, clip_model).to(device)).float()
-    return F.normalize(features, dim=-1)
-
-
-def encode_class_texts(clip_model, classnames, template):
+def encode_class_texts(backbone, classnames, template):
     """Unit-norm features of one prompt per class from a template such as 'a photo of a {}.'"""
-    return encode_texts(clip_model, class_prompts(classnames, template))
+    return backbone.class_text_features(classnames, [template])
 
 
-def ensemble_class_texts(clip_model, classnames, templates):
-    """Prompt ensembling: per class, the renormalised mean of its unit-norm features over ``templates``
-    (one template: its features as they are, bit for bit)."""
-    per_template = [encode_class_texts(clip_model, classnames, t) for t in templates]
-    if len(per_template) == 1:
-        return per_template[0]
-    return F.normalize(sum(per_template) / len(per_template), dim=-1)
-
-
-class TextEncoder(nn.Module):
-    """CLIP's text transformer run over prompt *embeddings* (what prompt learners optimise)."""
-
-    def __init__(self, clip_model):
-        super().__init__()
-        self.transformer = clip_model.transformer
-        self.positional_embedding = clip_model.positional_embedding
-        self.ln_final = clip_model.ln_final
-        self.text_projection = clip_model.text_projection
-        self.dtype = clip_model.dtype
-
-    def forward(self, prompt_embeddings, tokenized_prompts):
-        x = prompt_embeddings + self.positional_embedding.type(self.dtype)
-        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-        x = self.ln_final(x).type(self.dtype)
-        # The feature of each prompt is read at its end-of-text token (the largest token id).
-        eot = tokenized_prompts.argmax(dim=-1)
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+def stored_embeddings_backbone(dataset, device):
+    """``embeddings``: the backbone of a dataset of stored embeddings with class-text embeddings."""
+    store = getattr(dataset, "embeddings", None)
+    if store is None:
+        raise UserError("MODEL.BACKBONE.NAME embeddings needs a dataset of stored embeddings "
+                        "(configs/datasets/embeddings.yaml)")
+    if store.text_features is None:
+        raise UserError(f"{store.path}: holds no text_features, so MODEL.BACKBONE.NAME embeddings has no class "
+                        f"texts; store them, or give the backbone that made the image features")
+    return EmbeddingsBackbone(store).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,11 +154,22 @@ class ClipTrainer(TrainerX):
             raise UserError(f"OPTIM.MAX_EPOCH must be at least 1 to train {name}, got {cfg.OPTIM.MAX_EPOCH}")
 
     def build_data_loader(self):
+        """The backbone, then the data prepared as it expects (a dataset of stored embeddings is read
+        first when it is the backbone too)."""
         cfg = self.cfg
-        self.clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
-                                    trust_torchscript=cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
-        match_input_size(cfg, self.clip_model)
-        super().build_data_loader()
+        if cfg.MODEL.BACKBONE.NAME == EMBEDDINGS_BACKBONE:
+            super().build_data_loader()
+            self.clip_model = stored_embeddings_backbone(self.dm.dataset, self.device)
+        else:
+            self.clip_model = load_backbone(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
+                                            cfg.MODEL.BACKBONE.WEIGHTS, cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
+            match_preprocessing(cfg, self.clip_model)
+            super().build_data_loader()
+        self.stored_embeddings = getattr(self.dm.dataset, "embeddings", None)
+        if self.stored_embeddings is not None and self.stored_embeddings.dim != self.clip_model.embed_dim:
+            raise UserError(f"{self.stored_embeddings.path}: its image features have {self.stored_embeddings.dim} "
+                            f"dimensions, MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME} embeds into "
+                            f"{self.clip_model.embed_dim}; give the backbone that made them")
         self.classnames = self.dm.dataset.classnames
         self.image_loader = self.train_loader_x
         self.feature_cache = FeatureCache(self.cfg, self.clip_model, self.device)
@@ -331,7 +185,7 @@ class ClipTrainer(TrainerX):
         """Unit-norm text features of the classes: the dataset's hand-made template (CoOp's zero-shot
         table), or the renormalised mean over ``templates`` (prompt ensembling)."""
         templates = templates or [dataset_template(self.cfg.DATASET.NAME)]
-        return ensemble_class_texts(self.clip_model, self.classnames, templates).to(self.device)
+        return self.clip_model.class_text_features(self.classnames, templates).to(self.device)
 
     def cosine_logits(self, image_features, text_features):
         """Eq. 1 of the LLU paper: CLIP's learned 1 / tau times the cosines (features unit-norm)."""
@@ -346,7 +200,7 @@ class ClipTrainer(TrainerX):
         return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
 
     def dataset_label(self, cfg):
-        return imagefolder.dataset_label(cfg)
+        return dataset_label(cfg)
 
     # Training: whether there are epochs, where their batches come from, when the LR steps.
 
@@ -441,18 +295,23 @@ class ClipTrainer(TrainerX):
                 "full_val": getattr(dataset, "full_val", None) or dataset.val}[split]
 
     def split_features(self, split):
-        """Un-augmented features and labels of a ``split_data`` split (cached on disk)."""
+        """Un-augmented features and labels of a ``split_data`` split (cached on disk, or stored)."""
         if split not in self._split_features:
-            self._split_features[split] = self.feature_cache.get(self.split_data(split), self.dm.tfm_test, 0,
-                                                                 desc=split)
+            data = self.split_data(split)
+            self._split_features[split] = self.stored_embeddings.features_of(data) if self.stored_embeddings \
+                else self.feature_cache.get(data, self.dm.tfm_test, 0, desc=split)
         return self._split_features[split]
 
     def train_views(self):
-        """[V+1, N, D] features of the training images: view 0 plus ``FEATURES.AUG_VIEWS`` augmented views."""
+        """[V+1, N, D] features of the training images: view 0 plus ``FEATURES.AUG_VIEWS`` augmented views
+        (stored embeddings have no other views)."""
         if "train_views" not in self._split_features:
             data = self.dm.dataset.train_x
             views = [self.split_features("train")[0]]
-            for view in range(1, self.cfg.FEATURES.AUG_VIEWS + 1):
+            augmented = 0 if self.stored_embeddings else self.cfg.FEATURES.AUG_VIEWS
+            if self.stored_embeddings and self.cfg.FEATURES.AUG_VIEWS:
+                print("Note: stored embeddings have no augmented views; FEATURES.AUG_VIEWS is not used")
+            for view in range(1, augmented + 1):
                 views.append(self.feature_cache.get(data, self.dm.tfm_train, view, desc="train")[0])
             self._split_features["train_views"] = torch.stack(views)
         return self._split_features["train_views"]

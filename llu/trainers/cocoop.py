@@ -31,10 +31,9 @@ def add_cocoop_config(cfg):
 class CoCoOpPromptLearner(PromptLearner):
     """Shared context vectors (class token at the end) plus the meta-network h, both fp32."""
 
-    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init=""):
-        super().__init__(clip_model, classnames, n_ctx, ctx_init, csc=False, class_token_position="end")
-        vis_dim = clip_model.text_projection.shape[1]
-        ctx_dim = clip_model.ln_final.weight.shape[0]
+    def __init__(self, backbone, classnames, n_ctx=16, ctx_init=""):
+        super().__init__(backbone, classnames, n_ctx, ctx_init, csc=False, class_token_position="end")
+        vis_dim, ctx_dim = backbone.embed_dim, backbone.context_dim
         self.meta_net = nn.Sequential(OrderedDict([
             ("linear1", nn.Linear(vis_dim, vis_dim // 16)),
             ("relu", nn.ReLU(inplace=True)),
@@ -54,7 +53,7 @@ class CoCoOpCLIP(CoOpCLIP):
     def forward(self, inputs):
         image_features = self.encode_images(inputs)
         prompts = self.prompt_learner(image_features)
-        scale = self.logit_scale.exp().float()
+        scale = self.backbone.logit_scale.exp().float()
         return torch.stack([scale * feature @ self.encode_prompts(image_prompts).t()
                             for feature, image_prompts in zip(image_features, prompts)])
 

@@ -15,7 +15,6 @@ classes is evaluated on new ones (``--eval-only --model-dir`` with another class
 """
 import contextlib
 
-import clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from llu.engine import CN, config_extension
 from llu.utils import UserError, load_torch
 
 from . import trainer
-from .clip_common import ClipTrainer, TextEncoder, dataset_template, tokenize
+from .clip_common import ClipTrainer, dataset_template
 
 
 @config_extension
@@ -42,8 +41,6 @@ def add_coop_config(cfg):
 # Training transforms that make every epoch see different pixels; without them the image features
 # never change and are read from the feature cache.
 AUGMENTATIONS = ("random_resized_crop", "random_flip")
-
-_tokenizer = clip.clip._tokenizer
 
 
 def template_context(template):
@@ -65,17 +62,18 @@ class PromptLearner(nn.Module):
     ``set_classnames`` rebuilds the buffers for any class set.
     """
 
-    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end",
+    def __init__(self, backbone, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end",
                  keep_n_ctx=False):
         """``ctx_init`` words ("a photo of a") initialise the context as upstream CoOp does: the context
         is then as many vectors as the words (N_CTX is not used), their tokens' embeddings. With
         ``keep_n_ctx`` (ProGrad's upstream), N_CTX stays and the words fill its last vectors, the
         ones before them starting at zero. Otherwise the N_CTX vectors start at N(0, 0.02^2)."""
         super().__init__()
+        backbone.check_prompt_learning()
         if class_token_position not in ("end", "middle", "front"):
             raise UserError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {class_token_position!r}")
-        device = clip_model.token_embedding.weight.device
-        ctx_dim = clip_model.ln_final.weight.shape[0]
+        device = backbone.text_device
+        ctx_dim = backbone.context_dim
         words = ctx_init.replace("_", " ").strip()
         n_words = len(words.split(" ")) if words else 0
         if words and not keep_n_ctx:
@@ -84,14 +82,14 @@ class PromptLearner(nn.Module):
             raise UserError(f"N_CTX must be at least 1, got {n_ctx}")
         if n_words > n_ctx:
             raise UserError(f"CTX_INIT {ctx_init!r} has {n_words} words, more than N_CTX {n_ctx}")
-        if words and class_token_position != "end" and len(_tokenizer.encode(words)) != n_words:
+        if words and class_token_position != "end" and backbone.token_count(words) != n_words:
             raise UserError(f"CTX_INIT {ctx_init!r} has punctuation (more tokens than words); with "
                             f"CLASS_TOKEN_POSITION {class_token_position} use plain words")
         self.n_ctx, self.csc, self.class_token_position = n_ctx, csc, class_token_position
         shape = (len(classnames), n_ctx, ctx_dim) if csc else (n_ctx, ctx_dim)
         if words:
             with torch.no_grad():
-                embedded = clip_model.token_embedding(tokenize([words], clip_model).to(device))[0, 1:1 + n_words]
+                embedded = backbone.token_embedding(backbone.tokenize([words]).to(device))[0, 1:1 + n_words]
             ctx = torch.zeros(shape, device=device)
             ctx[..., n_ctx - n_words:, :] = embedded.float()
             self.prompt_prefix = " ".join(["X"] * (n_ctx - n_words) + [words])
@@ -101,13 +99,13 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx)
         print(f'Initial context: "{self.prompt_prefix}" ({n_ctx} context tokens'
               + (", class-specific)" if csc else ")"))
-        self.set_classnames(clip_model, classnames)
+        self.set_classnames(backbone, classnames)
 
     @property
     def init_text(self):
         return self.prompt_prefix
 
-    def set_classnames(self, clip_model, classnames):
+    def set_classnames(self, backbone, classnames):
         """(Re)build the class-dependent buffers for ``classnames``."""
         if self.csc and len(classnames) != self.ctx.shape[0]:
             raise UserError(f"class-specific contexts were made for {self.ctx.shape[0]} classes, not {len(classnames)}")
@@ -115,16 +113,16 @@ class PromptLearner(nn.Module):
         # As upstream: the prompt is the initial text and the name; the first n_ctx tokens after [SOS]
         # are replaced by the learned context (a word split into several tokens keeps the rest frozen).
         try:
-            tokens = tokenize([f"{self.prompt_prefix} {name}." for name in names], clip_model)
+            tokens = backbone.tokenize([f"{self.prompt_prefix} {name}." for name in names])
         except UserError as e:
             raise UserError(f"{e} (N_CTX {self.n_ctx} context tokens, the class name and 3 more must fit)") from None
-        tokens = tokens.to(clip_model.token_embedding.weight.device)
+        tokens = tokens.to(backbone.text_device)
         with torch.no_grad():
-            embeddings = clip_model.token_embedding(tokens).type(clip_model.dtype)
+            embeddings = backbone.token_embedding(tokens).type(backbone.dtype)
         self.register_buffer("tokenized_prompts", tokens, persistent=False)
         self.register_buffer("token_prefix", embeddings[:, :1], persistent=False)  # [SOS]
         self.register_buffer("token_suffix", embeddings[:, 1 + self.n_ctx:], persistent=False)  # [CLASS] . [EOS]
-        name_lengths = [len(_tokenizer.encode(name)) for name in names]
+        name_lengths = [backbone.token_count(name) for name in names]
         self.register_buffer("position_index", self._position_index(name_lengths, tokens.shape[1]), persistent=False)
 
     def _position_index(self, name_lengths, length):
@@ -162,29 +160,26 @@ class PromptLearner(nn.Module):
 class CoOpCLIP(nn.Module):
     """CLIP whose class texts are the prompt learner's prompts; logits are tau^-1 cos(g(t_i), f(x))."""
 
-    def __init__(self, clip_model, prompt_learner):
+    def __init__(self, backbone, prompt_learner):
         super().__init__()
         self.prompt_learner = prompt_learner
-        self.text_encoder = TextEncoder(clip_model)
-        self.image_encoder = clip_model.visual
-        self.logit_scale = clip_model.logit_scale
-        self.dtype = clip_model.dtype
+        self.backbone = backbone
 
     def encode_images(self, inputs):
         """Unit-norm float32 image features; cached features ([B, D]) pass through unchanged."""
         if inputs.dim() == 2:
             return inputs
         with torch.no_grad():
-            return F.normalize(self.image_encoder(inputs.type(self.dtype)).float(), dim=-1)
+            return self.backbone.encode_images(inputs)
 
     def encode_prompts(self, prompts):
-        return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts).float(), dim=-1)
+        return F.normalize(self.backbone.encode_prompts(prompts, self.prompt_learner.tokenized_prompts).float(), dim=-1)
 
     def forward(self, inputs, text_features=None):
         """Logits of images (or cached features); ``text_features`` skips encoding the prompts."""
         if text_features is None:
             text_features = self.encode_prompts(self.prompt_learner())
-        return self.logit_scale.exp().float() * self.encode_images(inputs) @ text_features.t()
+        return self.backbone.logit_scale.exp().float() * self.encode_images(inputs) @ text_features.t()
 
 
 # ---------------------------------------------------------------------------------------------

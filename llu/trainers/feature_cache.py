@@ -24,13 +24,21 @@ import time
 import uuid
 
 import torch
-import torch.nn.functional as F
 
-from llu.engine import DatasetWrapper
+from llu.engine import CN, DatasetWrapper, config_extension
 from llu.utils import UserError, exit_on_user_error, load_torch, progress, save_torch, user_cache_dir, write_json
 
 VERSION = 2
 STALE_TEMPORARY_SECONDS = 24 * 3600  # a temporary file this old belongs to a writer that was killed
+
+
+@config_extension
+def add_features_config(cfg):
+    cfg.FEATURES = CN()
+    cfg.FEATURES.CACHE_DIR = ""  # "" = $LLU_CACHE/features (default ~/.cache/llu/features)
+    cfg.FEATURES.CACHE_MAX_GB = 50.0  # least recently used features are removed beyond this (0: no bound)
+    cfg.FEATURES.AUG_VIEWS = 0  # augmented views cached per training image (0: un-augmented only)
+    cfg.FEATURES.BATCH_SIZE = 64  # images per encoder pass when filling the cache
 
 
 def default_directory():
@@ -82,16 +90,16 @@ class FeatureCache:
         self.directory = cfg.FEATURES.CACHE_DIR or default_directory()
         self.max_bytes = cfg.FEATURES.CACHE_MAX_GB * 1e9
         self.root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT or "."))
-        self.dim = clip_model.visual.output_dim
+        self.dim = clip_model.embed_dim
         self.encoder_passes = 0  # images encoded by this instance (0 when everything was cached)
 
     def namespace(self, transform, view):
-        description = {"version": VERSION, "weights_sha256": self.clip_model.weights_sha256,
+        description = {"version": VERSION, "weights_sha256": self.clip_model.identity,
                        "dtype": str(self.clip_model.dtype), "transform": describe_transform(transform), "view": view}
         digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
         return osp.join(self.directory, digest), description
 
-    def get(self, data_source, transform, view=0, desc="images"):
+    def get(self, data_source, transform, view=0, desc=""):
         """(features [N, D] unit-norm float32 on CPU, labels [N]) for one view of ``data_source``."""
         folder, description = self.namespace(transform, view)
         keys = [image_key(item.impath) if osp.isfile(item.impath) else item.impath for item in data_source]
@@ -164,11 +172,10 @@ class FeatureCache:
             _ViewDataset(self.cfg, data_source, transform, view, self.root),
             batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
         features = []
-        label = f"Encoding {len(data_source)} {desc} images" + (f" (view {view})" if view else "")
+        label = f"Encoding {len(data_source)} {desc + ' ' if desc else ''}images" + (f" (view {view})" if view else "")
         for batch in progress(loader, label):
-            images = batch["img"].to(self.device).type(self.clip_model.dtype)
-            features.append(F.normalize(self.clip_model.encode_image(images).float(), dim=-1).cpu())
-            self.encoder_passes += images.shape[0]
+            features.append(self.clip_model.encode_images(batch["img"].to(self.device)).cpu())
+            self.encoder_passes += features[-1].shape[0]
         return torch.cat(features)
 
 

@@ -55,7 +55,7 @@ class LLU(ClipTrainer):
 
     def build_model(self):
         llu = self.cfg.TRAINER.LLU
-        dim = self.clip_model.text_projection.shape[1]
+        dim = self.clip_model.embed_dim
         self.adapter = LocalizedLinearAdapter(
             dim, beta=llu.BETA, gamma=llu.GAMMA, mask=llu.MASK, init=llu.INIT, shared=llu.SHARED,
             adapt=llu.ADAPT, reg_form=llu.REG_FORM, dirac_threshold=llu.DIRAC_THRESHOLD).to(self.device)

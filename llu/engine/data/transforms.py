@@ -18,7 +18,8 @@ def _to_rgb(image):
 
 
 def build_transform(cfg, is_train=True, choices=None):
-    """Train: random resized crop + flip; test: resize the short side + center crop; both normalise."""
+    """Train: random resized crop + flip; test: resize the short side + center crop (or, with
+    INPUT.RESIZE_MODE "squash", resize to the size); both normalise."""
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     for name in choices:
         if name not in AVAILABLE_TRANSFORMS:
@@ -32,6 +33,8 @@ def build_transform(cfg, is_train=True, choices=None):
     steps = [_to_rgb]
     if is_train and "random_resized_crop" in choices:
         steps.append(RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interp))
+    elif cfg.INPUT.get("RESIZE_MODE", "shortest") == "squash":  # some OpenCLIP models: the whole image, resized
+        steps.append(Resize(size, interpolation=interp))
     else:
         steps += [Resize(max(size), interpolation=interp), CenterCrop(size)]
     if is_train and "random_flip" in choices:

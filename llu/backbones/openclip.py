@@ -1,0 +1,176 @@
+"""OpenCLIP models: ``openclip:<model>``, the model by open_clip's name (``ViT-B-16``, ``ViT-L-14``,
+``convnext_base_w``) or a model config JSON file in open_clip's format; its weights from
+``MODEL.BACKBONE.WEIGHTS``: a file (an open_clip state dict, ``.bin``/``.pt``/``.safetensors``, read
+without unpickling objects) or one of open_clip's pretrained tags for the model (``laion2b_s34b_b88k``)
+when open_clip's download of it is in the local cache. open_clip's own preprocessing, tokenizer and
+learned logit scale are used."""
+import contextlib
+import logging
+import os.path as osp
+
+import torch
+
+from llu.utils import UserError
+
+from .base import ClipBackbone, Preprocess, combined_sha256
+
+
+def _open_clip():
+    try:
+        import open_clip
+    except ImportError:
+        raise UserError("openclip: backbones need open_clip: pip install open_clip_torch") from None
+    return open_clip
+
+
+@contextlib.contextmanager
+def quiet_logging():
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def model_name(spec):
+    """open_clip's name for ``spec``; a config JSON file is registered with open_clip first."""
+    open_clip = _open_clip()
+    if spec.endswith(".json"):
+        if not osp.isfile(spec):
+            raise UserError(f"MODEL.BACKBONE.NAME openclip:{spec}: no such model config file")
+        open_clip.add_model_config(spec)
+        return osp.splitext(osp.basename(spec))[0]
+    if spec not in open_clip.list_models():
+        raise UserError(f"MODEL.BACKBONE.NAME openclip:{spec}: not one of open_clip's models (open_clip.list_models()) "
+                        f"nor a model config .json file")
+    return spec
+
+
+def cached_pretrained_file(pretrained):
+    """The local file of a pretrained tag's download, or None when it is not in the local cache."""
+    if pretrained.get("file"):
+        return pretrained["file"]
+    hub = pretrained.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        repo, filename = osp.split(hub)
+        for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found
+    url = pretrained.get("url", "")
+    if url:
+        path = osp.join(osp.expanduser("~/.cache/clip"), osp.basename(url))
+        if osp.isfile(path):
+            return path
+    return None
+
+
+def resolve_weights(name, weights):
+    """(weights file, the tag's pretrained settings or {}) for ``MODEL.BACKBONE.WEIGHTS``."""
+    open_clip = _open_clip()
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not weights:
+        raise UserError(f"MODEL.BACKBONE.NAME openclip:{name} needs MODEL.BACKBONE.WEIGHTS: a weights file, or one of "
+                        f"open_clip's pretrained tags for it ({', '.join(tags) or 'none'})")
+    if osp.isfile(osp.expanduser(weights)):
+        return osp.expanduser(weights), {}
+    if weights not in tags:
+        raise UserError(f"MODEL.BACKBONE.WEIGHTS {weights}: neither a file nor one of open_clip's pretrained tags for "
+                        f"{name} ({', '.join(tags) or 'none'})")
+    pretrained = open_clip.get_pretrained_cfg(name, weights)
+    path = cached_pretrained_file(pretrained)
+    if path is None:
+        source = pretrained.get("hf_hub") or pretrained.get("url")
+        raise UserError(f"MODEL.BACKBONE.WEIGHTS {weights}: open_clip's {name} weights are not in the local cache and "
+                        f"cannot be downloaded here; download them ({source}) where there is a network and pass the "
+                        f"file as MODEL.BACKBONE.WEIGHTS")
+    return path, pretrained
+
+
+def locate(spec, weights):
+    from . import weights_sha256
+    name = model_name(spec)
+    path, pretrained = resolve_weights(name, weights)
+    sha256 = weights_sha256(path)
+    config = _open_clip().get_model_config(name)
+    identity = combined_sha256("openclip", repr(sorted(config.items())), repr(sorted(pretrained.items())), sha256)
+    return identity, lambda device, prec, trust: OpenClip(name, path, pretrained, sha256, identity, device, prec)
+
+
+class OpenClip(ClipBackbone):
+    kind = "openclip"
+
+    def __init__(self, name, path, pretrained, sha256, identity, device, prec):
+        super().__init__()
+        open_clip = _open_clip()
+        precision = "fp16" if device.type == "cuda" and prec == "fp16" else "fp32"
+        preprocess = {k: pretrained[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pretrained}
+        # The random init before loading: off the global stream, and without open_clip's warning that
+        # no pretrained weights were loaded (they are, next).
+        with torch.random.fork_rng(devices=[]), quiet_logging():
+            self.model = open_clip.create_model(name, pretrained=None, precision=precision, device=device,
+                                                force_quick_gelu=bool(pretrained.get("quick_gelu", False)),
+                                                force_preprocess_cfg=preprocess or None)
+        try:
+            open_clip.load_checkpoint(self.model, path, strict=True, weights_only=True)
+        except Exception as e:  # open_clip raises several types for a file that does not fit
+            raise UserError(f"{path}: not open_clip weights of {name} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:300]})") from None
+        self.freeze(device)
+        self.weights_sha256, self.identity = sha256, identity
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps its text tower apart
+        cfg = self.model.visual.preprocess_cfg
+        self.preprocess = Preprocess(tuple(cfg["size"]) if isinstance(cfg["size"], (tuple, list)) else
+                                     (cfg["size"], cfg["size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                                     cfg.get("interpolation", "bicubic"), cfg.get("resize_mode", "shortest"))
+        if self.preprocess.interpolation not in ("bicubic", "bilinear"):
+            raise UserError(f"openclip:{name}: interpolation {self.preprocess.interpolation!r} is not supported")
+        self.context_length = self.tokenizer.context_length
+        self.embed_dim = open_clip.get_model_config(name)["embed_dim"]
+
+    @property
+    def dtype(self):
+        return next(self.model.visual.parameters()).dtype
+
+    @property
+    def logit_scale(self):
+        return self.model.logit_scale
+
+    @property
+    def logit_bias(self):
+        return getattr(self.model, "logit_bias", None)
+
+    @property
+    def token_embedding(self):
+        return getattr(self.text, "token_embedding", None)
+
+    def encode_image(self, images):
+        return self.model.encode_image(images)
+
+    def tokenize(self, texts):
+        if any(self.token_count(text) + 2 > self.context_length for text in texts):
+            longest = max(texts, key=self.token_count)
+            raise UserError(f"prompt too long for the model's context length {self.context_length}: {longest!r}")
+        return self.tokenizer(texts)
+
+    def token_count(self, text):
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is not None:  # open_clip's BPE tokenizer
+            return len(encode(text))
+        return len(self.tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])  # a Hugging Face one
+
+    def encode_text(self, tokens):
+        return self.model.encode_text(tokens)
+
+    def prompt_learning_problem(self):
+        open_clip = _open_clip()
+        if not isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer):
+            return f"its tokenizer is {type(self.tokenizer).__name__}, not CLIP's BPE"
+        if not isinstance(self.token_embedding, torch.nn.Embedding):
+            return "its text tower is not open_clip's text transformer"
+        pool = getattr(self.text, "text_pool_type", getattr(self.text, "pool_type", "argmax"))
+        if pool != "argmax" or getattr(self.text, "cls_emb", None) is not None:
+            return f"its text tower pools {pool!r}, not at the end-of-text token"
+        return None

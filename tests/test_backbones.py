@@ -1,0 +1,345 @@
+"""Backbones beyond OpenAI's format, on small random models the tests build (nothing downloaded):
+OpenCLIP (a model config JSON + an open_clip state dict), Hugging Face CLIP and SigLIP folders
+(save_pretrained), and datasets of precomputed embeddings."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from numerics import assert_close
+
+from llu.backbones import load_backbone
+from llu.trainers.coop import PromptLearner
+from llu.utils import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_OPENCLIP = {"embed_dim": 32,
+                 "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+TINY_TOWERS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
+
+
+@pytest.fixture(scope="module")
+def openclip_files(tmp_path_factory):
+    """(model config JSON, open_clip state dict file) of a tiny random OpenCLIP model."""
+    import open_clip
+    folder = tmp_path_factory.mktemp("openclip")
+    config = folder / "tiny-openclip.json"
+    config.write_text(json.dumps(TINY_OPENCLIP))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-openclip")
+    torch.save(model.state_dict(), folder / "tiny-openclip.bin")
+    return str(config), str(folder / "tiny-openclip.bin")
+
+
+def clip_bpe_tokenizer(folder):
+    """Hugging Face's CLIPTokenizer over CLIP's own BPE vocabulary (the one the clip package ships)."""
+    import clip.simple_tokenizer as simple
+    from transformers import CLIPTokenizer
+    lines = gzip.open(simple.default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(line.split()) for line in lines]
+    vocab = list(simple.bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory):
+    """{"clip": folder, "siglip": folder} of tiny random Hugging Face models saved with save_pretrained."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor,
+                              SiglipModel)
+    folders = {}
+    tokenizer = clip_bpe_tokenizer(tmp_path_factory.mktemp("bpe"))
+    text = dict(vocab_size=49408, max_position_embeddings=16, bos_token_id=49406, eos_token_id=49407,
+                pad_token_id=49407, **TINY_TOWERS)
+    vision = dict(image_size=32, patch_size=8, **TINY_TOWERS)
+    torch.manual_seed(0)
+    for name, model, processor in (
+            ("clip", CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)),
+             CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})),
+            ("siglip", SiglipModel(SiglipConfig(text_config=text, vision_config=vision)),
+             SiglipImageProcessor(size={"height": 32, "width": 32}))):
+        folder = tmp_path_factory.mktemp(name)
+        if name == "siglip":
+            with torch.no_grad():
+                model.logit_bias.fill_(-3.0)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        folders[name] = str(folder)
+    return folders
+
+
+def openclip_backbone(openclip_files):
+    config, weights = openclip_files
+    return load_backbone(f"openclip:{config}", weights=weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# Each backbone encodes as its own library does
+
+def test_openclip_encodes_as_open_clip_does(openclip_files):
+    import open_clip
+    backbone = openclip_backbone(openclip_files)
+    reference = open_clip.create_model("tiny-openclip", pretrained=openclip_files[1]).eval()
+    texts = ["a photo of a red circle.", "blue dots"]
+    tokens = open_clip.get_tokenizer("tiny-openclip")(texts)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(backbone.encode_texts(texts), reference.encode_text(tokens, normalize=True))
+        assert_close(backbone.encode_images(images), reference.encode_image(images, normalize=True))
+    assert torch.equal(backbone.logit_scale, reference.logit_scale)
+    assert backbone.embed_dim == 32 and backbone.context_length == 16 and backbone.preprocess.size == (32, 32)
+    assert not any(p.requires_grad for p in backbone.parameters())
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hugging_face_models_encode_as_transformers_does(hf_folders, kind):
+    from transformers import AutoModel, AutoTokenizer
+    backbone = load_backbone(f"hf:{hf_folders[kind]}")
+    reference = AutoModel.from_pretrained(hf_folders[kind]).eval()
+    texts = ["a photo of a red circle.", "blue dots"]
+    ids = AutoTokenizer.from_pretrained(hf_folders[kind])(texts, padding="max_length", max_length=16,
+                                                           return_tensors="pt")["input_ids"]
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        output = reference(input_ids=ids, pixel_values=images)
+        assert_close(backbone.encode_texts(texts), F.normalize(output.text_embeds, dim=-1))
+        assert_close(backbone.encode_images(images), F.normalize(output.image_embeds, dim=-1))
+    assert torch.equal(backbone.logit_scale, reference.logit_scale.reshape(()))
+    assert (backbone.logit_bias is not None) == (kind == "siglip")
+
+
+def test_siglip_bias_changes_no_prediction(hf_folders):
+    """SigLIP scores pairs by sigmoid(scale cos + bias); the classes' softmax of scale cos ranks them alike."""
+    from transformers import AutoModel, AutoTokenizer
+    backbone = load_backbone(f"hf:{hf_folders['siglip']}")
+    reference = AutoModel.from_pretrained(hf_folders["siglip"]).eval()
+    names = ["red circle", "blue dots", "green star"]
+    ids = AutoTokenizer.from_pretrained(hf_folders["siglip"])([f"a photo of a {n}." for n in names],
+                                                               padding="max_length", max_length=16,
+                                                               return_tensors="pt")["input_ids"]
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        pair_scores = torch.sigmoid(reference(input_ids=ids, pixel_values=images).logits_per_image)
+        ours = backbone.logit_scale.exp() * backbone.encode_images(images) @ \
+            backbone.class_text_features(names, ["a photo of a {}."]).t()
+    assert torch.equal(ours.argmax(1), pair_scores.argmax(1))
+
+
+def test_image_preprocessing_is_the_models(hf_folders, openclip_files):
+    assert load_backbone(f"hf:{hf_folders['siglip']}").preprocess.resize_mode == "squash"  # SigLIP: whole image
+    clip_pre = load_backbone(f"hf:{hf_folders['clip']}").preprocess
+    assert (clip_pre.size, clip_pre.resize_mode, clip_pre.interpolation) == ((32, 32), "shortest", "bicubic")
+    assert openclip_backbone(openclip_files).preprocess.mean == (0.48145466, 0.4578275, 0.40821073)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt learners: on CLIP text towers, refused elsewhere
+
+@pytest.mark.parametrize("which", ["openclip", "hf"])
+def test_word_initialised_prompts_encode_like_the_written_sentence(which, openclip_files, hf_folders):
+    backbone = openclip_backbone(openclip_files) if which == "openclip" else load_backbone(f"hf:{hf_folders['clip']}")
+    learner = PromptLearner(backbone, ["blue", "dark_green"], n_ctx=4, ctx_init="a photo of a")
+    with torch.no_grad():
+        features = backbone.encode_prompts(learner(), learner.tokenized_prompts)
+        expected = backbone.encode_text(backbone.tokenize(["a photo of a blue.", "a photo of a dark green."]))
+    assert_close(features, expected)
+
+
+def test_prompt_learners_are_refused_on_siglip_with_one_line(hf_folders):
+    with pytest.raises(UserError, match="prompt learners .* cannot run on MODEL.BACKBONE.NAME hf:.*SigLIP"):
+        PromptLearner(load_backbone(f"hf:{hf_folders['siglip']}"), ["blue"], n_ctx=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through train.py
+
+def run_train(root, out, backbone, *opts, trainer="LLU", config="configs/trainers/LLU/vit_b16.yaml", data=None,
+              cache=None, flags=()):
+    data = data or ["--dataset-config-file", "configs/datasets/imagefolder.yaml"]
+    args = [sys.executable, "train.py", "--root", str(root), "--trainer", trainer, *data, "--config-file", config,
+            "--backbone", backbone, "--output-dir", str(out), "--seed", "1", *flags, "DATASET.NUM_SHOTS", "2",
+            "OPTIM.MAX_EPOCH", "2", "FEATURES.AUG_VIEWS", "1", *opts]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLU_CACHE=str(cache or (out.parent / "cache")))
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("which", ["openclip", "hf_clip", "hf_siglip"])
+def test_llu_trains_and_evaluates_base_to_new_on_other_backbones(which, image_folder, openclip_files, hf_folders,
+                                                                  tmp_path):
+    root = os.path.dirname(image_folder)
+    if which == "openclip":
+        backbone, extra = f"openclip:{openclip_files[0]}", ["MODEL.BACKBONE.WEIGHTS", openclip_files[1]]
+    else:
+        backbone, extra = f"hf:{hf_folders[which[3:]]}", []
+    common = ["DATASET.IMAGEFOLDER.DIR", "my_images", *extra]
+    trained = run_train(root, tmp_path / "base", backbone, *common, "DATASET.SUBSAMPLE_CLASSES", "base")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    new = run_train(root, tmp_path / "new", backbone, *common, "DATASET.SUBSAMPLE_CLASSES", "new",
+                    flags=("--eval-only", "--model-dir", str(tmp_path / "base")))
+    assert new.returncode == 0, new.stderr[-2000:]
+    results = json.loads((tmp_path / "new" / "results.json").read_text())
+    assert results["backbone"] == backbone and results["train_subsample_classes"] == "base"
+    assert len(results["provenance"]["backbone_sha256"]) == 64
+
+
+def test_coop_trains_on_an_openclip_text_tower_and_is_refused_on_siglip(image_folder, openclip_files, hf_folders,
+                                                                         tmp_path):
+    root = os.path.dirname(image_folder)
+    coop = dict(trainer="CoOp", config="configs/trainers/CoOp/vit_b16.yaml")
+    ok = run_train(root, tmp_path / "coop", f"openclip:{openclip_files[0]}", "DATASET.IMAGEFOLDER.DIR", "my_images",
+                   "MODEL.BACKBONE.WEIGHTS", openclip_files[1], "TRAINER.COOP.N_CTX", "4",
+                   "INPUT.TRANSFORMS", "['normalize']", **coop)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    refused = run_train(root, tmp_path / "siglip", f"hf:{hf_folders['siglip']}", "DATASET.IMAGEFOLDER.DIR",
+                        "my_images", **coop)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: prompt learners (CoOp, CoCoOp, ProGrad) cannot")
+
+
+def test_the_feature_cache_keeps_each_backbone_apart(image_folder, openclip_files, hf_folders, tmp_path):
+    root, cache = os.path.dirname(image_folder), tmp_path / "cache"
+    for name, backbone, extra in (("hf", f"hf:{hf_folders['clip']}", []),
+                                  ("oc", f"openclip:{openclip_files[0]}", ["MODEL.BACKBONE.WEIGHTS", openclip_files[1]])):
+        run = run_train(root, tmp_path / name, backbone, "DATASET.IMAGEFOLDER.DIR", "my_images", *extra,
+                        trainer="ZeroshotCLIP", config="configs/trainers/ZeroshotCLIP/vit_b16.yaml", cache=cache)
+        assert run.returncode == 0, run.stderr[-2000:]
+    weights = {json.loads((folder / "meta.json").read_text())["weights_sha256"]
+               for folder in (cache / "features").iterdir()}
+    assert len(weights) == 2  # same images and transform, two backbones: two namespaces
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("", "needs MODEL.BACKBONE.WEIGHTS: a weights file, or one of open_clip's pretrained tags for it"),
+    ("laion2b_s34b_b79k", "not in the local cache and cannot be downloaded here; download them"),
+    ("no_such_tag", "neither a file nor one of open_clip's pretrained tags for ViT-B-32"),
+])
+def test_openclip_weights_that_are_not_here_are_one_line(tmp_path, monkeypatch, weights, message):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UserError, match=message):
+        load_backbone("openclip:ViT-B-32", weights=weights)
+
+
+def test_openclip_weights_of_another_model_name_the_file(openclip_files, tmp_path):
+    import open_clip
+    wider = tmp_path / "wider-openclip.json"
+    wider.write_text(json.dumps(dict(TINY_OPENCLIP, embed_dim=48)))
+    open_clip.add_model_config(str(wider))
+    torch.save(open_clip.create_model("wider-openclip").state_dict(), tmp_path / "wider.bin")
+    with pytest.raises(UserError, match="wider.bin: not open_clip weights of tiny-openclip"):
+        load_backbone(f"openclip:{openclip_files[0]}", weights=str(tmp_path / "wider.bin"))
+
+
+def test_hf_folder_without_a_model_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="not a model saved with save_pretrained"):
+        load_backbone(f"hf:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Precomputed embeddings
+
+def store_trainer_features(trainer, path, with_text=True, fmt="npz"):
+    """Write the image features a trainer read for its whole split (train, val, test) as an embeddings file."""
+    items, split = [], []
+    for code, part in enumerate(("train", "val", "test")):
+        data = trainer.split_data("full_val" if part == "val" else part)
+        items += data
+        split += [code] * len(data)
+    features = torch.cat([trainer.feature_cache.get(items, trainer.dm.tfm_test, 0)[0]])
+    labels = np.array([item.label for item in items])
+    arrays = {"image_features": features.numpy(), "labels": labels, "split": np.array(split)}
+    classnames = trainer.classnames
+    if with_text:
+        arrays["text_features"] = trainer.class_text_features().numpy()
+        arrays["inverse_temperature"] = np.array(trainer.logit_scale.item())
+    if fmt == "npz":
+        np.savez(path, classnames=np.array(classnames), **arrays)
+    else:
+        from safetensors.numpy import save_file
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path),
+                  metadata={"classnames": json.dumps(classnames)})
+    return path
+
+
+@pytest.fixture
+def folder_trainer(image_folder, tiny_clip_file, tmp_path, monkeypatch):
+    """A ZeroshotCLIP trainer on the image folder (all classes), for its features and splits."""
+    import train
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(REPO)
+    from llu.engine import build_trainer
+    args = train.build_parser().parse_args(
+        ["--root", os.path.dirname(image_folder), "--trainer", "ZeroshotCLIP", "--dataset-config-file",
+         "configs/datasets/imagefolder.yaml", "--config-file", "configs/trainers/ZeroshotCLIP/vit_b16.yaml",
+         "--backbone", tiny_clip_file, "--seed", "1", "DATASET.IMAGEFOLDER.DIR", "my_images"])
+    return build_trainer(train.setup_cfg(args))
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_stored_embeddings_give_the_image_folder_runs_numbers(folder_trainer, image_folder, tiny_clip_file, tmp_path,
+                                                              fmt):
+    """The same features, split and seed through the embeddings dataset: the same LLU model and accuracy."""
+    store = store_trainer_features(folder_trainer, tmp_path / f"colours.{fmt}", fmt=fmt)
+    root = os.path.dirname(image_folder)
+    embeddings = ["--dataset-config-file", "configs/datasets/embeddings.yaml"]
+    for backbone in (tiny_clip_file, "embeddings"):  # the model's text encoder, or the stored class texts
+        for name, data, opts in (("folder", None, ["DATASET.IMAGEFOLDER.DIR", "my_images"]),
+                                 ("stored", embeddings, ["DATASET.EMBEDDINGS.FILE", str(store)])):
+            # One feature cache: the folder run reads the very features the file stores.
+            run = run_train(root, tmp_path / f"{backbone == 'embeddings'}" / name,
+                            tiny_clip_file if name == "folder" else backbone, *opts, "FEATURES.AUG_VIEWS", "0",
+                            "DATASET.SUBSAMPLE_CLASSES", "base", data=data, cache=tmp_path / "cache")
+            assert run.returncode == 0, run.stderr[-2000:]
+        folder, stored = (json.loads((tmp_path / f"{backbone == 'embeddings'}" / n / "results.json").read_text())
+                          for n in ("folder", "stored"))
+        assert stored["accuracy"] == folder["accuracy"]
+        assert stored["per_class_accuracy"] == folder["per_class_accuracy"]
+        # The stored class texts were encoded in one batch of all 4 classes, the folder run's 2 base classes
+        # in another: equal up to float32 round-off of the text encoder. The same encoder: bit for bit.
+        rel = 1e-5 if backbone == "embeddings" else 0
+        assert stored["llu_regularizer"] == pytest.approx(folder["llu_regularizer"], rel=rel, abs=0)
+        assert stored["dataset"] == "colours" and stored["dataset_reader"] == "Embeddings"
+
+
+def test_embeddings_without_text_need_a_model(folder_trainer, image_folder, tmp_path):
+    store = store_trainer_features(folder_trainer, tmp_path / "colours.npz", with_text=False)
+    run = run_train(os.path.dirname(image_folder), tmp_path / "out", "embeddings", "DATASET.EMBEDDINGS.FILE",
+                    str(store), data=["--dataset-config-file", "configs/datasets/embeddings.yaml"])
+    assert run.returncode == 2 and "holds no text_features" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"labels": np.zeros(4, int)}, "image_features and labels are required"),
+    ({"image_features": np.full((4, 8), np.nan, np.float32), "labels": np.arange(4) % 2},
+     "image_features must be a finite float array"),
+    ({"image_features": np.ones((4, 8), np.float32), "labels": np.array([0, 1, 2, 3])}, "labels must be 0 to 1"),
+    ({"image_features": np.ones((4, 8), np.float32), "labels": np.arange(4) % 2,
+      "split": np.array([0, 1, 2, 5])}, "split must be 4 codes"),
+    ({"image_features": np.ones((4, 8), np.float32), "labels": np.arange(4) % 2,
+      "text_features": np.ones((3, 8), np.float32)}, r"text_features must be finite, \[2, 8\]"),
+])
+def test_a_bad_embeddings_file_is_one_line_naming_it(tmp_path, arrays, message):
+    from llu.datasets.embeddings import EmbeddingsFile
+    path = tmp_path / "bad.npz"
+    np.savez(path, classnames=np.array(["a", "b"]), **arrays)
+    with pytest.raises(UserError, match=f"{path}: {message}"):
+        EmbeddingsFile(str(path))
+
+
+def test_an_embeddings_file_holding_pickles_is_refused(tmp_path):
+    from llu.datasets.embeddings import EmbeddingsFile
+    path = tmp_path / "pickled.npz"
+    np.savez(path, image_features=np.ones((2, 4), np.float32), labels=np.array([0, 1]),
+             classnames=np.array([{"a": 1}, "b"], dtype=object))  # an object array is a pickle
+    with pytest.raises(UserError, match="cannot be read as an .npz file without pickles"):
+        EmbeddingsFile(str(path))
