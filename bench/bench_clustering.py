@@ -1,15 +1,19 @@
-"""Anchor clustering (LLU Section 3.2): ``cluster_anchors`` vs scipy's complete linkage.
+"""LLU's anchor clustering (Section 3.2) at scale: the exact complete linkage against scipy's, and
+the scalable path (micro-clusters, then complete linkage) for sets no n x n matrix fits.
 
-Each measurement runs in a fresh subprocess (one thread) that builds the data from a seed, records
-its peak resident memory, clusters, and reports the wall time of the clustering and the growth of
-peak RSS during it (torch allocations are invisible to tracemalloc). Both implementations see the
-same features; their partitions are compared by the adjusted Rand index.
+Each measurement runs in a fresh subprocess (one thread) that builds the data from a seed, clusters,
+and reports the wall time of the clustering and the growth of its resident memory during it (polled
+every 2 ms against the size just before; torch allocations are invisible to tracemalloc). Partitions are compared by the
+adjusted Rand index (ARI).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_clustering.py               # n = 4000 and 16000
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_clustering.py --n 4000 --no-scipy-at-16k
+    python bench/bench_clustering.py                 # 2k-16k exact vs scipy, scalable at 16k and 1M
+    python bench/bench_clustering.py --sizes 2000 4000 --scalable-sizes 100000   # smaller
 
-Data: "random", unit Gaussian directions in d = 512; "classes", ImageNet-like 16-shot features:
-1000 random class centres, 16 points each at cosine ~0.8 to their centre (n = 16,000 uses all).
+Data, d = 512 (unit vectors): "random" Gaussian directions (no cluster structure: any two methods
+disagree on which points to group); "classes1000" ImageNet-like 16-shot features (1000 class
+centres, points at cosine ~0.8 to their centre: 1000 classes into 512 clusters, an arbitrary
+pairing); "classes512" the same with 512 centres (a structure the 512 clusters can recover).
+Writes bench/results/clustering.json and prints the table with ratios and the targets.
 """
 import argparse
 import json
@@ -18,81 +22,154 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from llu.utils import write_json  # noqa: E402
+
+# The targets of issue 13 (ratios measured side by side in one run).
+TARGETS = {"exact_time_vs_scipy": 0.25, "exact_memory_vs_scipy": 0.6, "scalable_ari_16k": 0.9,
+           "scalable_1m_peak_mb": 2000, "scalable_1m_seconds": 120}
 
 WORKER = r"""
 import json, resource, sys, time
 import numpy as np
 import torch
 torch.set_num_threads(1)
-kind, data, out = sys.argv[1], sys.argv[2], sys.argv[6]
-n, dim, k = (int(a) for a in sys.argv[3:6])
+method, data, n, dim, k, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 g = torch.Generator().manual_seed(0)
+F = torch.nn.functional
 if data == "random":
     x = torch.randn(n, dim, generator=g)
-else:  # 1000 class centres, 16 points per class, noise at cosine ~0.8 to the centre
-    centres = torch.nn.functional.normalize(torch.randn(1000, dim, generator=g), dim=-1)
-    noise = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=-1)
-    x = centres[torch.arange(n) % 1000] + 0.75 * noise
-x = torch.nn.functional.normalize(x, dim=-1)
-if kind == "scipy":
+else:
+    classes = int(data[len("classes"):])
+    x = F.normalize(torch.randn(classes, dim, generator=g), dim=-1)[torch.arange(n) % classes]
+    x += 0.75 * F.normalize(torch.randn(n, dim, generator=g), dim=-1)
+x = F.normalize(x, dim=-1)
+if method == "scipy":
     from scipy.cluster.hierarchy import fcluster, linkage
     x_np = x.double().numpy()
 else:
     from llu.trainers.llu_adapter import cluster_anchors
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# Peak memory of the clustering alone: the resident size polled every 2 ms, against the resident
+# size just before it (ru_maxrss would include building the data).
+page = resource.getpagesize()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * page
+import threading
+peak, running = [rss()], [True]
+def poll():
+    while running[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+rss0 = rss()
+poller = threading.Thread(target=poll, daemon=True)
+poller.start()
 t0 = time.perf_counter()
-if kind == "scipy":
+if method == "scipy":
     labels = fcluster(linkage(x_np, method="complete", metric="cosine"), k, criterion="maxclust")
 else:
-    anchors, labels = cluster_anchors(x, k)
+    anchors, labels = cluster_anchors(x, k, exact_limit=0 if method == "scalable" else n)
     labels = labels.numpy()
 seconds = time.perf_counter() - t0
-rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+running[0] = False
+poller.join()
+peak[0] = max(peak[0], rss())
 np.save(out, np.asarray(labels))
-print(json.dumps({"seconds": seconds, "peak_rss_growth_mb": (rss1 - rss0) / 1024,
+print(json.dumps({"seconds": seconds, "peak_rss_growth_mb": (peak[0] - rss0) / 2 ** 20,
                   "clusters": int(len(set(labels.tolist())))}))
 """
 
 
-def measure(kind, data, n, dim, k, out):
+def measure(method, data, n, args):
+    out = os.path.join(args.tmp, f"bench_clustering_{method}_{data}_{n}.npy")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, "-c", WORKER, kind, data, str(n), str(dim), str(k), out],
-                            env=env, capture_output=True, text=True, check=True, cwd=REPO)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    result = subprocess.run([sys.executable, "-c", WORKER, method, data, str(n), str(args.dim), str(args.clusters),
+                             out], env=env, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"{method} on {data} n={n} failed:\n{result.stderr[-2000:]}")
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    row["labels_file"] = out
+    print(f"{data:12s} {n:8d} {method:9s} {row['seconds']:8.2f} s {row['peak_rss_growth_mb']:8.0f} MB "
+          f"{row['clusters']:5d} clusters", flush=True)
+    return row
 
 
-def main():
+def ari(a, b):
     import numpy as np
     from sklearn.metrics import adjusted_rand_score
+    return float(adjusted_rand_score(np.load(a["labels_file"]), np.load(b["labels_file"])))
 
+
+def verdict(value, target, smaller_is_better=True):
+    met = value <= target if smaller_is_better else value >= target
+    return f"{'met' if met else 'MISSED'} (target {'<=' if smaller_is_better else '>='} {target})"
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[4000, 16000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 4000, 8000, 16000],
+                        help="exact clustering against scipy at these n")
+    parser.add_argument("--scalable-sizes", type=int, nargs="*", default=[1000000],
+                        help="the scalable path alone at these n (random data)")
+    parser.add_argument("--agreement-size", type=int, default=16000, help="n of the scalable-vs-exact ARI")
+    parser.add_argument("--data", nargs="*", default=["random", "classes1000", "classes512"])
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=512)
-    parser.add_argument("--data", nargs="+", default=["random", "classes"])
-    parser.add_argument("--no-scipy-at-16k", action="store_true", help="skip scipy when n > 8000")
     parser.add_argument("--tmp", default="/tmp")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "clustering.json"))
+    args = parser.parse_args(argv)
 
-    print(f"{'data':8s} {'n':>6s} {'impl':6s} {'seconds':>8s} {'peak MB':>8s} {'k':>5s}"
-          "   ratios (ours / scipy), ARI")
+    result = {"dim": args.dim, "clusters": args.clusters, "exact_vs_scipy": [], "agreement": [], "scalable": [],
+              "targets": TARGETS, "verdicts": {}}
+    for n in args.sizes:  # random data: the worst case for time (no early, easy merges)
+        ours, scipy = measure("exact", "random", n, args), measure("scipy", "random", n, args)
+        result["exact_vs_scipy"].append({
+            "n": n, "exact": ours, "scipy": scipy, "time_ratio": ours["seconds"] / scipy["seconds"],
+            "memory_ratio": ours["peak_rss_growth_mb"] / max(scipy["peak_rss_growth_mb"], 1.0),
+            "ari": ari(ours, scipy)})
     for data in args.data:
-        for n in args.n:
-            rows = {}
-            for kind in ("ours", "scipy"):
-                if kind == "scipy" and args.no_scipy_at_16k and n > 8000:
-                    continue
-                out = os.path.join(args.tmp, f"bench_clustering_{kind}_{data}_{n}.npy")
-                rows[kind] = measure(kind, data, n, args.dim, args.clusters, out)
-                rows[kind]["labels"] = np.load(out)
-                r = rows[kind]
-                print(f"{data:8s} {n:6d} {kind:6s} {r['seconds']:8.2f} {r['peak_rss_growth_mb']:8.0f}"
-                      f" {r['clusters']:5d}", flush=True)
-            if "scipy" in rows:
-                ours, ref = rows["ours"], rows["scipy"]
-                print(f"{'':31s} {'':8s}   time {ours['seconds'] / ref['seconds']:.2f}x, "
-                      f"memory {ours['peak_rss_growth_mb'] / max(ref['peak_rss_growth_mb'], 1):.2f}x, "
-                      f"ARI {adjusted_rand_score(ours['labels'], ref['labels']):.4f}", flush=True)
+        n = args.agreement_size
+        exact, scalable = measure("exact", data, n, args), measure("scalable", data, n, args)
+        result["agreement"].append({"data": data, "n": n, "exact": exact, "scalable": scalable,
+                                    "ari_scalable_vs_exact": ari(scalable, exact)})
+    for n in args.scalable_sizes:
+        result["scalable"].append({"n": n, "data": "random", **measure("scalable", "random", n, args)})
+
+    print("\nExact complete linkage against scipy (random data, one thread):")
+    print("| n | ours s | scipy s | time ratio | ours MB | scipy MB | memory ratio | ARI |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in result["exact_vs_scipy"]:
+        print(f"| {row['n']} | {row['exact']['seconds']:.2f} | {row['scipy']['seconds']:.2f} | {row['time_ratio']:.2f}x "
+              f"| {row['exact']['peak_rss_growth_mb']:.0f} | {row['scipy']['peak_rss_growth_mb']:.0f} "
+              f"| {row['memory_ratio']:.2f}x | {row['ari']:.3f} |")
+    print(f"\nScalable path against exact at n = {args.agreement_size}:")
+    print("| data | exact s | scalable s | ARI |")
+    print("| --- | --- | --- | --- |")
+    for row in result["agreement"]:
+        print(f"| {row['data']} | {row['exact']['seconds']:.2f} | {row['scalable']['seconds']:.2f} "
+              f"| {row['ari_scalable_vs_exact']:.3f} |")
+    for row in result["scalable"]:
+        print(f"\nScalable path, n = {row['n']:,}: {row['seconds']:.1f} s, peak memory growth "
+              f"{row['peak_rss_growth_mb']:.0f} MB, {row['clusters']} clusters")
+
+    verdicts = result["verdicts"]
+    largest = max(result["exact_vs_scipy"], key=lambda row: row["n"], default=None)
+    if largest:
+        verdicts["exact_time_vs_scipy"] = verdict(largest["time_ratio"], TARGETS["exact_time_vs_scipy"])
+        verdicts["exact_memory_vs_scipy"] = verdict(largest["memory_ratio"], TARGETS["exact_memory_vs_scipy"])
+    structured = [row for row in result["agreement"] if row["data"] == "classes512"]
+    if structured:
+        verdicts["scalable_ari_16k"] = verdict(structured[0]["ari_scalable_vs_exact"], TARGETS["scalable_ari_16k"],
+                                               smaller_is_better=False)
+    million = [row for row in result["scalable"] if row["n"] >= 1000000]
+    if million:
+        verdicts["scalable_1m_peak_mb"] = verdict(million[0]["peak_rss_growth_mb"], TARGETS["scalable_1m_peak_mb"])
+        verdicts["scalable_1m_seconds"] = verdict(million[0]["seconds"], TARGETS["scalable_1m_seconds"])
+    print("\nTargets: " + "; ".join(f"{name}: {text}" for name, text in verdicts.items()))
+    write_json(result, args.out)
+    print(f"wrote {args.out}")
+    return result
 
 
 if __name__ == "__main__":

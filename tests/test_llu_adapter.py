@@ -243,6 +243,62 @@ def test_clustering_is_deterministic_with_ties():
     assert first[1][0] == 0  # clusters are numbered by their smallest member
 
 
+def clustered_points(n_clusters, per_cluster, dim=32, spread=0.3, seed=0):
+    """Points around ``n_clusters`` random directions (cos to their centre ~0.95), shuffled; and their centre ids."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(n_clusters, dim, generator=g), dim=-1)
+    truth = torch.arange(n_clusters).repeat(per_cluster)[torch.randperm(n_clusters * per_cluster, generator=g)]
+    noise = F.normalize(torch.randn(truth.numel(), dim, generator=g), dim=-1)
+    return F.normalize(centres[truth] + spread * noise, dim=-1), truth
+
+
+def test_the_scalable_path_finds_the_clusters_the_exact_one_finds():
+    x, truth = clustered_points(24, 40)
+    exact = cluster_anchors(x, 24)
+    scalable = cluster_anchors(x, 24, exact_limit=0)  # forced: micro-clusters, then complete linkage
+    assert same_partition(exact[1], truth) and same_partition(scalable[1], exact[1])
+    torch.testing.assert_close(scalable[0], exact[0])  # the same clusters, numbered alike: the same anchors
+
+
+def test_the_scalable_path_is_chosen_above_the_exact_limit_and_keeps_the_anchor_contract():
+    from llu.trainers import llu_adapter
+    x, _ = clustered_points(10, 30, seed=1)
+    calls = []
+    original = llu_adapter.micro_cluster_linkage
+    try:
+        llu_adapter.micro_cluster_linkage = lambda *a, **k: calls.append(1) or original(*a, **k)
+        anchors, assignment = cluster_anchors(x, 16, exact_limit=299)
+    finally:
+        llu_adapter.micro_cluster_linkage = original
+    assert calls == [1] and anchors.shape == (16, 32) and sorted(set(assignment.tolist())) == list(range(16))
+    assert assignment[0] == 0 and all(assignment[:i].max() + 1 >= assignment[i] for i in range(1, 300))  # numbered
+    for c in range(16):  # by first member, each anchor the normalised mean of its members
+        torch.testing.assert_close(anchors[c], F.normalize(x[assignment == c].mean(0), dim=0))
+    again = cluster_anchors(x, 16, exact_limit=299)
+    assert torch.equal(again[1], assignment) and torch.equal(again[0], anchors)  # deterministic
+
+
+def test_micro_cluster_distances_bound_the_farthest_members():
+    """The scalable path's distance between micro-clusters, (chord between centroids + both radii)^2 / 2,
+    is never below the farthest members' 1 - cos (complete linkage's measure); 1 - cos itself, added
+    up the same way, would be (it is no metric)."""
+    from llu.trainers.llu_adapter import spherical_kmeans
+    x, _ = clustered_points(6, 20, seed=2)
+    centres = spherical_kmeans(x, 12)
+    labels = (x @ centres.t()).argmax(1)
+    groups = [x[labels == c] for c in labels.unique()]
+    centroids = [F.normalize(g.mean(0), dim=0) for g in groups]
+    chord = [(2 * (1 - g @ c)).clamp(min=0).sqrt().max() for g, c in zip(groups, centroids)]
+    cosine_sum_bounds = []
+    for a in range(len(groups)):
+        for b in range(a + 1, len(groups)):
+            farthest = (1 - groups[a] @ groups[b].t()).max()
+            between = (2 * (1 - centroids[a] @ centroids[b])).clamp(min=0).sqrt()
+            assert farthest <= (between + chord[a] + chord[b]) ** 2 / 2 + 1e-6
+            cosine_sum_bounds.append(bool(farthest <= between ** 2 / 2 + chord[a] ** 2 / 2 + chord[b] ** 2 / 2))
+    assert not all(cosine_sum_bounds)
+
+
 def test_set_anchors_clusters_each_set_to_at_most_n_clusters():
     model = LocalizedLinearAdapter(12)
     model.set_anchors(unit(40, 12, seed=29), unit(5, 12, seed=30), n_clusters=10)

@@ -30,6 +30,9 @@ def add_llu_config(cfg):
     cfg.TRAINER.LLU.REG_FORM = "mse"  # mse: mean((W-I)^2) + mean(b^2), matches Table 4's values; norm: Eq. 6 as written
     cfg.TRAINER.LLU.INIT = "identity"  # identity (W = I, b = 0) or random (nn.Linear's init, "rand. init")
     cfg.TRAINER.LLU.N_CLUSTERS = 512  # anchors per set after complete-linkage clustering (<= 0: "no cluster")
+    # Above this many features per set, clustering takes the scalable path (micro-clusters, then complete
+    # linkage on them) instead of the exact one, whose n x n matrix needs 4 n^2 bytes.
+    cfg.TRAINER.LLU.EXACT_CLUSTER_LIMIT = 20000
     cfg.TRAINER.LLU.SHARED = False  # one adapter for images and texts (g_I = g_T)
     cfg.TRAINER.LLU.ADAPT = "both"  # which embeddings are adapted: both, image or text
 
@@ -43,7 +46,7 @@ def check_llu_config(llu):
             raise UserError(f"TRAINER.LLU.{key} must be {' or '.join(allowed)}, got {llu[key]!r}")
     if not 0.0 <= llu.BETA <= 1.0:
         raise UserError(f"TRAINER.LLU.BETA must be in [0, 1] (the largest interpolation weight), got {llu.BETA}")
-    for key in ("GAMMA", "LAMBDA"):
+    for key in ("GAMMA", "LAMBDA", "EXACT_CLUSTER_LIMIT"):
         if llu[key] < 0:
             raise UserError(f"TRAINER.LLU.{key} must be >= 0, got {llu[key]}")
 
@@ -65,15 +68,20 @@ class LLU(ClipTrainer):
 
     def before_train(self):
         super().before_train()
+        self.train_text_alpha = None  # computed at the first step, once the anchors are set
         if self.start_epoch == 0:
             # D_image: the training images' (un-augmented) features; D_text: the training class prompts.
             image_features = self.split_features("train")[0].to(self.device)
-            self.adapter.set_anchors(image_features, self.text_features, n_clusters=self.cfg.TRAINER.LLU.N_CLUSTERS)
+            self.adapter.set_anchors(image_features, self.text_features, n_clusters=self.cfg.TRAINER.LLU.N_CLUSTERS,
+                                     exact_limit=self.cfg.TRAINER.LLU.EXACT_CLUSTER_LIMIT)
             print(f"LLU anchors: {self.adapter.image_anchors.shape[0]} image, {self.adapter.text_anchors.shape[0]} text")
 
     def forward_backward(self, batch):
         image_features, label = self.parse_batch_train(batch)
-        logits = self.model_inference(image_features)  # Eq. 1 on the updated embeddings (Eq. 4-5)
+        if getattr(self, "train_text_alpha", None) is None:  # fixed class texts and anchors: fixed weights
+            self.train_text_alpha = self.adapter.interpolation_weights(self.text_features, "text")
+        # Eq. 1 on the updated embeddings (Eq. 4-5)
+        logits = self.adapter.logits(image_features, self.text_features, self.logit_scale, self.train_text_alpha)
         total, ce, reg = self.adapter.objective(logits, label, lam=self.cfg.TRAINER.LLU.LAMBDA)  # Eq. 3 + Eq. 6
         self.model_backward_and_update(total)
         return {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),

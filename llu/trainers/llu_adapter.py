@@ -86,6 +86,17 @@ def localized_update(f, adapter, alpha):
     return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + (1 - alpha) * f, dim=-1)
 
 
+_identities = {}
+
+
+def _identity(dim, dtype, device):
+    """The identity matrix, made once per (size, dtype, device): the regulariser runs every step."""
+    key = (dim, dtype, str(device))
+    if key not in _identities:
+        _identities[key] = torch.eye(dim, dtype=dtype, device=device)
+    return _identities[key]
+
+
 def identity_regularizer(adapters, form="mse"):
     """Eq. 6 without lambda: the distance of every affine adapter g = W x + b to the identity, summed.
 
@@ -99,7 +110,7 @@ def identity_regularizer(adapters, form="mse"):
         raise ValueError(f"form must be 'mse' or 'norm', got {form!r}")
     total = 0.0
     for g in adapters:
-        eye = torch.eye(g.weight.shape[0], dtype=g.weight.dtype, device=g.weight.device)
+        eye = _identity(g.weight.shape[0], g.weight.dtype, g.weight.device)
         if form == "mse":
             total = total + (g.weight - eye).pow(2).mean() + g.bias.pow(2).mean()
         else:
@@ -116,17 +127,16 @@ def complete_linkage(features, n_clusters):
     two clusters whose *farthest* members are closest (complete linkage), until n_clusters remain.
 
     Returns (assignment [n], heights [n - n_clusters]): cluster ids 0..k-1 numbered by their smallest
-    member index, and the distance of each merge in order. A float32 n x n matrix holds the current
-    cluster distances (4 n^2 bytes: 1.0 GB at n = 16,000); a merge of i and j replaces row and
-    column i by max(d(., i), d(., j)) (Lance-Williams for complete linkage) and retires j. Each row
-    caches its nearest neighbour; as complete-linkage distances never decrease, only rows whose
-    cached neighbour was i or j are rescanned. Ties go to the lowest index (deterministic).
-    n = 16,000 -> 512 takes 16-23 s on one CPU thread (bench/bench_clustering.py), including
-    about 3 s for the distance matrix; scipy's linkage needs 1.95 GB and 52-73 s for the same partition.
+    member index, and the distance of each merge in order. ``cosine_distances`` holds the current
+    cluster distances (4 n^2 bytes: 1.0 GB at n = 16,000); see there for how merges update it.
     """
     x = F.normalize(features.detach().float(), dim=-1)
+    return _complete_linkage(cosine_distances(x), n_clusters)
+
+
+def cosine_distances(x):
+    """The float32 matrix 1 - x x^T, built in row blocks, diagonal +inf."""
     n = x.shape[0]
-    n_merges = n - max(1, int(n_clusters))
     distance = torch.empty(n, n, dtype=torch.float32, device=x.device)
     rows = max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, n, rows):
@@ -134,10 +144,28 @@ def complete_linkage(features, n_clusters):
         torch.mm(x[start:start + rows], x.t(), out=block)
         block.neg_().add_(1.0)
     distance.fill_diagonal_(math.inf)
+    return distance
+
+
+# Retired rows and columns are dropped from the matrix when the active clusters fall to this
+# fraction of its size, so that later merges scan shorter rows and write shorter columns.
+_COMPACT_FRACTION = 0.7
+
+
+def _complete_linkage(distance, n_clusters):
+    """Complete linkage on a distance matrix (overwritten). A merge of i and j replaces row and column
+    i by max(d(., i), d(., j)) (Lance-Williams for complete linkage) and retires j. Each row caches
+    its nearest neighbour; as complete-linkage distances never decrease, only rows whose cached
+    neighbour was i or j are rescanned. Ties go to the lowest index (deterministic)."""
+    n = distance.shape[0]
+    n_merges = n - max(1, int(n_clusters))
+    storage = distance.view(-1)
     nearest_distance, nearest = distance.min(dim=1)
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    label = torch.arange(n, device=x.device)  # the smallest member index of each point's cluster
+    active = torch.ones(n, dtype=torch.bool, device=distance.device)
+    point = torch.arange(n, device=distance.device)  # the original index of each row
+    parent = list(range(n))  # merged clusters point at the cluster they went into
     heights = torch.empty(max(n_merges, 0), dtype=torch.float32)
+    alive = size = n
     for step in range(n_merges):
         a = int(nearest_distance.argmin())
         b = int(nearest[a])
@@ -145,36 +173,136 @@ def complete_linkage(features, n_clusters):
         heights[step] = nearest_distance[a]
         active[j] = False
         nearest_distance[j] = math.inf
-        label[label == j] = i
+        parent[int(point[j])] = int(point[i])
         merged = torch.maximum(distance[i], distance[j])  # d(k, i u j) = max(d(k, i), d(k, j))
         merged[i] = math.inf
         distance[i] = merged
-        # Column writes are strided (a cache miss per row): write column i for active rows only and
-        # never write column j; retired columns are masked when a row is rescanned instead.
-        alive = active.nonzero().squeeze(1)
-        distance[alive, i] = merged[alive]
+        distance[:, i] = merged  # retired rows get values too: never read
         stale = ((nearest == i) | (nearest == j)) & active
         stale[i] = True
         stale = stale.nonzero().squeeze(1)
         nearest_distance[stale], nearest[stale] = distance[stale].masked_fill_(~active, math.inf).min(dim=1)
-    assignment = torch.unique(label, return_inverse=True)[1]
-    return assignment, heights
+        alive -= 1
+        if alive <= _COMPACT_FRACTION * size and step + 1 < n_merges:
+            keep = active.nonzero().squeeze(1)
+            distance, size = _compact(storage, distance, keep), keep.numel()
+            renumber = torch.full_like(nearest, -1)
+            renumber[keep] = torch.arange(size, device=keep.device)
+            nearest, nearest_distance = renumber[nearest[keep]], nearest_distance[keep]
+            point, active = point[keep], active[keep]
+    return _roots(parent), heights
+
+
+def _compact(storage, distance, keep):
+    """The rows and columns ``keep`` of ``distance``, moved to the front of its own storage (each row
+    lands at or before where it was read, so copying in order overwrites nothing still needed)."""
+    m = keep.numel()
+    for row, source in enumerate(keep.tolist()):
+        storage[row * m:(row + 1) * m] = distance[source, keep]
+    return storage[:m * m].view(m, m)
+
+
+def _roots(parent):
+    """Cluster ids 0..k-1 (numbered by smallest member) of each point, following the merges."""
+    root = parent[:]
+    for point in range(len(root)):
+        top = root[point]
+        while root[top] != top:
+            top = root[top]
+        root[point] = top
+    return torch.unique(torch.tensor(root), return_inverse=True)[1]
+
+
+# Above this many features, the exact complete linkage's n x n matrix (4 n^2 bytes: 1.6 GB at
+# 20,000) gives way to ``micro_cluster_linkage``.
+EXACT_CLUSTER_LIMIT = 20000
+MICRO_CLUSTERS_PER_CLUSTER = 4  # micro-clusters per final cluster in the scalable path
+KMEANS_ITERATIONS = 10
+KMEANS_SAMPLE_PER_CENTRE = 32  # the micro-clusters' centres are fitted on this many points per centre
+
+
+def _chunks(x, rows=8192):
+    """Unit-norm row chunks of x, so that a normalised copy of a large x never exists at once."""
+    for chunk in x.split(rows):
+        yield F.normalize(chunk.float(), dim=-1)
+
+
+def _nearest_centre(x, centres):
+    return torch.cat([(chunk @ centres.t()).argmax(dim=1) for chunk in _chunks(x)])
 
 
 @torch.no_grad()
-def cluster_anchors(features, n_clusters):
+def spherical_kmeans(x, n_centres, iterations=KMEANS_ITERATIONS, sample=None, seed=0):
+    """Unit-norm centres of k-means on the sphere (cosine), fitted on a seeded sample of x's rows."""
+    generator = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    if sample is not None and sample < n:
+        x = x[torch.randperm(n, generator=generator)[:sample].sort().values.to(x.device)]
+    x = F.normalize(x.float(), dim=-1)
+    centres = x[torch.randperm(x.shape[0], generator=generator)[:n_centres].sort().values.to(x.device)].clone()
+    for _ in range(iterations):
+        assignment = _nearest_centre(x, centres)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, x)
+        filled = torch.bincount(assignment, minlength=centres.shape[0]) > 0
+        centres = torch.where(filled[:, None], F.normalize(sums, dim=-1), centres)  # an empty one stays
+    return centres
+
+
+@torch.no_grad()
+def micro_cluster_linkage(features, n_clusters, micro_clusters=None):
+    """Complete linkage at any scale: spherical k-means reduces the features to ``micro_clusters``
+    (default 4 per final cluster), then the exact complete linkage runs on those, with the distance
+    between two micro-clusters bounding their farthest members' 1 - cos from above, as complete
+    linkage measures it: with the chord |a - b| = sqrt(2 (1 - cos)), a metric, it is
+    (chord between the centroids + both radii)^2 / 2, a radius being the longest chord from a member
+    to its centroid. Memory beyond the features: a few chunks and the micro-clusters'
+    matrix. Returns the assignment [n] (cluster ids numbered by their smallest member index)."""
+    n = features.shape[0]
+    m = min(n, micro_clusters or MICRO_CLUSTERS_PER_CLUSTER * n_clusters)
+    centres = spherical_kmeans(features, m, sample=KMEANS_SAMPLE_PER_CENTRE * m)
+    micro = _nearest_centre(features, centres)
+    sums = torch.zeros_like(centres)
+    for chunk, labels in zip(_chunks(features), micro.split(8192)):
+        sums.index_add_(0, labels, chunk)
+    used = torch.unique(micro)  # micro-clusters with members, in order
+    centroids = F.normalize(sums[used], dim=-1)
+    renumber = torch.full((m,), -1, dtype=torch.long, device=micro.device)
+    renumber[used] = torch.arange(used.numel(), device=micro.device)
+    micro = renumber[micro]
+    radius = torch.zeros(used.numel(), device=centroids.device)  # the longest 1 - cos, then as a chord
+    for chunk, labels in zip(_chunks(features), micro.split(8192)):
+        radius.scatter_reduce_(0, labels, 1 - (chunk * centroids[labels]).sum(dim=1), reduce="amax")
+    radius = (2 * radius.clamp(min=0)).sqrt()
+    distance = cosine_distances(centroids)
+    distance = ((2 * distance.clamp_(min=0)).sqrt_().add_(radius[:, None]).add_(radius[None, :])).square_().mul_(0.5)
+    clusters, _ = _complete_linkage(distance, n_clusters)
+    # Renumber the final clusters by their smallest member, as the exact path does.
+    first = torch.full((int(clusters.max()) + 1,), n, dtype=torch.long, device=micro.device)
+    assignment = clusters[micro]
+    first.scatter_reduce_(0, assignment, torch.arange(n, device=micro.device), reduce="amin")
+    return first.argsort().argsort()[assignment]
+
+
+@torch.no_grad()
+def cluster_anchors(features, n_clusters, exact_limit=EXACT_CLUSTER_LIMIT):
     """The anchor set D of Eq. 5 for a set of features (Section 3.2, "Clustering").
 
     With at most n_clusters features (or n_clusters <= 0, Table 4's "no cluster") the normalised
-    features are the anchors; otherwise complete-linkage clusters, each represented by the
-    normalised mean of its members. Returns (anchors [k, d] unit vectors, assignment [n]).
+    features are the anchors; otherwise complete-linkage clusters (exact up to ``exact_limit``
+    features, ``micro_cluster_linkage`` above), each represented by the normalised mean of its
+    members. Returns (anchors [k, d] unit vectors, assignment [n]).
     """
-    x = F.normalize(features.detach().to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
-    n = x.shape[0]
+    n = features.shape[0]
     if n_clusters <= 0 or n <= n_clusters:
+        x = F.normalize(features.detach().to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
         return x, torch.arange(n, device=x.device)
-    assignment, _ = complete_linkage(x, n_clusters)
-    sums = x.new_zeros(int(assignment.max()) + 1, x.shape[1]).index_add_(0, assignment, x)
+    if n <= exact_limit:
+        assignment = complete_linkage(features, n_clusters)[0].to(features.device)
+    else:
+        assignment = micro_cluster_linkage(features, n_clusters)
+    sums = torch.zeros(int(assignment.max()) + 1, features.shape[1], device=features.device)
+    for chunk, labels in zip(_chunks(features.detach()), assignment.split(8192)):
+        sums.index_add_(0, labels, chunk)
     return F.normalize(sums, dim=-1), assignment
 
 
@@ -217,41 +345,47 @@ class LocalizedLinearAdapter(nn.Module):
             return None
         return self.adapters["shared" if self.shared else side]
 
-    def set_anchors(self, image_features=None, text_features=None, n_clusters=512):
+    def set_anchors(self, image_features=None, text_features=None, n_clusters=512, exact_limit=EXACT_CLUSTER_LIMIT):
         """D_image and D_text: the features trained on, clustered to n_clusters each when larger
-        (n_clusters <= 0: every feature is an anchor). None leaves that set as it is."""
+        (n_clusters <= 0: every feature is an anchor; above ``exact_limit`` features the scalable
+        path). None leaves that set as it is."""
         for name, features in (("image_anchors", image_features), ("text_anchors", text_features)):
             if features is not None:
                 old = getattr(self, name)
-                anchors = cluster_anchors(features, n_clusters)[0]
+                anchors = cluster_anchors(features, n_clusters, exact_limit)[0]
                 setattr(self, name, anchors.to(device=old.device, dtype=old.dtype))
 
-    def _transform(self, f, side):
+    def interpolation_weights(self, f, side):
+        """alpha(f, D_side) of Eq. 5 for each row of f (no gradient flows through it)."""
+        if self.mask == "dirac" and self.training:
+            # As the authors' code: the mask applies at evaluation only; in training alpha = beta, as
+            # augmented views never lie at an anchor and g would get no gradient otherwise.
+            return self.beta.expand(f.shape[0])
+        anchors = self.image_anchors if side == "image" else self.text_anchors
+        return interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)
+
+    def _transform(self, f, side, alpha=None):
         f = f.to(self.beta.dtype)
         g = self.adapter(side)
         if g is None:
             return F.normalize(f, dim=-1)
-        anchors = self.image_anchors if side == "image" else self.text_anchors
-        if self.mask == "dirac" and self.training:
-            # As the authors' code: the mask applies at evaluation only; in training alpha = beta, as
-            # augmented views never lie at an anchor and g would get no gradient otherwise.
-            alpha = self.beta.expand(f.shape[0])
-        else:
-            alpha = interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)  # Eq. 5
+        if alpha is None:
+            alpha = self.interpolation_weights(f, side)  # Eq. 5
         return localized_update(f, g, alpha)  # Eq. 4
 
-    def transform_image(self, image_features):
-        return self._transform(image_features, "image")
+    def transform_image(self, image_features, alpha=None):
+        return self._transform(image_features, "image", alpha)
 
-    def transform_text(self, text_features):
-        return self._transform(text_features, "text")
+    def transform_text(self, text_features, alpha=None):
+        """``alpha``: the texts' weights when the caller has them already (fixed texts: fixed weights)."""
+        return self._transform(text_features, "text", alpha)
 
     def forward(self, image_features, text_features, logit_scale):
         return self.logits(image_features, text_features, logit_scale)
 
-    def logits(self, image_features, text_features, logit_scale):
+    def logits(self, image_features, text_features, logit_scale, text_alpha=None):
         """Eq. 1: logit_scale (1 / tau) times the cosine of the updated image and text embeddings."""
-        return logit_scale * self.transform_image(image_features) @ self.transform_text(text_features).t()
+        return logit_scale * self.transform_image(image_features) @ self.transform_text(text_features, text_alpha).t()
 
     def regularizer(self):
         """Eq. 6 without lambda, over the distinct adapters."""
