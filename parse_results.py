@@ -39,6 +39,7 @@ that have every dataset of the table. Table 1 and Table 4 are printed for the la
 ``tables.json`` holds every shot count.
 """
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -131,12 +132,12 @@ class Record:
 
 
 def find_files(root, name):
-    """Every file called ``name`` under ``root`` (hidden folders skipped), in sorted walk order."""
+    """Every file called ``name`` (a glob pattern) under ``root`` (hidden folders skipped), in sorted
+    walk order."""
     paths = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        if name in files:
-            paths.append(osp.join(directory, name))
+        paths += [osp.join(directory, f) for f in sorted(fnmatch.filter(files, name))]
     return paths
 
 
@@ -538,8 +539,10 @@ def step_time_table(bench):
             ratio = f"({ms / reference[str(b)]:.2f}x)" if ms is not None and reference.get(str(b)) else ""
             cells[t] = None if ms is None else Stat(ms, suffix=ratio)
         rows.append(Row(str(b), cells))
+    setting = ", ".join(part for part in (f"{bench['num_classes']} classes" if bench.get("num_classes") else "",
+                                          f"from {bench['inputs']}" if bench.get("inputs") else "") if part)
     return Table("step_time", f"one training step (forward + backward), ms; ratio to LLU "
-                 f"({bench.get('backbone', '?')} on {bench.get('device', '?')})",
+                 f"({bench.get('backbone', '?')} on {bench.get('device', '?')}{', ' + setting if setting else ''})",
                  [(t, DISPLAY_NAMES.get(t, t)) for t in trainers], rows, {"path": bench.get("path")}, best=None)
 
 
@@ -562,7 +565,7 @@ def load_bench(path):
 def find_bench_files(root, explicit):
     if explicit:
         return [explicit]
-    return find_files(root, "step_time.json")
+    return find_files(root, "step_time*.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,7 +649,9 @@ def plot_bench(bench, path):
     ax.set_ylabel("forward + backward (ms)")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", frameon=False)
-    ax.set_title(f"One training step ({bench.get('backbone', '?')} on {bench.get('device', '?')})", fontsize="medium")
+    setting = f", {bench['num_classes']} classes, from {bench['inputs']}" if bench.get("num_classes") else ""
+    ax.set_title(f"One training step ({bench.get('backbone', '?')} on {bench.get('device', '?')}{setting})",
+                 fontsize="medium")
     return save_figure(fig, path)
 
 
@@ -737,10 +742,14 @@ def add_transfer(report, classified):
 
 
 def add_bench(report, bench_paths):
+    """Figure 3's table and plot per step-time file (step_time.json -> figure3_step_time.png,
+    step_time_features_100c.json -> figure3_step_time_features_100c.png)."""
     benches = [load_bench(path) for path in bench_paths]
     if benches:
         report.add("Figure 3 (data)", [step_time_table(b) for b in benches])
-        report.figures["figure3_step_time.png"] = lambda path: plot_bench(benches[0], path)
+    for bench in benches:
+        name = "figure3_" + osp.splitext(osp.basename(bench["path"]))[0] + ".png"
+        report.figures[name] = lambda path, bench=bench: plot_bench(bench, path)
 
 
 def mixed_weights_warnings(records, table):

@@ -1,21 +1,32 @@
 """Time of one training step (forward + backward + update) against batch size: the paper's Figure 3.
 
-    python bench/bench_step_time.py                                  # ToyCLIP on the built-in world
-    python bench/bench_step_time.py --backbone ViT-B/16 --root /data --dataset imagenet   # on a GPU
+    python bench/bench_step_time.py                     # real size: ViT-B/16 on a GPU, else a random ViT-B/32
+    python bench/bench_step_time.py --backbone toy      # ToyCLIP on the built-in world (seconds)
+    python bench/bench_step_time.py --classes 10 100 --inputs features images --batch-sizes 1 2 4 8 16 32
+    python bench/bench_step_time.py --backbone FILE --root /data --dataset imagenet
 
 Every trainer is built as ``train.py`` builds it (its ``configs/trainers/<Trainer>/<cfg>.yaml`` on the
 same dataset) and its own ``forward_backward`` is timed on a prepared batch, the trainers taking
 turns at each batch size so that they are measured side by side on the same machine. CoCoOp runs
 at batch size 1 only by default, as in the paper (its class texts are encoded once per image).
 
-``--inputs images`` (default, the paper's protocol): a step starts from a batch of images, so it
-includes CLIP's frozen image encoder; prompt learners receive the images, feature trainers (LLU,
-CLIP-Adapter) the features computed from them inside the timed step. ``--inputs features``: every
-trainer receives cached image features, timing the method's own cost only.
+The backbone: by default a real-size CLIP: ViT-B/16 on a GPU, and on a CPU a ViT-B/32-size CLIP with
+random weights that the benchmark builds (``random:ViT-B/32``; weights do not change timings); any
+name or weights file by ``--backbone``. The data: the built-in world for ``toy``; else ``--dataset``
+and ``--root``, or a generated image folder of ``--classes`` classes at the model's resolution.
 
-Writes ``bench/results/step_time.json`` (atomically; ``parse_results.py`` draws Figure 3 from it)
-and prints the times with their ratios to LLU. A trainer that is not registered, or has no config
-of that name, is skipped with a note.
+``--inputs features``: every trainer receives cached image features, timing the method's own cost.
+``--inputs images`` (the paper's protocol): a step starts from a batch of images, so it includes
+CLIP's frozen image encoder; prompt learners receive the images, feature trainers (LLU,
+CLIP-Adapter) the features computed from them inside the timed step.
+
+Each point is the median of ``--repeats`` timed steps after ``--warmup`` untimed ones, fewer when
+they exceed ``--max-seconds`` (at least 2; a prompt learner's step over 100 classes takes tens of
+seconds on a CPU). Writes one JSON per setting, ``step_time_ms[trainer][batch size]``
+(``bench/results/step_time_<inputs>_<classes>c.json``; ``--out`` for a single setting), which
+``parse_results.py`` draws as Figure 3, and prints the times with their ratios to LLU and the
+targets at batch 32 on features. ``--profile`` prints where LLU's and CLIP-Adapter's steps spend
+their time (torch.profiler).
 """
 import argparse
 import os.path as osp
@@ -29,6 +40,7 @@ import torch
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import common  # noqa: E402  (bench/common.py: real-size random CLIP, generated image folders)
 import train  # noqa: E402  (registers datasets and trainers)
 from llu.tables import markdown  # noqa: E402
 from parse_results import step_time_table  # noqa: E402  (the table of Figure 3, with ratios to LLU)
@@ -36,27 +48,39 @@ from llu.engine import TRAINER_REGISTRY, build_trainer, set_random_seed  # noqa:
 from llu.utils import UserError, exit_on_user_error, user_cache_dir, write_json  # noqa: E402
 
 TRAINERS = ["LLU", "CoOp", "ProGrad", "CLIP_Adapter", "CoCoOp"]
-BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+TOY_BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+REAL_BATCH_SIZES = [1, 8, 32]
+# Issue 13's targets for a step on cached features at batch 32.
+TARGET_BATCH = 32
+TARGET_SPEEDUP_OVER_COOP = 100.0  # LLU at least this many times faster than CoOp
+TARGET_RATIO_TO_CLIP_ADAPTER = 1.15  # LLU at most this many times CLIP-Adapter's time
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="toy", help="CLIP model name or weights file (default: toy)")
+    parser.add_argument("--backbone", default="", help="CLIP name, weights file, toy, or random:<arch> "
+                                                       "(default: ViT-B/16 on a GPU, else random:ViT-B/32)")
     parser.add_argument("--cfg", default="", help="trainer config name (default: toy for the toy backbone, "
                                                   "else vit_b16)")
-    parser.add_argument("--dataset", default="shapes", help="dataset config: a name (configs/datasets/<name>.yaml) "
-                                                            "or a .yaml file")
+    parser.add_argument("--dataset", default="", help="dataset config: a name (configs/datasets/<name>.yaml) or a "
+                                                      ".yaml file (default: shapes for toy, else a generated folder)")
     parser.add_argument("--root", default="", help="dataset root (default: the built-in world)")
+    parser.add_argument("--classes", type=int, nargs="+", default=[10, 100],
+                        help="classes of the generated image folder (real-size backbones without --dataset)")
     parser.add_argument("--shots", type=int, default=16, help="training images per class (the anchors of LLU)")
     parser.add_argument("--trainers", nargs="+", default=TRAINERS)
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=BATCH_SIZES)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                        help=f"default: {TOY_BATCH_SIZES} for toy, else {REAL_BATCH_SIZES}")
     parser.add_argument("--cocoop-batch-sizes", nargs="+", type=int, default=[1],
                         help="CoCoOp's batch sizes (default: 1, as in the paper)")
-    parser.add_argument("--inputs", choices=["images", "features"], default="images",
-                        help="what a step starts from (see the module docstring)")
+    parser.add_argument("--inputs", choices=["images", "features"], nargs="+", default=None,
+                        help="what a step starts from (default: both for toy, features for real-size models)")
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per point (the median is kept)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each point")
-    parser.add_argument("--out", default=osp.join(REPO, "bench", "results", "step_time.json"))
+    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop timing a point after this long "
+                                                                        "(with at least 2 timed steps)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of LLU and CLIP-Adapter")
+    parser.add_argument("--out", default="", help="the JSON of a single setting (default: bench/results/...)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options for every trainer")
     return parser
@@ -70,13 +94,12 @@ def dataset_config_file(dataset):
     return dataset if dataset.endswith(".yaml") else osp.join(REPO, "configs", "datasets", f"{dataset}.yaml")
 
 
-def build(trainer_name, args, output_dir):
+def build(trainer_name, args, data_options, output_dir):
     """The trainer as train.py builds it, ready to train (anchors and other before_train state set)."""
     argv = ["--root", args.root, "--trainer", trainer_name, "--backbone", args.backbone,
-            "--dataset-config-file", dataset_config_file(args.dataset),
             "--config-file", config_file(trainer_name, args.cfg), "--output-dir", output_dir,
-            "--seed", str(args.seed), "DATASET.NUM_SHOTS", str(args.shots), "DATASET.SUBSAMPLE_CLASSES", "all",
-            *args.opts]
+            "--seed", str(args.seed), *data_options, "DATASET.NUM_SHOTS", str(args.shots),
+            "DATASET.SUBSAMPLE_CLASSES", "all", *args.opts]
     cfg = train.setup_cfg(train.build_parser().parse_args(argv))
     set_random_seed(cfg.SEED)
     trainer = build_trainer(cfg)
@@ -142,26 +165,35 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def median_ms(step, device, repeats, warmup):
+def median_ms(step, device, repeats, warmup, max_seconds=float("inf")):
+    """The median of ``repeats`` timed steps after ``warmup`` untimed ones; warm-up stops after one slow
+    step, timing after ``max_seconds`` (with at least 2 timed steps)."""
+    began = time.perf_counter()
     for _ in range(warmup):
         step()
+        if time.perf_counter() - began > max_seconds / 10:
+            break
     synchronize(device)
-    times = []
+    times, began = [], time.perf_counter()
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        if len(times) >= 2 and time.perf_counter() - began > max_seconds:
+            break
+    return 1000 * statistics.median(times), len(times)
 
 
 def is_out_of_memory(error):
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
 
 
-def measure(trainers, args):
-    """{trainer: {batch size: ms}}, the trainers taking turns at each batch size; and OOM points."""
+def measure(trainers, args, inputs):
+    """{trainer: {batch size: ms}}, the trainers taking turns at each batch size; steps timed per point;
+    and out-of-memory points."""
     times = {name: {} for name in trainers}
+    steps = {name: {} for name in trainers}
     out_of_memory = {}
     for batch_size in sorted(args.batch_sizes):
         for name, trainer in trainers.items():
@@ -169,16 +201,18 @@ def measure(trainers, args):
             if batch_size not in allowed or name in out_of_memory:
                 continue
             try:
-                times[name][str(batch_size)] = median_ms(make_step(trainer, batch_size, args.inputs), trainer.device,
-                                                         args.repeats, args.warmup)
+                times[name][str(batch_size)], steps[name][str(batch_size)] = median_ms(
+                    make_step(trainer, batch_size, inputs), trainer.device, args.repeats, args.warmup,
+                    args.max_seconds)
             except RuntimeError as e:
                 if not is_out_of_memory(e):
                     raise
                 out_of_memory[name] = batch_size
                 print(f"note: {name} runs out of memory at batch size {batch_size}; larger ones are not tried")
                 torch.cuda.empty_cache()
-            print(f"{name:>14} batch {batch_size:>3}: {times[name].get(str(batch_size), float('nan')):9.3f} ms")
-    return times, out_of_memory
+            print(f"{name:>14} batch {batch_size:>3}: {times[name].get(str(batch_size), float('nan')):11.3f} ms",
+                  flush=True)
+    return times, steps, out_of_memory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,31 +222,94 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
+def targets(times):
+    """LLU against CoOp and CLIP-Adapter at batch 32 (issue 13's targets for a step on features)."""
+    llu = times.get("LLU", {}).get(str(TARGET_BATCH))
+    out = {}
+    if llu and times.get("CoOp", {}).get(str(TARGET_BATCH)):
+        out["speedup_over_coop"] = common.verdict(times["CoOp"][str(TARGET_BATCH)] / llu, TARGET_SPEEDUP_OVER_COOP,
+                                                  smaller_is_better=False)
+    if llu and times.get("CLIP_Adapter", {}).get(str(TARGET_BATCH)):
+        out["ratio_to_clip_adapter"] = common.verdict(llu / times["CLIP_Adapter"][str(TARGET_BATCH)],
+                                                      TARGET_RATIO_TO_CLIP_ADAPTER)
+    return out
+
+
+def profile(trainers, batch_size):
+    """Where a step of LLU and of CLIP-Adapter on cached features spends its time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    for name in ("LLU", "CLIP_Adapter"):
+        if name not in trainers:
+            continue
+        step = make_step(trainers[name], batch_size, "features")
+        for _ in range(5):
+            step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as recorded:
+            for _ in range(20):
+                step()
+        print(f"\n{name}, batch {batch_size}, 20 steps on cached features:")
+        print(recorded.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def data_settings(args):
+    """[(classes label, options choosing the data)]: the given dataset, the built-in world, or a
+    generated folder per --classes."""
+    if args.dataset or args.backbone == "toy":
+        dataset = args.dataset or "shapes"
+        return [("", ["--dataset-config-file", dataset_config_file(dataset)])]
+    settings = []
+    for classes in args.classes:
+        args.root, name = common.image_folder(classes, train_per_class=args.shots)
+        settings.append((f"{classes}c", common.folder_options(name)))
+    return settings
+
+
 def run(args):
-    args.cfg = args.cfg or ("toy" if args.backbone == "toy" else "vit_b16")
+    args.backbone = args.backbone or common.default_backbone()
+    backbone_label = args.backbone
+    args.backbone = common.resolve_backbone(args.backbone)
+    toy = args.backbone == "toy"
+    args.cfg = args.cfg or ("toy" if toy else "vit_b16")
     args.root = args.root or user_cache_dir("world")
-    trainers, skipped = {}, {}
-    with tempfile.TemporaryDirectory(prefix="bench-") as output_dir:
-        for name in args.trainers:
-            reason = skip_reason(name, args)
-            if reason:
-                print(f"note: skipping {name}: {reason}")
-                skipped[name] = reason
-                continue
-            trainers[name] = build(name, args, osp.join(output_dir, name))
-        if not trainers:
-            raise UserError("no trainer to time (all were skipped)")
-        times, out_of_memory = measure(trainers, args)
-    some = next(iter(trainers.values()))
-    result = {"device": device_name(some.device), "backbone": args.backbone, "cfg": args.cfg,
-              "dataset": some.cfg.DATASET.NAME, "num_classes": some.num_classes, "inputs": args.inputs,
-              "repeats": args.repeats, "warmup": args.warmup, "statistic": "median", "torch": torch.__version__,
-              "step_time_ms": times, "skipped": skipped, "out_of_memory_at": out_of_memory}
-    write_json(result, args.out)
-    print(f"\n{result['num_classes']} classes, inputs: {args.inputs}")
-    print(markdown(step_time_table(result)))
-    print(f"\nwrote {args.out}")
-    return result
+    args.batch_sizes = args.batch_sizes or (TOY_BATCH_SIZES if toy else REAL_BATCH_SIZES)
+    args.inputs = args.inputs or (["images", "features"] if toy else ["features"])
+    settings = [(label, options, inputs) for label, options in data_settings(args) for inputs in args.inputs]
+    if args.out and len(settings) > 1:
+        raise UserError("--out names the file of one setting; give one --classes and one --inputs")
+    results = []
+    for label, options, inputs in settings:
+        print(f"\n== {backbone_label}, {label or 'dataset'}, inputs: {inputs}", flush=True)
+        trainers, skipped = {}, {}
+        with tempfile.TemporaryDirectory(prefix="bench-") as output_dir:
+            for name in args.trainers:
+                reason = skip_reason(name, args)
+                if reason:
+                    print(f"note: skipping {name}: {reason}")
+                    skipped[name] = reason
+                    continue
+                trainers[name] = build(name, args, options, osp.join(output_dir, name))
+            if not trainers:
+                raise UserError("no trainer to time (all were skipped)")
+            times, steps, out_of_memory = measure(trainers, args, inputs)
+            if args.profile and inputs == "features":
+                profile(trainers, max(args.batch_sizes))
+        some = next(iter(trainers.values()))
+        result = {"device": device_name(some.device), "backbone": backbone_label, "cfg": args.cfg,
+                  "dataset": some.cfg.DATASET.NAME, "num_classes": some.num_classes, "inputs": inputs,
+                  "repeats": args.repeats, "warmup": args.warmup, "max_seconds": args.max_seconds,
+                  "statistic": "median", "timed_steps": steps, "torch": torch.__version__,
+                  "step_time_ms": times, "skipped": skipped, "out_of_memory_at": out_of_memory,
+                  "targets": targets(times) if inputs == "features" else {}}
+        out = args.out or osp.join(REPO, "bench", "results", f"step_time_{inputs}_{some.num_classes}c.json")
+        write_json(result, out)
+        print(f"\n{result['num_classes']} classes, inputs: {inputs}")
+        print(markdown(step_time_table(result)))
+        for name, target in result["targets"].items():
+            print(f"target {name} at batch {TARGET_BATCH}: {target['text']}")
+        print(f"wrote {out}")
+        results.append(result)
+    return results
 
 
 def main(argv=None):

@@ -186,6 +186,10 @@ class ProjectTrainerMixin:
     save_config = _builtin_trainer.SimpleTrainer.save_config
     evaluation_batches = _builtin_trainer.SimpleTrainer.evaluation_batches
     test = _builtin_trainer.SimpleTrainer.test
+    _test = _builtin_trainer.SimpleTrainer._test
+    timed = _builtin_trainer.SimpleTrainer.timed
+    extraction_seconds = _builtin_trainer.SimpleTrainer.extraction_seconds
+    timing_record = _builtin_trainer.SimpleTrainer.timing_record
     training_source = _builtin_trainer.SimpleTrainer.training_source
     dataset_label = _builtin_trainer.SimpleTrainer.dataset_label
     record_metrics = _builtin_trainer.SimpleTrainer.record_metrics
@@ -199,8 +203,10 @@ class ProjectTrainerMixin:
         # model (it checks again, harmlessly); an --eval-only run also needs time_start.
         self.check_cfg(cfg)
         self.cfg, self.output_dir, self.time_start = cfg, cfg.OUTPUT_DIR, time.time()
+        self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
         self.save_config()
         super().__init__(cfg)
+        self.timing["setup_seconds"] = time.time() - self.time_start - self.extraction_seconds()
 
     def build_data_loader(self):
         _require_registered(DATASET_REGISTRY, self.cfg.DATASET.NAME, "dataset")

@@ -28,8 +28,13 @@ def build_optimizer(model_or_params, optim_cfg, param_groups=None):
         params = model_or_params
     lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd,
-                               dampening=optim_cfg.SGD_DAMPNING, nesterov=optim_cfg.SGD_NESTEROV)
+        settings = dict(lr=lr, momentum=optim_cfg.MOMENTUM, weight_decay=wd, dampening=optim_cfg.SGD_DAMPNING,
+                        nesterov=optim_cfg.SGD_NESTEROV)
+        params = list(params)
+        try:  # one kernel per step instead of a pass per operation; the same numbers, bit for bit
+            return torch.optim.SGD(params, fused=True, **settings)
+        except (RuntimeError, TypeError, ValueError):  # a torch or device without the fused kernel
+            return torch.optim.SGD(params, **settings)
     betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)

@@ -1,4 +1,5 @@
 """Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
+import contextlib
 import datetime
 import math
 import os.path as osp
@@ -235,6 +236,8 @@ class SimpleTrainer(TrainerBase):
 
     def __init__(self, cfg):
         super().__init__()
+        built = time.time()
+        self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             self.device = torch.device("cuda")
@@ -251,6 +254,7 @@ class SimpleTrainer(TrainerBase):
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")
+        self.timing["setup_seconds"] = time.time() - built - self.extraction_seconds()
 
     def check_cfg(self, cfg):
         pass
@@ -323,9 +327,30 @@ class SimpleTrainer(TrainerBase):
         for batch in progress(loader, f"eval {split}", report=False):
             yield self.parse_batch_test(batch)
 
+    @contextlib.contextmanager
+    def timed(self, part):
+        """Add the block's wall time to ``timing[part]``, less the image encoding inside it (counted apart)."""
+        start, extracted = time.time(), self.extraction_seconds()
+        try:
+            yield
+        finally:
+            self.timing[part] += time.time() - start - (self.extraction_seconds() - extracted)
+
+    def extraction_seconds(self):
+        """Seconds spent encoding images into features so far (trainers with a feature cache count them)."""
+        return 0.0
+
+    def timing_record(self):
+        """results.json's ``timing``: where the run's time went, in seconds."""
+        return {key: round(value, 3) for key, value in self.timing.items()}
+
     @torch.no_grad()
     def test(self, split=None):
         """Evaluate on ``split``; the final test also writes ``results.json``."""
+        with self.timed("evaluation_seconds"):
+            return self._test(split)
+
+    def _test(self, split):
         self.set_model_mode("eval")
         self.evaluator.reset()
         if split is None:
@@ -365,6 +390,7 @@ class SimpleTrainer(TrainerBase):
             },
             "config_files": {"dataset": cfg.SOURCE_FILES.DATASET, "trainer": cfg.SOURCE_FILES.TRAINER},
             "elapsed_seconds": round(time.time() - self.time_start, 3),
+            "timing": self.timing_record(),
         }
         record.update(self.training_source())
         record.update(self.extra_results())
@@ -431,12 +457,13 @@ class TrainerX(SimpleTrainer):
         batch_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
         epoch_start = end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
-            loss_summary = self.forward_backward(batch)
-            batch_time.update(time.time() - end)
-            losses.update(loss_summary)
-            self.log_batch(losses, batch_time)
-            end = time.time()
+        with self.timed("training_seconds"):
+            for self.batch_idx, batch in enumerate(self.train_loader_x):
+                loss_summary = self.forward_backward(batch)
+                batch_time.update(time.time() - end)
+                losses.update(loss_summary)
+                self.log_batch(losses, batch_time)
+                end = time.time()
         self.log_epoch(losses, time.time() - epoch_start)
 
     def log_batch(self, losses, batch_time):

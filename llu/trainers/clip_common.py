@@ -199,6 +199,15 @@ class ClipTrainer(TrainerX):
     def provenance(self):
         return {"backbone_sha256": self.clip_model.weights_sha256, **super().provenance()}
 
+    def extraction_seconds(self):
+        cache = getattr(self, "feature_cache", None)
+        return cache.encode_seconds if cache is not None else 0.0
+
+    def timing_record(self):
+        cache = getattr(self, "feature_cache", None)
+        return {**super().timing_record(), "feature_extraction_seconds": round(self.extraction_seconds(), 3),
+                "encoded_images": cache.encoder_passes if cache is not None else 0}
+
     def dataset_label(self, cfg):
         return dataset_label(cfg)
 

@@ -301,12 +301,12 @@ class CoOp(PromptTrainer):
         self.eval_text_features = None
 
     @torch.no_grad()
-    def test(self, split=None):
+    def _test(self, split):
         # The learned prompts do not depend on the image: encode them once per evaluation.
         self.set_model_mode("eval")
         self.eval_text_features = self.model.encode_prompts(self.prompt_learner())
         try:
-            return super().test(split)
+            return super()._test(split)
         finally:
             self.eval_text_features = None
 

@@ -92,6 +92,7 @@ class FeatureCache:
         self.root = osp.abspath(osp.expanduser(cfg.DATASET.ROOT or "."))
         self.dim = clip_model.embed_dim
         self.encoder_passes = 0  # images encoded by this instance (0 when everything was cached)
+        self.encode_seconds = 0.0  # and the time that took
 
     def namespace(self, transform, view):
         description = {"version": VERSION, "weights_sha256": self.clip_model.identity,
@@ -166,8 +167,15 @@ class FeatureCache:
         touch(folder)
         evict(self.directory, self.max_bytes, keep=folder)
 
-    @torch.no_grad()
     def _encode(self, data_source, transform, view, desc):
+        start = time.time()
+        try:
+            return self._encode_images(data_source, transform, view, desc)
+        finally:
+            self.encode_seconds += time.time() - start
+
+    @torch.no_grad()
+    def _encode_images(self, data_source, transform, view, desc):
         loader = torch.utils.data.DataLoader(
             _ViewDataset(self.cfg, data_source, transform, view, self.root),
             batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
