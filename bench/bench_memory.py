@@ -14,7 +14,6 @@ import os.path as osp
 import tempfile
 
 import common
-from llu.utils import user_cache_dir
 
 TARGET = 1.2
 
@@ -27,12 +26,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     label = args.backbone or common.default_backbone()
     backbone = common.resolve_backbone(label)
-    if backbone == "toy":
-        root, cfg = user_cache_dir("world"), "toy"
-        data_options = ["--dataset-config-file", osp.join(common.REPO, "configs", "datasets", "shapes.yaml")]
-    else:
-        root, name = common.image_folder(args.classes, train_per_class=16, val_per_class=1, test_per_class=2)
-        cfg, data_options = "vit_b16", common.folder_options(name)
+    root, cfg, data_options = common.data_for(backbone, args.classes, train_per_class=16, val_per_class=1,
+                                              test_per_class=2)
     peaks, results = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
         for trainer, extra in (("ZeroshotCLIP", ["--eval-only"]), ("LLU", [])):

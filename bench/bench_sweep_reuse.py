@@ -19,7 +19,6 @@ import os.path as osp
 import tempfile
 
 import common
-from llu.utils import user_cache_dir
 
 TARGET = 1.2
 SEEDS = (1, 2, 3)
@@ -56,12 +55,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     label = args.backbone
     args.backbone = common.resolve_backbone(args.backbone)
-    if args.backbone == "toy":
-        args.root, args.cfg = user_cache_dir("world"), "toy"
-        args.data_options = ["--dataset-config-file", osp.join(common.REPO, "configs", "datasets", "shapes.yaml")]
-    else:
-        args.root, name = common.image_folder(args.classes, train_per_class=48, val_per_class=4, test_per_class=4)
-        args.cfg, args.data_options = "vit_b16", common.folder_options(name)
+    args.root, args.cfg, args.data_options = common.data_for(args.backbone, args.classes, train_per_class=48,
+                                                             val_per_class=4, test_per_class=4)
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as work:
         one = llu_run(args, osp.join(work, "one"), 1, 16, osp.join(work, "cache-one"))
         sweep, drawn = [], set()

@@ -94,6 +94,16 @@ def folder_options(name):
             "DATASET.IMAGEFOLDER.DIR", name, "DATASET.IMAGEFOLDER.SPLIT_FILE", "split.json"]
 
 
+def data_for(backbone, classes, **per_class):
+    """(root, trainer config name, dataset options): the built-in world's Shapes for ``toy``, else a
+    generated image folder of ``classes`` classes (``per_class``: as ``image_folder`` takes them)."""
+    if backbone == "toy":
+        return user_cache_dir("world"), "toy", ["--dataset-config-file",
+                                                 osp.join(REPO, "configs", "datasets", "shapes.yaml")]
+    root, name = image_folder(classes, **per_class)
+    return root, "vit_b16", folder_options(name)
+
+
 # Runs train.py in this child process and writes its peak resident memory (MB) to a file.
 _PEAK_WRAPPER = r"""
 import resource, runpy, sys
