@@ -33,6 +33,13 @@ def add_clip_config(cfg):
     cfg.INPUT.RESIZE_MODE = "shortest"  # test images: shortest side + center crop, or "squash"; the backbone's
 
 
+def _same_setting(a, b):
+    """Equal names, or equal numbers (a tuple of ints and a list of floats may be the same size)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return [float(x) for x in a] == [float(x) for x in b]
+
+
 def match_preprocessing(cfg, backbone):
     """Make INPUT's size, statistics, interpolation and resize mode the backbone's, saying what changed."""
     preprocess = backbone.preprocess
@@ -41,9 +48,7 @@ def match_preprocessing(cfg, backbone):
     current = {"SIZE": tuple(cfg.INPUT.SIZE), "PIXEL_MEAN": list(cfg.INPUT.PIXEL_MEAN),
                "PIXEL_STD": list(cfg.INPUT.PIXEL_STD), "INTERPOLATION": cfg.INPUT.INTERPOLATION,
                "RESIZE_MODE": cfg.INPUT.get("RESIZE_MODE", "shortest")}
-    changed = {key: value for key, value in wanted.items()
-               if (list(map(float, value)) != list(map(float, current[key])) if key != "INTERPOLATION"
-                   and key != "RESIZE_MODE" else value != current[key])}
+    changed = {key: value for key, value in wanted.items() if not _same_setting(value, current[key])}
     if not changed:
         return
     was_frozen = cfg.is_frozen()
