@@ -246,7 +246,10 @@ def test_hf_folder_without_a_model_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Precomputed embeddings
+# Precomputed embeddings (the built-in engine's: Dassl's Datum requires image files, docs/dassl.md)
+
+builtin_engine_only = pytest.mark.skipif(os.environ.get("LLU_ENGINE") == "dassl",
+                                         reason="stored embeddings run on the built-in engine")
 
 def store_trainer_features(trainer, path, with_text=True, fmt="npz"):
     """Write the image features a trainer read for its whole split (train, val, test) as an embeddings file."""
@@ -285,6 +288,7 @@ def folder_trainer(image_folder, tiny_clip_file, tmp_path, monkeypatch):
     return build_trainer(train.setup_cfg(args))
 
 
+@builtin_engine_only
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])
 def test_stored_embeddings_give_the_image_folder_runs_numbers(folder_trainer, image_folder, tiny_clip_file, tmp_path,
                                                               fmt):
@@ -311,6 +315,7 @@ def test_stored_embeddings_give_the_image_folder_runs_numbers(folder_trainer, im
         assert stored["dataset"] == "colours" and stored["dataset_reader"] == "Embeddings"
 
 
+@builtin_engine_only
 def test_embeddings_without_text_need_a_model(folder_trainer, image_folder, tmp_path):
     store = store_trainer_features(folder_trainer, tmp_path / "colours.npz", with_text=False)
     run = run_train(os.path.dirname(image_folder), tmp_path / "out", "embeddings", "DATASET.EMBEDDINGS.FILE",

@@ -139,6 +139,9 @@ class Embeddings(DatasetBase):
     """Items are the rows of an embeddings file; ``self.embeddings`` holds the file."""
 
     def __init__(self, cfg):
+        if Datum.__module__.startswith("dassl"):
+            raise UserError("DATASET.NAME Embeddings needs the built-in engine: Dassl's Datum requires an image file "
+                            "for every item (unset LLU_ENGINE)")
         path = embeddings_path(cfg)
         self.embeddings = EmbeddingsFile(path)
         self.dataset_dir = osp.splitext(path)[0]
