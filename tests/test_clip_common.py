@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from numerics import assert_close
 
 from llu.engine import Datum, build_transform, extend_cfg, get_cfg_default
@@ -102,6 +103,22 @@ def test_each_image_is_encoded_once_whatever_list_it_comes_in(cache_setup):
         assert cache.encoder_passes == before + encoded
         assert labels.tolist() == [item.label for item in request]
     assert torch.equal(cache.get(data[:6], test_tf)[0], full)
+
+
+def test_an_images_features_do_not_depend_on_the_list_that_asked_for_them(cache_setup, tmp_path):
+    """Kernels are chosen by the batch's shape (one image alone can give other bits than in a batch of
+    many): an image's cached features must be the same whichever run, list or order encoded them."""
+    cfg, model, data = cache_setup
+    transform = build_transform(cfg, is_train=False)
+    cfg.FEATURES.BATCH_SIZE = 5
+    together, _ = FeatureCache(cfg, model, "cpu").get(data, transform)  # batches of 5, 3 left over
+    for i, item in enumerate(data):
+        cfg.FEATURES.CACHE_DIR = str(tmp_path / f"alone{i}")
+        alone, _ = FeatureCache(cfg, model, "cpu").get([item], transform)  # a batch of one, padded
+        assert torch.equal(alone[0], together[i]), item.impath
+    with torch.no_grad():  # what the padding is for: on its own, a batch of one may come out otherwise
+        assert torch.equal(FeatureCache(cfg, model, "cpu").encode_full_batch(
+            torch.stack([transform(Image.open(data[0].impath)) for _ in range(2)])[:1])[0], together[0])
 
 
 def test_a_changed_image_file_is_encoded_again(cache_setup):

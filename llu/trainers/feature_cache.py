@@ -182,9 +182,19 @@ class FeatureCache:
         features = []
         label = f"Encoding {len(data_source)} {desc + ' ' if desc else ''}images" + (f" (view {view})" if view else "")
         for batch in progress(loader, label):
-            features.append(self.clip_model.encode_images(batch["img"].to(self.device)).cpu())
+            features.append(self.encode_full_batch(batch["img"].to(self.device)).cpu())
             self.encoder_passes += features[-1].shape[0]
         return torch.cat(features)
+
+    def encode_full_batch(self, images):
+        """Features of ``images``, always computed in a batch of FEATURES.BATCH_SIZE (a short last batch is
+        padded with copies of its first image): kernels are chosen by the batch's shape and give other
+        bits for other shapes, so an image's features must not depend on how many came with it; then
+        they are the same whichever run, list or order first asked for them."""
+        count, size = images.shape[0], self.cfg.FEATURES.BATCH_SIZE
+        if count < size:
+            images = torch.cat([images, images[:1].expand(size - count, *images.shape[1:])])
+        return self.clip_model.encode_images(images)[:count]
 
 
 # ---------------------------------------------------------------------------------------------
