@@ -288,10 +288,16 @@ class ClipTrainer(TrainerX):
         self.check_parameters(names)
 
     def check_parameters(self, names=None):
-        for name in self.get_model_names(names):
-            for key, param in self._models[name].named_parameters():
-                if param.requires_grad and not torch.isfinite(param).all():
-                    self._diverged(f"{name}.{key} is no longer finite")
+        learned = [(f"{name}.{key}", param.detach()) for name in self.get_model_names(names)
+                   for key, param in self._models[name].named_parameters() if param.requires_grad]
+        # One sum per tensor, checked at once: a NaN or an infinity anywhere makes its sum non-finite
+        # (five passes over every parameter per step, as isfinite takes, were a fifth of LLU's step).
+        if not learned or torch.stack([param.sum() for _, param in learned]).isfinite().all():
+            return
+        for where, param in learned:
+            if not torch.isfinite(param).all():
+                self._diverged(f"{where} is no longer finite")
+        self._diverged("the parameters' values overflow float32")
 
     def _diverged(self, what):
         latest = osp.join(self.output_dir, self.get_model_names()[0], "checkpoint")
