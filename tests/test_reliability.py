@@ -228,6 +228,22 @@ def test_a_damaged_model_config_is_refused_before_any_work(run, tmp_path):
     assert "Evaluate on" not in out and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.parametrize("where", ["config file", "model-dir config"])
+def test_a_yaml_python_tag_runs_nothing(run, tmp_path, where):
+    marker = tmp_path / "executed"
+    evil = f"DATASET:\n  NAME: !!python/object/apply:os.system ['touch {marker}']\n"
+    if where == "config file":
+        (tmp_path / "evil.yaml").write_text(evil)
+        code, err, _ = run("LLU", tmp_path / "out", flags=("--dataset-config-file", str(tmp_path / "evil.yaml")))
+        assert code == 2 and "evil.yaml" in one_error_line(err)
+    else:
+        assert run("LLU", tmp_path / "trained")[0] == 0
+        (tmp_path / "trained" / "config.yaml").write_text(evil)
+        code, err, _ = run("LLU", tmp_path / "eval", flags=("--eval-only", "--model-dir", str(tmp_path / "trained")))
+        assert code == 2 and "config.yaml: the trained run's config cannot be read" in one_error_line(err)
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Faults
 
