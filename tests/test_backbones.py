@@ -348,3 +348,29 @@ def test_an_embeddings_file_holding_pickles_is_refused(tmp_path):
              classnames=np.array([{"a": 1}, "b"], dtype=object))  # an object array is a pickle
     with pytest.raises(UserError, match="cannot be read as an .npz file without pickles"):
         EmbeddingsFile(str(path))
+
+
+@builtin_engine_only
+def test_a_file_of_embeddings_runs_through_the_base_to_new_sweep(folder_trainer, tmp_path):
+    store = store_trainer_features(folder_trainer, tmp_path / "data" / "colours.npz")
+    opts = ("DATASET.EMBEDDINGS.FILE colours.npz MODEL.BACKBONE.NAME embeddings DATALOADER.NUM_WORKERS 0 "
+            "OPTIM.MAX_EPOCH 2 FEATURES.AUG_VIEWS 0")
+    env = dict(os.environ, OUTPUT=str(tmp_path / "out"), LLU_CACHE=str(tmp_path / "cache"), DATA=str(store.parent),
+               DATASETS="embeddings", CFG="vit_b16", TRAINERS="ZeroshotCLIP LLU", SEEDS="1", SHOTS="2",
+               PYTHON=sys.executable, OPTS=opts, OMP_NUM_THREADS="1")
+    result = subprocess.run(["bash", os.path.join(REPO, "scripts", "base2new.sh")], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = result.stdout.split("### colours (2 shots)")[1]  # named after the file
+    assert "| CLIP " in table and "| LLU " in table
+    tables = json.loads((tmp_path / "out" / "base2new" / "tables.json").read_text())
+    assert tables["num_records"] == 4 and tables["notes"] == []
+
+
+def test_coop_trains_on_a_hugging_face_clip(image_folder, hf_folders, tmp_path):
+    run = run_train(os.path.dirname(image_folder), tmp_path / "coop", f"hf:{hf_folders['clip']}",
+                    "DATASET.IMAGEFOLDER.DIR", "my_images", "TRAINER.COOP.N_CTX", "4", "INPUT.TRANSFORMS",
+                    "['normalize']", trainer="CoOp", config="configs/trainers/CoOp/vit_b16.yaml")
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "coop" / "results.json").read_text())
+    assert results["trainer"] == "CoOp" and results["backbone"].startswith("hf:")
