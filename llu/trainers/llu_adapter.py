@@ -221,14 +221,23 @@ KMEANS_ITERATIONS = 10
 KMEANS_SAMPLE_PER_CENTRE = 32  # the micro-clusters' centres are fitted on this many points per centre
 
 
-def _chunks(x, rows=8192):
-    """Unit-norm row chunks of x, so that a normalised copy of a large x never exists at once."""
-    for chunk in x.split(rows):
-        yield F.normalize(chunk.float(), dim=-1)
+_ROWS = 8192  # rows of a large feature set handled at once
+
+
+def _chunks(x):
+    """Unit-norm row chunks of x, so that a normalised copy of a large x never exists at once. Each
+    chunk is written into the same buffer (use it before taking the next): a million features then
+    pass through a fixed few MB instead of a new allocation per chunk, whose freed blocks the
+    allocator may keep."""
+    buffer = torch.empty(min(_ROWS, x.shape[0]), x.shape[1], dtype=torch.float32, device=x.device)
+    for chunk in x.split(_ROWS):
+        yield F.normalize(chunk.float(), dim=-1, out=buffer[:chunk.shape[0]])
 
 
 def _nearest_centre(x, centres):
-    return torch.cat([(chunk @ centres.t()).argmax(dim=1) for chunk in _chunks(x)])
+    logits = torch.empty(min(_ROWS, x.shape[0]), centres.shape[0], dtype=torch.float32, device=x.device)
+    return torch.cat([torch.mm(chunk, centres.t(), out=logits[:chunk.shape[0]]).argmax(dim=1)
+                      for chunk in _chunks(x)])
 
 
 @torch.no_grad()
@@ -262,7 +271,7 @@ def micro_cluster_linkage(features, n_clusters, micro_clusters=None):
     centres = spherical_kmeans(features, m, sample=KMEANS_SAMPLE_PER_CENTRE * m)
     micro = _nearest_centre(features, centres)
     sums = torch.zeros_like(centres)
-    for chunk, labels in zip(_chunks(features), micro.split(8192)):
+    for chunk, labels in zip(_chunks(features), micro.split(_ROWS)):
         sums.index_add_(0, labels, chunk)
     used = torch.unique(micro)  # micro-clusters with members, in order
     centroids = F.normalize(sums[used], dim=-1)
@@ -270,8 +279,10 @@ def micro_cluster_linkage(features, n_clusters, micro_clusters=None):
     renumber[used] = torch.arange(used.numel(), device=micro.device)
     micro = renumber[micro]
     radius = torch.zeros(used.numel(), device=centroids.device)  # the longest 1 - cos, then as a chord
-    for chunk, labels in zip(_chunks(features), micro.split(8192)):
-        radius.scatter_reduce_(0, labels, 1 - (chunk * centroids[labels]).sum(dim=1), reduce="amax")
+    own_centroid = torch.empty(min(_ROWS, n), centroids.shape[1], device=centroids.device)
+    for chunk, labels in zip(_chunks(features), micro.split(_ROWS)):
+        paired = torch.index_select(centroids, 0, labels, out=own_centroid[:labels.shape[0]]).mul_(chunk)
+        radius.scatter_reduce_(0, labels, 1 - paired.sum(dim=1), reduce="amax")
     radius = (2 * radius.clamp(min=0)).sqrt()
     distance = cosine_distances(centroids)
     distance = ((2 * distance.clamp_(min=0)).sqrt_().add_(radius[:, None]).add_(radius[None, :])).square_().mul_(0.5)
@@ -301,7 +312,7 @@ def cluster_anchors(features, n_clusters, exact_limit=EXACT_CLUSTER_LIMIT):
     else:
         assignment = micro_cluster_linkage(features, n_clusters)
     sums = torch.zeros(int(assignment.max()) + 1, features.shape[1], device=features.device)
-    for chunk, labels in zip(_chunks(features.detach()), assignment.split(8192)):
+    for chunk, labels in zip(_chunks(features.detach()), assignment.split(_ROWS)):
         sums.index_add_(0, labels, chunk)
     return F.normalize(sums, dim=-1), assignment
 
