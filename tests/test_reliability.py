@@ -247,10 +247,16 @@ def test_a_yaml_python_tag_runs_nothing(run, tmp_path, where):
 # ---------------------------------------------------------------------------------------------
 # Faults
 
+def _default_sigint():
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored (and
+    # Python keeps it so); the run under test gets Ctrl-C as a terminal delivers it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", LLU_CACHE=str(tmp_path / "cache"))
     return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(path, text, process, timeout=300):
