@@ -41,6 +41,25 @@ def raise_terminated(signum, frame):
     raise Terminated()
 
 
+@contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them. For code that must not be
+    interrupted halfway: Python raises KeyboardInterrupt between any two bytecodes, and inside a
+    library's queue handoff to its writer thread (TensorBoard's) that leaves the thread failing.
+    Only the main thread receives them; elsewhere (or without pthread_sigmask) the block just runs."""
+    import signal
+    import threading
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def exit_on_user_error(fn, *args, **kwargs):
     """Run a command-line entry point: a ``UserError`` becomes one ``error:`` line and exit code 2,
     Ctrl-C one line and 130, SIGTERM one line and 143 (the entry point says what was kept)."""
@@ -217,6 +236,7 @@ class Tee:
                 self.file.close()
             except OSError:
                 pass
+            self.file = None  # what is written later (a thread's last words) goes to the console only
 
 
 def log_only(text):

@@ -122,3 +122,49 @@ def test_progress_bars_go_to_a_terminal_and_one_line_to_the_log(tmp_path, monkey
     assert log.count("Encoding 5 test images: done in ") == 1 and "it/s" not in log  # no bar in the log
     assert ("it/s" in terminal.text or "5/5" in terminal.text) == interactive  # a bar only in a terminal
     assert ("done in" in terminal.text) == (not interactive)  # the line where there was no bar
+
+
+@pytest.fixture
+def interrupts_raise():
+    """Ctrl-C raises KeyboardInterrupt here, also when the suite runs where SIGINT is ignored."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupt_during_a_metrics_write_arrives_after_it(tmp_path, interrupts_raise):
+    # Ctrl-C inside TensorBoard's queue handoff to its writer thread left the thread failing with a
+    # traceback ("task_done() called too many times") instead of the run's one line.
+    import signal
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from llu.engine.metrics import RunMetrics
+    metrics = RunMetrics(str(tmp_path))
+    writer = metrics.writer()
+    real_add_scalar = writer.add_scalar
+    calls = []
+
+    def add_scalar_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the write
+        calls.append(args[0])
+        return real_add_scalar(*args, **kwargs)
+
+    writer.add_scalar = add_scalar_interrupted
+    with pytest.raises(KeyboardInterrupt):
+        metrics.add({"epoch": 1, "split": "train", "loss": 0.5, "lr": 0.1})
+    assert calls == ["train/loss", "train/lr"]  # the whole record was written before the interrupt
+    metrics.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.1])
+
+
+def test_the_log_closed_leaves_later_writes_to_the_console(tmp_path, capsys):
+    from llu.utils import Tee
+    tee = Tee(str(tmp_path / "log.txt"), sys.stdout)
+    tee.write("kept\n")
+    tee.close()
+    tee.write("a thread's last words\n")  # raised ValueError on the closed file
+    tee.flush()
+    assert (tmp_path / "log.txt").read_text() == "kept\n"
+    assert "a thread's last words" in capsys.readouterr().out

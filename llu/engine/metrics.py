@@ -6,7 +6,7 @@ sees half a line; a resumed run keeps the records of the epochs it resumes after
 import json
 import os.path as osp
 
-from llu.utils import log_only, write_text
+from llu.utils import log_only, signals_deferred, write_text
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -34,10 +34,11 @@ class RunMetrics:
         write_text("".join(json.dumps(r) + "\n" for r in self.records), self.path)
         writer = self.writer()
         if writer is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "split") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.add_scalar(f"{record['split']}/{key}", value, record["epoch"])
-            writer.flush()
+            with signals_deferred():  # an interrupt inside the writer's queue handoff breaks its thread
+                for key, value in record.items():
+                    if key not in ("epoch", "split") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        writer.add_scalar(f"{record['split']}/{key}", value, record["epoch"])
+                writer.flush()
 
     def writer(self):
         if self._writer is None:
@@ -47,10 +48,12 @@ class RunMetrics:
                 log_only("Note: tensorboard is not installed; metrics go to metrics.jsonl only")
                 self._writer = False
                 return None
-            self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
+            with signals_deferred():  # its constructor already hands an event to its thread
+                self._writer = SummaryWriter(log_dir=self.tensorboard_dir)
         return self._writer or None
 
     def close(self):
         if self._writer:
-            self._writer.close()
+            with signals_deferred():
+                self._writer.close()
         self._writer = None
