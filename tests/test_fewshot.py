@@ -74,6 +74,19 @@ def test_fewshot_sample_equals_dassl_reference(tmp_path, seed, num_shots):
     assert paths(dataset.test) == paths(full.test)
 
 
+def test_the_split_a_seed_draws_does_not_depend_on_what_the_process_drew_before(tmp_path):
+    # A caller that never seeded the run (a test, a notebook) drew another "seed 1" split and cached
+    # it where every later run of seed 1 read it.
+    options = shuffled_image_folder(str(tmp_path))
+    set_random_seed(1)
+    expected = build(tmp_path, **options, SEED=1, **{"DATASET.NUM_SHOTS": 4})
+    (tmp_path / "my_images" / "split_fewshot" / "shot_4-seed_1.json").unlink()
+    random.seed(12345)
+    random.random()
+    drawn_later = build(tmp_path, **options, SEED=1, **{"DATASET.NUM_SHOTS": 4})
+    assert paths(drawn_later.train_x) == paths(expected.train_x) and paths(drawn_later.val) == paths(expected.val)
+
+
 def test_fewshot_split_cached_as_relative_json_and_reused(tmp_path, monkeypatch):
     options = shuffled_image_folder(str(tmp_path))
     set_random_seed(0)

@@ -216,6 +216,10 @@ def load_or_sample_fewshot(dataset, dataset_dir, num_shots, seed, train, val=Non
         print(f"Note: {path} was drawn from another split than this one (the split file changed?); drawing it again")
     elif seed < 0:
         print("Note: an unseeded run (SEED < 0) draws its own few-shot split and does not cache it")
+    if seed >= 0:
+        # CoOp draws right after seeding the run; seeding here keeps the split (and the file every later
+        # run reads) a function of the seed alone, whatever this process drew before.
+        random.seed(seed)
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
     if val is not None:
         val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
