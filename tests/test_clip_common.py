@@ -224,6 +224,27 @@ def test_augmented_views_are_deterministic_and_differ(cache_setup, tmp_path):
     assert not torch.allclose(view1, view2)
 
 
+def test_views_encoded_together_are_the_views_encoded_one_at_a_time(cache_setup, tmp_path):
+    # get_views fills the encoder's batches across views (no padded batch per view); an image's
+    # features must come out the same bits as when its view is encoded alone.
+    cfg, model, data = cache_setup
+    cfg.FEATURES.BATCH_SIZE = 4  # batches that straddle views
+    train_tf = build_transform(cfg, is_train=True)
+    together_cache = FeatureCache(cfg, model, "cpu")
+    together = together_cache.get_views(data, train_tf, [1, 2, 3])
+    assert together_cache.encoder_passes == 3 * len(data)
+    together_dir = cfg.FEATURES.CACHE_DIR
+    cfg.FEATURES.CACHE_DIR = str(tmp_path / "one_at_a_time")
+    for view, (features, labels) in zip([1, 2, 3], together):
+        alone, alone_labels = FeatureCache(cfg, model, "cpu").get(data, train_tf, view=view)
+        assert torch.equal(features, alone) and torch.equal(labels, alone_labels)
+    cfg.FEATURES.CACHE_DIR = together_dir
+    more = FeatureCache(cfg, model, "cpu")
+    _, view3, view4 = more.get_views(data, train_tf, [2, 3, 4])
+    assert more.encoder_passes == len(data)  # only view 4 was missing
+    assert torch.equal(view3[0], together[2][0])
+
+
 def test_openai_names_resolve_to_the_clip_cache_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIP_DOWNLOAD_ROOT", str(tmp_path))
     (tmp_path / "ViT-B-16.pt").write_bytes(b"x")

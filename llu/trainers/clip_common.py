@@ -331,8 +331,9 @@ class ClipTrainer(TrainerX):
             augmented = 0 if self.stored_embeddings else self.cfg.FEATURES.AUG_VIEWS
             if self.stored_embeddings and self.cfg.FEATURES.AUG_VIEWS:
                 print("Note: stored embeddings have no augmented views; FEATURES.AUG_VIEWS is not used")
-            for view in range(1, augmented + 1):
-                views.append(self.feature_cache.get(data, self.dm.tfm_train, view, desc="train")[0])
+            if augmented:
+                views += [f for f, _ in self.feature_cache.get_views(data, self.dm.tfm_train,
+                                                                     list(range(1, augmented + 1)), desc="train")]
             self._split_features["train_views"] = torch.stack(views)
         return self._split_features["train_views"]
 

@@ -63,18 +63,20 @@ def image_key(path):
 
 
 class _ViewDataset(DatasetWrapper):
-    """Images under the transform of one view; an augmented view is seeded by (view, the image's path
-    relative to the data root), so it is the same image whatever list it comes in, on any machine."""
+    """Images under a transform, each in its own view (``views[i]`` for ``data_source[i]``); an
+    augmented view is seeded by (view, the image's path relative to the data root), so it is the same
+    image whatever list it comes in, on any machine."""
 
-    def __init__(self, cfg, data_source, transform, view, root):
+    def __init__(self, cfg, data_source, transform, views, root):
         super().__init__(cfg, data_source, transform=transform)
-        self.view, self.root = view, root
+        self.views, self.root = views, root
 
     def __getitem__(self, idx):
-        if self.view == 0:
+        view = self.views[idx]
+        if view == 0:
             return super().__getitem__(idx)
         relative = osp.relpath(self.data_source[idx].impath, self.root)
-        seed = int.from_bytes(hashlib.sha256(f"{self.view}:{relative}".encode()).digest()[:8], "little")
+        seed = int.from_bytes(hashlib.sha256(f"{view}:{relative}".encode()).digest()[:8], "little")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return super().__getitem__(idx)
@@ -102,21 +104,33 @@ class FeatureCache:
 
     def get(self, data_source, transform, view=0, desc=""):
         """(features [N, D] unit-norm float32 on CPU, labels [N]) for one view of ``data_source``."""
-        folder, description = self.namespace(transform, view)
+        return self.get_views(data_source, transform, [view], desc)[0]
+
+    def get_views(self, data_source, transform, views, desc=""):
+        """[(features, labels)] of ``data_source`` for each of ``views``. What no shard holds is encoded
+        in one pass over all these views (batches filled across views, not padded once per view)."""
         keys = [image_key(item.impath) if osp.isfile(item.impath) else item.impath for item in data_source]
-        known = self._read_shards(folder, set(keys))
-        missing = [i for i, key in enumerate(keys) if key not in known]
+        namespaces = [self.namespace(transform, view) for view in views]
+        known = [self._read_shards(folder, set(keys)) for folder, _ in namespaces]
+        missing = [(v, i) for v in range(len(views)) for i, key in enumerate(keys) if key not in known[v]]
         if missing:
             # Extraction must not consume the global random stream (a DataLoader draws a seed from it),
             # or a run that fills the cache would train differently from one that reads it.
             with torch.random.fork_rng(devices=[]):
-                encoded = self._encode([data_source[i] for i in missing], transform, view, desc)
-            self._write_shard(folder, description, [keys[i] for i in missing], encoded)
-            known.update(zip((keys[i] for i in missing), encoded))
-        else:
-            touch(folder)
-        features = torch.stack([known[key] for key in keys]) if keys else torch.empty(0, self.dim)
-        return features, torch.tensor([item.label for item in data_source], dtype=torch.long)
+                encoded = self._encode([data_source[i] for _, i in missing], transform,
+                                       [views[v] for v, _ in missing], desc)
+            for v, (folder, description) in enumerate(namespaces):
+                rows = [row for row, (view_index, _) in enumerate(missing) if view_index == v]
+                if rows:
+                    new_keys = [keys[missing[row][1]] for row in rows]
+                    self._write_shard(folder, description, new_keys, encoded[rows])
+                    known[v].update(zip(new_keys, encoded[rows]))
+        for v, (folder, _) in enumerate(namespaces):
+            if not any(view_index == v for view_index, _ in missing):
+                touch(folder)
+        labels = torch.tensor([item.label for item in data_source], dtype=torch.long)
+        return [(torch.stack([found[key] for key in keys]) if keys else torch.empty(0, self.dim), labels)
+                for found in known]
 
     def _read_shards(self, folder, wanted):
         """{image key: feature} of the wanted images that valid shards in ``folder`` hold."""
@@ -167,20 +181,20 @@ class FeatureCache:
         touch(folder)
         evict(self.directory, self.max_bytes, keep=folder)
 
-    def _encode(self, data_source, transform, view, desc):
+    def _encode(self, data_source, transform, views, desc):
         start = time.time()
         try:
-            return self._encode_images(data_source, transform, view, desc)
+            return self._encode_images(data_source, transform, views, desc)
         finally:
             self.encode_seconds += time.time() - start
 
     @torch.no_grad()
-    def _encode_images(self, data_source, transform, view, desc):
+    def _encode_images(self, data_source, transform, views, desc):
         loader = torch.utils.data.DataLoader(
-            _ViewDataset(self.cfg, data_source, transform, view, self.root),
+            _ViewDataset(self.cfg, data_source, transform, views, self.root),
             batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
         features = []
-        label = f"Encoding {len(data_source)} {desc + ' ' if desc else ''}images" + (f" (view {view})" if view else "")
+        label = f"Encoding {len(data_source)} {desc + ' ' if desc else ''}images" + _views_label(sorted(set(views)))
         for batch in progress(loader, label):
             features.append(self.encode_full_batch(batch["img"].to(self.device)).cpu())
             self.encoder_passes += features[-1].shape[0]
@@ -195,6 +209,14 @@ class FeatureCache:
         if count < size:
             images = torch.cat([images, images[:1].expand(size - count, *images.shape[1:])])
         return self.clip_model.encode_images(images)[:count]
+
+
+def _views_label(views):
+    if views == [0]:
+        return ""
+    if len(views) == 1:
+        return f" (view {views[0]})"
+    return f" (views {views[0]}-{views[-1]})" if views == list(range(views[0], views[-1] + 1)) else f" (views {views})"
 
 
 # ---------------------------------------------------------------------------------------------
