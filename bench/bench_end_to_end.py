@@ -17,7 +17,6 @@ and prompts every epoch), which the report says plainly. LLU always runs its 200
 Targets (issue 13): LLU's whole run at most 1.25x its own feature extraction (the floor no method
 goes under), and at most 1/10 of CoOp's. Writes bench/results/end_to_end.json.
 """
-import argparse
 import os.path as osp
 import tempfile
 import time
@@ -52,9 +51,7 @@ def base_to_new(trainer, args, data_root, data_options, work, epochs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="", help="default: ViT-B/16 on a GPU, else random:ViT-B/32")
-    parser.add_argument("--classes", type=int, default=10, help="classes of the generated data (half base)")
+    parser = common.run_parser(__doc__, classes_help="classes of the generated data (half base)")
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--coop-epochs", type=int, default=2, help="CoOp's epochs actually run (see above)")

@@ -9,7 +9,6 @@ its training features (10 augmented views for vit_b16), sets its anchors, trains
 
 Target (issue 13): LLU's peak at most 1.2x zero-shot evaluation's. Writes bench/results/memory.json.
 """
-import argparse
 import os.path as osp
 import tempfile
 
@@ -19,9 +18,7 @@ TARGET = 1.2
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="", help="default: ViT-B/16 on a GPU, else random:ViT-B/32")
-    parser.add_argument("--classes", type=int, default=10, help="classes of the generated data (not toy)")
+    parser = common.run_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=20, help="LLU's epochs (memory does not grow with them)")
     args = parser.parse_args(argv)
     label = args.backbone or common.default_backbone()

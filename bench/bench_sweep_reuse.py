@@ -13,7 +13,6 @@ benchmark counts those distinct (image, view) pairs, the least any cache could e
 Target (issue 13): the sweep's encoder time at most 1.2x one 16-shot run's. Writes
 bench/results/sweep_reuse.json.
 """
-import argparse
 import json
 import os.path as osp
 import tempfile
@@ -48,9 +47,8 @@ def fewshot_images(out, base_classes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", default="toy", help="toy (default), a CLIP name or file, or random:<arch>")
-    parser.add_argument("--classes", type=int, default=10, help="classes of the generated data (not toy)")
+    parser = common.run_parser(__doc__, backbone="toy", backbone_help="toy (default), a CLIP name or file, or "
+                                                                      "random:<arch>")
     parser.add_argument("--epochs", type=int, default=5, help="LLU's epochs (training time is not what is measured)")
     args = parser.parse_args(argv)
     label = args.backbone

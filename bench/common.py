@@ -6,6 +6,7 @@ A random-weight CLIP is built from OpenAI's architecture table below with a fixe
 as an OpenAI-format state dict under ``$LLU_CACHE/bench`` (about 600 MB for ViT-B/32 in fp32), so it
 loads through exactly the path of real weights.
 """
+import argparse
 import json
 import os
 import os.path as osp
@@ -29,6 +30,15 @@ ARCHITECTURES = {
                      transformer_layers=12),
 }
 RANDOM_PREFIX = "random:"  # --backbone random:ViT-B/32 in the benchmarks
+
+
+def run_parser(doc, backbone="", backbone_help="default: ViT-B/16 on a GPU, else random:ViT-B/32",
+               classes_help="classes of the generated data (not toy)"):
+    """The options of every benchmark of whole runs: --backbone and --classes (of generated data)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--backbone", default=backbone, help=backbone_help)
+    parser.add_argument("--classes", type=int, default=10, help=classes_help)
+    return parser
 
 
 def default_backbone():
