@@ -21,6 +21,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -89,16 +91,16 @@ def measure(method, data, n, args):
     if result.returncode != 0:
         raise SystemExit(f"{method} on {data} n={n} failed:\n{result.stderr[-2000:]}")
     row = json.loads(result.stdout.strip().splitlines()[-1])
-    row["labels_file"] = out
+    labels = np.load(out)
+    os.remove(out)
     print(f"{data:12s} {n:8d} {method:9s} {row['seconds']:8.2f} s {row['peak_rss_growth_mb']:8.0f} MB "
           f"{row['clusters']:5d} clusters", flush=True)
-    return row
+    return row, labels
 
 
 def ari(a, b):
-    import numpy as np
     from sklearn.metrics import adjusted_rand_score
-    return float(adjusted_rand_score(np.load(a["labels_file"]), np.load(b["labels_file"])))
+    return float(adjusted_rand_score(a, b))
 
 
 def verdict(value, target, smaller_is_better=True):
@@ -123,18 +125,20 @@ def main(argv=None):
     result = {"dim": args.dim, "clusters": args.clusters, "exact_vs_scipy": [], "agreement": [], "scalable": [],
               "targets": TARGETS, "verdicts": {}}
     for n in args.sizes:  # random data: the worst case for time (no early, easy merges)
-        ours, scipy = measure("exact", "random", n, args), measure("scipy", "random", n, args)
+        (ours, our_labels), (scipy, scipy_labels) = (measure(method, "random", n, args)
+                                                     for method in ("exact", "scipy"))
         result["exact_vs_scipy"].append({
             "n": n, "exact": ours, "scipy": scipy, "time_ratio": ours["seconds"] / scipy["seconds"],
             "memory_ratio": ours["peak_rss_growth_mb"] / max(scipy["peak_rss_growth_mb"], 1.0),
-            "ari": ari(ours, scipy)})
+            "ari": ari(our_labels, scipy_labels)})
     for data in args.data:
         n = args.agreement_size
-        exact, scalable = measure("exact", data, n, args), measure("scalable", data, n, args)
+        (exact, exact_labels), (scalable, scalable_labels) = (measure(method, data, n, args)
+                                                              for method in ("exact", "scalable"))
         result["agreement"].append({"data": data, "n": n, "exact": exact, "scalable": scalable,
-                                    "ari_scalable_vs_exact": ari(scalable, exact)})
+                                    "ari_scalable_vs_exact": ari(scalable_labels, exact_labels)})
     for n in args.scalable_sizes:
-        result["scalable"].append({"n": n, "data": "random", **measure("scalable", "random", n, args)})
+        result["scalable"].append({"n": n, "data": "random", **measure("scalable", "random", n, args)[0]})
 
     print("\nExact complete linkage against scipy (random data, one thread):")
     print("| n | ours s | scipy s | time ratio | ours MB | scipy MB | memory ratio | ARI |")
