@@ -43,21 +43,32 @@ def raise_terminated(signum, frame):
 
 @contextmanager
 def signals_deferred():
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them. For code that must not be
-    interrupted halfway: Python raises KeyboardInterrupt between any two bytecodes, and inside a
-    library's queue handoff to its writer thread (TensorBoard's) that leaves the thread failing.
-    Only the main thread receives them; elsewhere (or without pthread_sigmask) the block just runs."""
+    """Hold SIGINT and SIGTERM until the block ends, then act on them as they would have acted. For
+    code that must not be interrupted halfway: Python raises KeyboardInterrupt between any two
+    bytecodes, and inside a library's queue handoff to its writer thread (TensorBoard's) that leaves
+    the thread failing. The handlers are swapped, not the signal mask: the kernel hands a process's
+    signal to any thread that does not block it. Only the main thread can swap them; elsewhere the
+    block just runs."""
     import signal
     import threading
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    held = []
+    previous = {signum: signal.signal(signum, lambda *received: held.append(received))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signum, frame = held[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(signum)  # the default action
 
 
 def exit_on_user_error(fn, *args, **kwargs):

@@ -137,8 +137,13 @@ def test_an_interrupt_during_a_metrics_write_arrives_after_it(tmp_path, interrup
     # Ctrl-C inside TensorBoard's queue handoff to its writer thread left the thread failing with a
     # traceback ("task_done() called too many times") instead of the run's one line.
     import signal
+    import threading
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from llu.engine.metrics import RunMetrics
+    # Another thread is alive, as in a run: the kernel may hand the process's signal to it.
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
     metrics = RunMetrics(str(tmp_path))
     writer = metrics.writer()
     real_add_scalar = writer.add_scalar
@@ -150,8 +155,12 @@ def test_an_interrupt_during_a_metrics_write_arrives_after_it(tmp_path, interrup
         return real_add_scalar(*args, **kwargs)
 
     writer.add_scalar = add_scalar_interrupted
-    with pytest.raises(KeyboardInterrupt):
-        metrics.add({"epoch": 1, "split": "train", "loss": 0.5, "lr": 0.1})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            metrics.add({"epoch": 1, "split": "train", "loss": 0.5, "lr": 0.1})
+    finally:
+        done.set()
+        other.join()
     assert calls == ["train/loss", "train/lr"]  # the whole record was written before the interrupt
     metrics.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
