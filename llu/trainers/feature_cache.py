@@ -112,21 +112,20 @@ class FeatureCache:
         keys = [image_key(item.impath) if osp.isfile(item.impath) else item.impath for item in data_source]
         namespaces = [self.namespace(transform, view) for view in views]
         known = [self._read_shards(folder, set(keys)) for folder, _ in namespaces]
-        missing = [(v, i) for v in range(len(views)) for i, key in enumerate(keys) if key not in known[v]]
-        if missing:
+        missing = [[i for i, key in enumerate(keys) if key not in found] for found in known]  # per view
+        if any(missing):
             # Extraction must not consume the global random stream (a DataLoader draws a seed from it),
             # or a run that fills the cache would train differently from one that reads it.
             with torch.random.fork_rng(devices=[]):
-                encoded = self._encode([data_source[i] for _, i in missing], transform,
-                                       [views[v] for v, _ in missing], desc)
-            for v, (folder, description) in enumerate(namespaces):
-                rows = [row for row, (view_index, _) in enumerate(missing) if view_index == v]
+                encoded = self._encode([data_source[i] for rows in missing for i in rows], transform,
+                                       [view for view, rows in zip(views, missing) for _ in rows], desc)
+            for (folder, description), found, rows, features in zip(namespaces, known, missing,
+                                                                    encoded.split([len(r) for r in missing])):
                 if rows:
-                    new_keys = [keys[missing[row][1]] for row in rows]
-                    self._write_shard(folder, description, new_keys, encoded[rows])
-                    known[v].update(zip(new_keys, encoded[rows]))
-        for v, (folder, _) in enumerate(namespaces):
-            if not any(view_index == v for view_index, _ in missing):
+                    self._write_shard(folder, description, [keys[i] for i in rows], features)
+                    found.update(zip((keys[i] for i in rows), features))
+        for (folder, _), rows in zip(namespaces, missing):
+            if not rows:
                 touch(folder)
         labels = torch.tensor([item.label for item in data_source], dtype=torch.long)
         return [(torch.stack([found[key] for key in keys]) if keys else torch.empty(0, self.dim), labels)
