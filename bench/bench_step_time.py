@@ -41,7 +41,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import common  # noqa: E402  (bench/common.py: real-size random CLIP, generated image folders)
-import train  # noqa: E402  (registers datasets and trainers)
+from llu import train  # noqa: E402
 from llu.tables import markdown  # noqa: E402
 from parse_results import step_time_table  # noqa: E402  (the table of Figure 3, with ratios to LLU)
 from llu.engine import TRAINER_REGISTRY, build_trainer, set_random_seed  # noqa: E402

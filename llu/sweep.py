@@ -109,7 +109,7 @@ def _start_worker(repo):
     global _train
     signal.signal(signal.SIGTERM, raise_terminated)  # a run then saves its last epoch to resume from
     sys.path.insert(0, repo)
-    import train
+    from llu import train
     _train = train
 
 

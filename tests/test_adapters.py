@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import train
+from llu import train
 from conftest import write_image_folder
 from numerics import assert_close
 from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint

@@ -277,7 +277,7 @@ def store_trainer_features(trainer, path, with_text=True, fmt="npz"):
 @pytest.fixture
 def folder_trainer(image_folder, tiny_clip_file, tmp_path, monkeypatch):
     """A ZeroshotCLIP trainer on the image folder (all classes), for its features and splits."""
-    import train
+    from llu import train
     monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(REPO)
     from llu.engine import build_trainer

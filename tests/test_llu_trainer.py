@@ -7,7 +7,7 @@ import pytest
 import torch
 from numerics import assert_close
 
-import train
+from llu import train
 from llu.engine import build_trainer, set_random_seed
 from llu.utils import load_torch
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from numerics import assert_close
 
-import train
+from llu import train
 from conftest import write_image_folder
 from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint, set_random_seed
 from llu.utils import UserError

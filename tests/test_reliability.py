@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-import train
+from llu import train
 from llu.utils import UserError, folder_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -425,7 +425,7 @@ def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_c
 KILLING_DRIVER = """
 import json, os, shutil, signal, sys
 sys.path.insert(0, os.getcwd())
-import train
+from llu import train
 
 data, args_template = sys.argv[1], sys.argv[2:]
 real_replace = os.replace

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-import train
+from llu import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +80,7 @@ def test_config_is_layered_dataset_then_trainer_then_flags_then_options(tmp_path
 @pytest.mark.parametrize("extra, message", [
     (["--trainer", "ZeroShotClip"], "unknown trainer 'ZeroShotClip'; did you mean ZeroshotCLIP"),
     (["OPTIM.LRR", "0.1"], "unknown config key OPTIM.LRR; did you mean OPTIM.LR"),
-    (["OPTIM.LR"], "trailing options must be KEY VALUE pairs"),
+    (["OPTIM.LR"], "trailing options must be KEY VALUE or KEY=VALUE pairs"),
 ])
 def test_user_errors_are_one_line_without_traceback(image_folder, tiny_clip_file, tmp_path, extra, message):
     args = _args(image_folder, tiny_clip_file, tmp_path / "out", "--eval-only")

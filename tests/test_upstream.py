@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_CLIP_DIMS
 
-import train
+from llu import train
 from llu.engine import build_trainer
 from llu.utils import UserError
 

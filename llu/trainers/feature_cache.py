@@ -285,8 +285,8 @@ def evict(directory, max_bytes, keep=None):
         print(f"Note: feature cache over {max_bytes / 1e9:.1f} GB (FEATURES.CACHE_MAX_GB); removed {folder}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m llu.trainers.feature_cache",
+def main(argv=None, prog="python -m llu.trainers.feature_cache"):
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="List or clear the feature cache.")
     parser.add_argument("command", choices=("list", "clear"))
     parser.add_argument("--dir", default="", help="the cache folder (default: $LLU_CACHE/features)")

@@ -1,0 +1,83 @@
+"""The ``llu`` command: one entry point, a subcommand per job. Each subcommand's module is imported
+only when it runs, so ``llu --help`` and every argument error answer without importing torch.
+
+    llu train ...            one run, CoOp's flags (``python train.py`` is the same command)
+    llu sweep base2new       a protocol's runs, then its tables (``bash scripts/base2new.sh``)
+    llu report DIR           every results.json under DIR -> tables and figures (``parse_results.py``)
+    llu predict ...          classify images with a trained model and any class names
+    llu export RUN OUT       a trained model as a self-contained folder
+    llu cache list|clear     the feature cache
+"""
+import sys
+
+
+def train(argv):
+    from llu.train import cli
+    return cli(argv, prog="llu train")
+
+
+def sweep(argv):
+    from llu.sweep import cli
+    return cli(argv, prog="llu sweep")
+
+
+def report(argv):
+    from llu.report import main
+    return main(argv, prog="llu report")
+
+
+def predict(argv):
+    from llu.predict import cli
+    return cli(argv, prog="llu predict")
+
+
+def export(argv):
+    from llu.export import cli
+    return cli(argv, prog="llu export")
+
+
+def cache(argv):
+    from llu.trainers.feature_cache import main
+    from llu.utils import exit_on_user_error
+    return exit_on_user_error(main, argv, prog="llu cache")
+
+
+COMMANDS = {
+    "train": (train, "one run: train (or evaluate) a trainer on a dataset, CoOp's flags"),
+    "sweep": (sweep, "a protocol (base2new, fewshot, xd, dg, ablation): its runs, then its tables"),
+    "report": (report, "every results.json under a folder -> Tables 1-4, Figures 2-3"),
+    "predict": (predict, "classify images with a trained model and any class names"),
+    "export": (export, "a trained model as a self-contained folder (config.json + model.safetensors)"),
+    "cache": (cache, "list or clear the feature cache"),
+}
+
+
+def usage():
+    from llu import __version__
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: llu COMMAND [ARGS ...]   (llu {__version__})", "",
+             "Few-shot fine-tuning of CLIP without losing its zero-shot ability: LLU beside CoOp, CoCoOp, "
+             "ProGrad, CLIP-Adapter and Tip-Adapter.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    lines += ["", "`llu COMMAND --help` describes a command; the README has examples."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from llu import __version__
+        print(f"llu {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"{usage()}\n\nerror: unknown command {argv[0]!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return command[0](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
