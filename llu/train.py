@@ -218,7 +218,9 @@ EXAMPLE = """example (the built-in world, LLU on the base classes, then its new 
 
 def help_epilog():
     """Trainers, datasets, backbone kinds and an example, read from the shipped configs (no torch)."""
-    trainers = "\n".join(f"  {name:<22}  {', '.join(names)}" for name, names in configs.shipped_trainers().items())
+    trainers = "\n".join(textwrap.fill(", ".join(names), width=100, initial_indent=f"  {name:<15} ",
+                                        subsequent_indent=" " * 18)
+                          for name, names in configs.shipped_trainers().items())
     datasets = textwrap.fill(", ".join(configs.shipped_datasets()), width=100, initial_indent="  ",
                              subsequent_indent="  ")
     return (f"trainers (--trainer) and their shipped configs (--config-file TRAINER/NAME):\n{trainers}\n\n"
