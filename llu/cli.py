@@ -8,6 +8,7 @@ only when it runs, so ``llu --help`` and every argument error answer without imp
     llu export RUN OUT       a trained model as a self-contained folder
     llu cache list|clear     the feature cache
 """
+import os
 import sys
 
 
@@ -64,7 +65,14 @@ def usage():
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return dispatch(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:  # `llu ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def dispatch(argv):
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
