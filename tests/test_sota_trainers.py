@@ -182,3 +182,114 @@ def test_upstream_kgcoop_config_and_command_line_load_unchanged(tmp_path, image_
     assert (cfg.TRAINER.KGCOOP.W, cfg.TRAINER.PREC, cfg.OPTIM.MAX_EPOCH) == (2.5, "fp32", 100)
     trainer = build_trainer(cfg)
     assert trainer.prompt_learner.init_text == "a photo of a" and trainer.prompt_learner.n_ctx == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe
+
+def reference_search(train_x, train_y, val_x, val_y, steps):
+    """CoOp's lpclip search written out with scikit-learn: the coarse grid, then the two ends of an
+    interval in C, the better kept (the left on a tie), the interval halved in log10 toward it."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    def fit(c):
+        classifier = LogisticRegression(solver="lbfgs", max_iter=1000, C=c).fit(train_x, train_y)
+        return classifier, np.mean(classifier.predict(val_x) == val_y)
+
+    grid = [1e6, 1e4, 1e2, 1, 1e-2, 1e-4, 1e-6]
+    peak = grid[int(np.argmax([fit(c)[1] for c in grid]))]
+    left, right = 0.1 * peak, 10 * peak
+    for _ in range(steps):
+        (left_fit, left_acc), (right_fit, right_acc) = fit(left), fit(right)
+        middle = 10 ** (0.5 * (np.log10(left) + np.log10(right)))
+        if left_acc < right_acc:
+            final_c, final, left = right, right_fit, middle
+        else:
+            final_c, final, right = left, left_fit, middle
+    return final_c, final
+
+
+def _noisy_features(seed, per_class, n_classes=8, dim=16, noise=2.0):
+    """Unit-norm features of overlapping classes around fixed centres, so that val accuracy depends on C."""
+    centres = torch.randn(n_classes, dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    noise = noise * torch.randn(len(labels), dim, generator=torch.Generator().manual_seed(seed))
+    return F.normalize(centres[labels] + noise, dim=-1).double().numpy(), labels.numpy()
+
+
+def test_c_search_matches_scikit_learn_called_directly():
+    from llu.trainers.linear_probe import search_c
+    train_x, train_y = _noisy_features(1, per_class=6)
+    val_x, val_y = _noisy_features(2, per_class=4)
+    test_x, _ = _noisy_features(3, per_class=6)
+    c, classifier, history = search_c(train_x, train_y, val_x, val_y, [1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6], 8)
+    expected_c, expected = reference_search(train_x, train_y, val_x, val_y, 8)
+    assert c == pytest.approx(expected_c, rel=1e-12)
+    assert (classifier.predict(test_x) == expected.predict(test_x)).all()
+    assert len(history) == 7 + 2 * 8 and len({correct for _, correct in history}) > 2  # C matters here
+
+
+@pytest.mark.parametrize("classes", ["all", "base"])  # base: two classes, scikit-learn's one-row model
+def test_linear_probe_predicts_as_scikit_learn_and_round_trips(build, classes):
+    trained = build("LinearProbe", "DATASET.SUBSAMPLE_CLASSES", classes, out="probe")
+    trained.train()
+    train_x, train_y = (t.numpy() for t in trained.split_features("train"))
+    val_x, val_y = (t.numpy() for t in trained.split_features("val"))
+    test_x = trained.split_features("test")[0]
+    expected_c, expected = reference_search(train_x, train_y, val_x, val_y, 8)
+    assert float(trained.probe.C) == pytest.approx(expected_c, rel=1e-12)
+    with torch.no_grad():
+        logits = trained.model_inference(test_x)
+    assert torch.equal(logits.argmax(dim=1), torch.from_numpy(expected.predict(test_x.numpy())))
+    assert_close(logits.softmax(dim=1), torch.from_numpy(expected.predict_proba(test_x.numpy())))
+    with open(os.path.join(trained.output_dir, "results.json")) as f:
+        assert json.load(f)["linear_probe_C"] == float(trained.probe.C)
+
+    state = load_checkpoint(os.path.join(trained.output_dir, "linear_probe", "model.pth.tar-1"))["state_dict"]
+    assert set(state) == {"weight", "bias", "C", "classnames"}
+    reloaded = build("LinearProbe", "DATASET.SUBSAMPLE_CLASSES", classes, out="reloaded")
+    with torch.no_grad():
+        assert not torch.equal(reloaded.model_inference(test_x), logits)
+        reloaded.load_model(trained.output_dir)
+        assert torch.equal(reloaded.model_inference(test_x), logits)
+
+
+def test_linear_probe_on_new_classes_is_refused_with_one_line(colours_root, tiny_clip_file, tmp_path, capsys):
+    def run(out, *extra):
+        capsys.readouterr()
+        try:
+            train.cli(["--root", colours_root, "--trainer", "LinearProbe", "--backbone", tiny_clip_file,
+                       "--config-file", "LinearProbe/toy", "--output-dir", str(tmp_path / out), "--seed", "1",
+                       *extra, "DATASET.NAME", "SotaTestColours", "FEATURES.CACHE_DIR", str(tmp_path / "features")])
+            return 0, capsys.readouterr().err
+        except SystemExit as e:
+            return e.code, capsys.readouterr().err
+
+    assert run("base", "DATASET.SUBSAMPLE_CLASSES", "base")[0] == 0
+    code, err = run("new", "--eval-only", "--model-dir", str(tmp_path / "base"), "DATASET.SUBSAMPLE_CLASSES", "new")
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "cannot name classes it was not trained on" in errors[0]
+    assert not os.path.exists(tmp_path / "new" / "results.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on the built-in world
+
+@pytest.mark.slow
+def test_toy_kgcoop_stays_nearer_the_hand_made_texts_than_coop(shapes_world, tmp_path):
+    def trained(name):
+        args = train.build_parser().parse_args([
+            "--root", shapes_world, "--trainer", name, "--dataset-config-file", "shapes",
+            "--config-file", f"{name}/toy", "--output-dir", str(tmp_path / name), "--seed", "1",
+            "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base",
+            "FEATURES.CACHE_DIR", str(tmp_path / "features")])
+        trainer = build_trainer(train.setup_cfg(args))
+        trainer.train()
+        with torch.no_grad():
+            text_features = trainer.model.encode_prompts(trainer.prompt_learner())
+        hand_made = trainer.class_text_features(["a photo of a {}."])
+        return knowledge_guided_loss(text_features, hand_made).item()
+
+    assert trained("KgCoOp") < trained("CoOp")
