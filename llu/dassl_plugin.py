@@ -2,7 +2,7 @@
 
 One line at the top of CoOp's ``train.py``, before its ``from dassl...`` imports::
 
-    import llu.dassl_plugin  # noqa: F401  (LLU, ProGrad, CLIP-Adapter, Tip-Adapter; docs/dassl.md)
+    import llu.dassl_plugin  # noqa: F401  (LLU, ProGrad, CLIP-Adapter, Tip-Adapter, KgCoOp, linear probe; docs/dassl.md)
 
 It takes the engine's names from Dassl, registers ``PLUGIN_TRAINERS`` in Dassl's
 ``TRAINER_REGISTRY`` and ``PLUGIN_DATASETS`` (your own image folders, the built-in world) in its
@@ -16,7 +16,7 @@ import dassl.config
 
 from llu import engine
 
-PLUGIN_TRAINERS = ("ProGrad", "CLIP_Adapter", "TipAdapter", "TipAdapterF", "LLU")
+PLUGIN_TRAINERS = ("ProGrad", "CLIP_Adapter", "TipAdapter", "TipAdapterF", "LLU", "KgCoOp", "LinearProbe")
 PLUGIN_DATASETS = ("ImageFolder", "Shapes", "ShapesSketch", "ShapesNoisy", "Patterns")
 
 engine.select_backend("dassl")

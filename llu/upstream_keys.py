@@ -77,3 +77,7 @@ def translate_opts(opts):
         if translated is not None:
             out += [translated[0], translated[1] if isinstance(translated[1], str) else str(translated[1])]
     return out
+
+# KgCoOp (htyao89/KgCoOp) keeps its lambda in CoOp's node; its boolean CTX_INIT means "a photo of a",
+# which KgCoOp's CTX_INIT "template" is (trainers/kgcoop.py), so the mapping above serves it too.
+ALIASES["TRAINER.COOP.W"] = "TRAINER.KGCOOP.W"
