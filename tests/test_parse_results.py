@@ -1,5 +1,5 @@
-"""parse_results.py on synthetic results trees: numbers checked against hand computations,
-classification of records, error messages, and the files written."""
+"""The report (``llu.report``, ``parse_results.py``) on synthetic results trees: numbers checked against
+hand computations, classification of records, error messages, and the files written."""
 import json
 import math
 import os
@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-import parse_results as pr
+from llu.report import build_report, main, write_report
+from llu.report.records import classify, load_record, load_records
+from llu.results import ResultsError
+from llu.utils import write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,7 +93,7 @@ def base2new_tree(tmp_path):
 
 
 def test_table1_per_dataset_matches_hand_computation(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
     cells = llu["cells"]
     assert cells["base"]["mean"] == pytest.approx((80 + 82 + 84) / 3)
@@ -104,7 +107,7 @@ def test_table1_per_dataset_matches_hand_computation(base2new_tree):
 
 
 def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     average = rows(report, "table1", dataset="Average", shots=16)["CoOp"]
     shapes_base, patterns_base = (90 + 90 + 93) / 3, (70 + 72 + 68) / 3
     shapes_new, patterns_new = (50 + 54 + 52) / 3, (20 + 24 + 22) / 3
@@ -116,7 +119,7 @@ def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
 
 
 def test_table1_rows_and_rendering(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     text = report.markdown
     assert "## Table 1" in text and "### Average over 2 datasets (16 shots)" in text
     # Method order as in the paper, zero-shot CLIP shown as "CLIP"; cells "mean ± std".
@@ -128,7 +131,7 @@ def test_table1_rows_and_rendering(base2new_tree):
 
 def test_a_method_missing_a_dataset_has_no_average(base2new_tree):
     write_pair(base2new_tree, "Shapes", "ProGrad", 1, 85.0, 60.0)
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     assert "ProGrad" in rows(report, "table1", dataset="Shapes", shots=16)
     assert "ProGrad" not in rows(report, "table1", dataset="Average", shots=16)
 
@@ -137,7 +140,7 @@ def test_unpaired_half_is_left_out_with_a_note(tmp_path):
     root = str(tmp_path)
     write_pair(root, "Shapes", "LLU", 1, 80.0, 70.0)
     lonely = write_result(root, "train_base/Shapes/shots_16/LLU/toy/seed2", seed=2, accuracy=99.0)
-    report = pr.build_report(root)
+    report = build_report(root)
     llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
     assert llu["cells"]["base"]["mean"] == 80.0 and llu["seeds"] == [1]
     assert any(note.startswith(lonely) for note in report.json["notes"])
@@ -150,7 +153,7 @@ def test_zero_shot_new_half_without_model_dir_pairs(tmp_path):
     write_result(root, "b", accuracy=70.0, subsample_classes="new", train_subsample_classes="new", **zs)
     # A trained method evaluated on new classes without loading a model is not a base-to-new half.
     write_result(root, "c", accuracy=90.0, subsample_classes="new", train_subsample_classes="new")
-    classified = pr.classify(pr.load_records(root))
+    classified = classify(load_records(root)[0])
     assert [(b.accuracy, n.accuracy) for b, n in classified.base2new] == [(60.0, 70.0)]
 
 
@@ -161,7 +164,7 @@ def test_ablation_variants_go_to_table4_not_table1(tmp_path):
         write_pair(root, "Shapes", "LLU", seed, base - 1, new - 10, cfg="toy_no_mask", llu_regularizer=1e-3)
         write_pair(root, "Shapes", "LLU", seed, base - 20, new - 40, cfg="toy_linear")
         write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0)
-    report = pr.build_report(root)
+    report = build_report(root)
     assert set(rows(report, "table1", dataset="Shapes", shots=16)) == {"CLIP", "LLU"}
     (table,) = tables_of(report, "table4", shots=16)
     columns = by_label(table["rows"])  # Table 4's columns (the paper's layout) are its rows here
@@ -196,7 +199,7 @@ def test_transfer_records_split_into_cross_dataset_and_domain_generalisation(tmp
             "ShapesSketch": (70.0 + shift, ["sketch of a circle"]),  # known variant: domain shift
             "ShapesBlurry": (60.0, ["circle", "star"]),  # unknown name, the source's classes: domain shift
         })
-    report = pr.build_report(root)
+    report = build_report(root)
     (xd,) = tables_of(report, "cross_dataset")
     (dg,) = tables_of(report, "domain_generalization")
     assert xd["source"] == dg["source"] == "Shapes" and xd["shots"] == 16
@@ -216,7 +219,7 @@ def test_train_shots_field_is_preferred_for_transfer(tmp_path):
     root = str(tmp_path)
     write_result(root, "a", dataset="Patterns", train_dataset="Shapes", subsample_classes="all",
                  train_subsample_classes="all", shots=-1, train_shots=4, model_dir="x")
-    (xd,) = tables_of(pr.build_report(root), "cross_dataset")
+    (xd,) = tables_of(build_report(root), "cross_dataset")
     assert xd["shots"] == 4
 
 
@@ -225,12 +228,12 @@ def test_fewshot_figure_and_data_when_several_shot_counts(tmp_path):
     for shots, (base, new) in {1: (70.0, 68.0), 16: (84.0, 60.0)}.items():
         write_pair(root, "Shapes", "CoOp", 1, base, new, shots=shots)
         write_pair(root, "Shapes", "ZeroshotCLIP", 1, 65.0, 70.0, shots=shots)
-    report = pr.build_report(root)
+    report = build_report(root)
     coop = rows(report, "fewshot", dataset="Shapes")["CoOp"]
     assert {shots: {half: cell[half]["mean"] for half in cell} for shots, cell in coop["cells"].items()} == \
         {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
     assert "### Shapes (16 shots)" in report.markdown  # Table 1 at the largest shot count
-    written = pr.write_report(report, str(tmp_path / "out"))
+    written = write_report(report, str(tmp_path / "out"))
     assert [os.path.basename(p) for p in written[-2:]] == ["figure2_fewshot.png", "figure2_fewshot.pdf"]
     with open(written[-2], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -249,7 +252,7 @@ def write_bench(path):
 def test_bench_file_gives_figure3_with_ratios_to_llu(tmp_path):
     root = str(tmp_path)
     write_bench(os.path.join(root, "bench", "step_time.json"))
-    report = pr.build_report(root)
+    report = build_report(root)
     assert "figure3_step_time.png" in report.figures
     text = report.markdown
     assert "Figure 3" in text and "5.00 (2.50x)" in text and "6.00 (1.50x)" in text and "9.00 (4.50x)" in text
@@ -285,23 +288,27 @@ def test_malformed_results_file_is_one_line_error_naming_it(base2new_tree, conte
     with open(bad, "w") as f:
         f.write(content)
     result = run_cli(base2new_tree)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("wrote ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0] and message in lines[0]
-    assert not os.path.exists(os.path.join(base2new_tree, "tables.md"))
+    # The file is skipped; the others are tabulated as without it.
+    assert "## Table 1" in result.stdout
+    assert json.load(open(os.path.join(base2new_tree, "tables.json")))["num_records"] == 36
 
 
 def test_out_of_range_accuracy_is_an_error(tmp_path):
     path = write_result(str(tmp_path), "a", accuracy=0.83 * 1000)
-    with pytest.raises(pr.ResultsError, match=f"{path}: field 'accuracy' must be a percentage"):
-        pr.build_report(str(tmp_path))
+    with pytest.raises(ResultsError, match=f"{path}: field 'accuracy' must be a percentage"):
+        load_record(path)
+    assert build_report(str(tmp_path)).skipped == [f"{path}: field 'accuracy' must be a percentage in [0, 100], "
+                                                   f"got 830.0"]
 
 
 def test_two_files_of_the_same_run_are_an_error(tmp_path):
     first = write_result(str(tmp_path), "a")
     second = write_result(str(tmp_path), "b")
-    with pytest.raises(pr.ResultsError, match="hold results of the same run") as error:
-        pr.build_report(str(tmp_path))
+    with pytest.raises(ResultsError, match="hold results of the same run") as error:
+        build_report(str(tmp_path))
     assert first in str(error.value) and second in str(error.value)
 
 
@@ -314,7 +321,7 @@ def test_empty_tree_is_an_error(tmp_path):
 def test_tables_get_the_usual_file_permissions(tmp_path):
     old = os.umask(0o022)
     try:
-        pr.write_text("x", str(tmp_path / "tables.md"))
+        write_text("x", str(tmp_path / "tables.md"))
     finally:
         os.umask(old)
     assert (os.stat(tmp_path / "tables.md").st_mode & 0o777) == 0o644
@@ -324,7 +331,7 @@ def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys
     root = str(tmp_path / "tree")
     for seed, digest in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
         write_pair(root, "Shapes", "LLU", seed, 80.0, 70.0, provenance={"backbone_sha256": digest})
-    pr.main([root])
+    main([root])
     err = capsys.readouterr().err
     assert "warning: the base-to-new tables mix runs of backbone 'toy' with different weights" in err
     assert "aaaaaaaaaaaa... in 4 run(s)" in err and "bbbbbbbbbbbb... in 2 run(s)" in err
@@ -333,7 +340,7 @@ def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys
 
 
 def test_one_set_of_weights_gives_no_warning(base2new_tree, capsys):
-    pr.main([base2new_tree])
+    main([base2new_tree])
     assert "warning" not in capsys.readouterr().err
 
 
@@ -377,7 +384,7 @@ def test_runs_on_all_classes_get_a_method_by_dataset_table(tmp_path):
                          accuracy=a + shift, **common)
             write_result(root, f"b/{trainer}/{seed}", dataset="folder_b", train_dataset="folder_b",
                          accuracy=b + shift, **common)
-    report = pr.build_report(root)
+    report = build_report(root)
     llu = rows(report, "all_classes", shots=16)["LLU"]["cells"]
     assert llu["folder_a"]["mean"] == pytest.approx(71.0) and llu["folder_b"]["mean"] == pytest.approx(52.0)
     assert "## Accuracy on all classes" in report.markdown and "No table" not in report.markdown
@@ -388,5 +395,5 @@ def test_figure2_points_over_different_seed_counts_are_warned_about(tmp_path):
     for seed in (1, 2):
         write_pair(root, "Shapes", "CoOp", seed, 80.0, 60.0, shots=16)
     write_pair(root, "Shapes", "CoOp", 1, 70.0, 65.0, shots=1)
-    report = pr.build_report(root)
+    report = build_report(root)
     assert any("different numbers of seeds (1 shots: 1, 16 shots: 2)" in w for w in report.warnings)
