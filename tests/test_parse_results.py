@@ -16,8 +16,9 @@ from llu.utils import write_text
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_result(root, relpath, **fields):
-    """A results.json as engine/trainer.py writes it, with ``fields`` overriding the defaults."""
+def results_content(**fields):
+    """A results.json's content as engine/trainer.py wrote it before schema_version (version 1), with
+    ``fields`` overriding the defaults (``schema_version=2, ablation=...`` for the current version)."""
     record = {
         "dataset": "Shapes", "trainer": "LLU", "backbone": "toy", "seed": 1, "shots": 16,
         "subsample_classes": "base", "eval_split": "test", "accuracy": 50.0, "error": 50.0, "macro_f1": 50.0,
@@ -26,11 +27,16 @@ def write_result(root, relpath, **fields):
         "elapsed_seconds": 1.0, "train_dataset": "Shapes", "train_subsample_classes": "base", "model_dir": "",
     }
     record.update(fields)
+    return record
+
+
+def write_result(root, relpath, **fields):
+    """A results.json (see ``results_content``) in ``root/relpath``; returns its path."""
     folder = os.path.join(root, relpath)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "results.json")
     with open(path, "w") as f:
-        json.dump(record, f)
+        json.dump(results_content(**fields), f)
     return path
 
 
@@ -281,11 +287,18 @@ def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path
     ("{not json", "not valid JSON"),
     (json.dumps({"dataset": "Shapes"}), "missing field 'trainer'"),
     (json.dumps({"dataset": 3}), "field 'dataset' has the wrong type"),
+    # Added with the skipping: not UTF-8, and wrong types deeper in an otherwise good record.
+    ("{}".encode("utf-16"), "not UTF-8 text"),
+    (json.dumps(results_content(dataset="x", seed="1")), "field 'seed' has the wrong type (str: '1'); expected an integer"),
+    (json.dumps(results_content(dataset="x", llu_regularizer="small")), "field 'llu_regularizer' has the wrong type"),
+    (json.dumps(results_content(dataset="x", provenance={"gpu": 3})), "field 'provenance.gpu' has the wrong type"),
+    (json.dumps(results_content(dataset="x", schema_version=2)), "missing field 'ablation' (expected a string)"),
+    (json.dumps(results_content(dataset="x", schema_version=99, ablation="")), "schema_version 99 is not one"),
 ])
 def test_malformed_results_file_is_one_line_error_naming_it(base2new_tree, content, message):
     bad = os.path.join(base2new_tree, "broken", "results.json")
     os.makedirs(os.path.dirname(bad))
-    with open(bad, "w") as f:
+    with open(bad, "wb" if isinstance(content, bytes) else "w") as f:
         f.write(content)
     result = run_cli(base2new_tree)
     assert result.returncode == 2
@@ -397,3 +410,70 @@ def test_figure2_points_over_different_seed_counts_are_warned_about(tmp_path):
     write_pair(root, "Shapes", "CoOp", 1, 70.0, 65.0, shots=1)
     report = build_report(root)
     assert any("different numbers of seeds (1 shots: 1, 16 shots: 2)" in w for w in report.warnings)
+
+
+def test_a_tree_of_unusable_files_only_says_so_and_exits_2(tmp_path):
+    bad = write_result(str(tmp_path), "a", accuracy="high")
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 2 and result.stdout == "No table: 0 record(s) found, none fits a table.\n"
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("wrote ")]
+    assert line.startswith(f"error: {bad}: field 'accuracy' has the wrong type")
+
+
+def test_main_returns_the_exit_status(base2new_tree, tmp_path):
+    assert main([base2new_tree, "--out", str(tmp_path / "a")]) == 0
+    write_result(base2new_tree, "broken", seed=None)
+    assert main([base2new_tree, "--out", str(tmp_path / "b")]) == 2
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+def write_current_pair(root, cfg, seed, base, new, ablation=""):
+    """A base-to-new pair of LLU records as train.py writes them now (schema_version 2)."""
+    write_pair(root, "Shapes", "LLU", seed, base, new, cfg=cfg, schema_version=2, ablation=ablation)
+
+
+def test_a_config_named_like_an_ablation_is_one_only_if_it_says_so(tmp_path):
+    root = str(tmp_path)
+    for seed in (1, 2):
+        write_current_pair(root, "toy", seed, 80.0, 70.0)
+        write_current_pair(root, "toy_fast", seed, 78.0, 69.0)  # named <c>_<suffix>, no ablation: a method
+        write_current_pair(root, "toy_no_mask", seed, 79.0, 60.0, ablation="no_mask")
+        write_current_pair(root, "toy_gamma_zero", seed, 77.0, 61.0, ablation="no_mask_v2")  # named by the key
+        write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0, schema_version=2, ablation="")
+    report = build_report(root)
+    assert set(rows(report, "table1", dataset="Shapes", shots=16)) == {"CLIP", "LLU (toy)", "LLU (toy_fast)"}
+    (table,) = tables_of(report, "table4", shots=16)
+    assert table["default_cfg"] == "toy"
+    assert [c["label"] for c in table["rows"]] == ["CLIP", "Default", "no mask", "no mask v2"]
+    assert by_label(table["rows"])["no mask v2"]["cfg"] == "toy_gamma_zero"
+    assert by_label(table["rows"])["no mask"]["cells"]["new"]["mean"] == pytest.approx(60.0)
+
+
+def test_old_records_of_a_config_take_the_ablation_its_new_records_declare(tmp_path):
+    root = str(tmp_path)
+    write_current_pair(root, "toy", 1, 80.0, 70.0)
+    write_current_pair(root, "toy_fast", 1, 78.0, 69.0)
+    write_pair(root, "Shapes", "LLU", 2, 80.0, 70.0, cfg="toy_fast")  # written before schema_version
+    report = build_report(root)
+    assert rows(report, "table1", dataset="Shapes", shots=16)["LLU (toy_fast)"]["seeds"] == [1, 2]
+    assert tables_of(report, "table4") == []
+
+
+def test_a_declared_ablation_goes_beside_the_one_default_or_is_warned_about(tmp_path):
+    root = str(tmp_path / "a")
+    write_current_pair(root, "vit", 1, 80.0, 70.0)
+    write_current_pair(root, "gamma_zero", 1, 79.0, 60.0, ablation="no_mask")  # not named after the default
+    (table,) = tables_of(build_report(root), "table4")
+    assert table["default_cfg"] == "vit" and [c["cfg"] for c in table["rows"]] == ["vit", "gamma_zero"]
+    write_current_pair(root, "toy", 1, 80.0, 70.0)  # two defaults: which one is ambiguous
+    report = build_report(root)
+    assert tables_of(report, "table4") == [] and "LLU (gamma_zero)" not in rows(report, "table1", shots=16)
+    assert any("config gamma_zero is ablation 'no_mask'" in w for w in report.warnings)
+
+
+def test_the_report_imports_neither_torch_nor_matplotlib():
+    code = ("import sys, llu.report, llu.results; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'matplotlib', 'numpy'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout == "[]\n", result.stderr
