@@ -130,10 +130,10 @@ OPTIONAL = {"dataset_reader": str, "eval_split": str, "error": NUMBER, "macro_f1
             "per_class_accuracy": dict, "elapsed_seconds": NUMBER, "timing": dict, "train_shots": NUMBER,
             "model_dir": str, "ablation": str, "provenance": dict}
 # The order of the fields in the file (version 1's, with schema_version first); the extras go before provenance.
-FILE_ORDER = ("schema_version", "dataset", "dataset_reader", "trainer", "backbone", "seed", "shots", "subsample_classes",
-              "eval_split", "accuracy", "error", "macro_f1", "num_classes", "per_class_accuracy", "config_files",
-              "ablation", "elapsed_seconds", "timing", "train_dataset", "train_shots", "train_subsample_classes",
-              "model_dir", "provenance")
+FILE_ORDER = ("schema_version", "dataset", "dataset_reader", "trainer", "backbone", "seed", "shots",
+              "subsample_classes", "eval_split", "accuracy", "error", "macro_f1", "num_classes",
+              "per_class_accuracy", "config_files", "ablation", "elapsed_seconds", "timing", "train_dataset",
+              "train_shots", "train_subsample_classes", "model_dir", "provenance")
 PROVENANCE_TEXT = ("backbone_sha256", "gpu", "cpu_capability")  # provenance entries the report reads
 EXPECTED = {str: "a string", int: "an integer", NUMBER: "a number", dict: "an object"}
 

@@ -289,7 +289,8 @@ def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path
     (json.dumps({"dataset": 3}), "field 'dataset' has the wrong type"),
     # Added with the skipping: not UTF-8, and wrong types deeper in an otherwise good record.
     ("{}".encode("utf-16"), "not UTF-8 text"),
-    (json.dumps(results_content(dataset="x", seed="1")), "field 'seed' has the wrong type (str: '1'); expected an integer"),
+    (json.dumps(results_content(dataset="x", seed="1")),
+     "field 'seed' has the wrong type (str: '1'); expected an integer"),
     (json.dumps(results_content(dataset="x", llu_regularizer="small")), "field 'llu_regularizer' has the wrong type"),
     (json.dumps(results_content(dataset="x", provenance={"gpu": 3})), "field 'provenance.gpu' has the wrong type"),
     (json.dumps(results_content(dataset="x", schema_version=2)), "missing field 'ablation' (expected a string)"),
