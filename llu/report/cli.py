@@ -135,14 +135,15 @@ def mixed_weights_warnings(records, table):
 
 
 def ablation_warnings(classified):
-    """One warning per declared ablation with no default config beside it (in no table)."""
+    """One warning per declared ablation whose default config is not clear (``tables.variant_base``): it is
+    in no table."""
     warnings = []
     for shots, by_dataset in sorted(base2new_by_shots(classified.base2new).items()):
         methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
         for m in sorted(methods, key=lambda m: (m.trainer, m.cfg, m.backbone)):
             if is_ablation(m, methods) and variant_base(m, methods) is None:
-                warnings.append(f"Table 4, {shots} shots: {m.trainer} config {m.cfg} is ablation {m.ablation!r} but "
-                                f"no config of {m.trainer} on {m.backbone} without an ablation is beside it; left out")
+                warnings.append(f"Table 4, {shots} shots: {m.trainer} config {m.cfg} is ablation {m.ablation!r}, but "
+                                f"of which config is unclear (name it <default config>_...); left out")
     return warnings
 
 

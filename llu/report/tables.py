@@ -117,7 +117,7 @@ def ablation_order(variants, default):
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the tables: each a tables.Table (rendered to every format by llu/tables.py)
+# Building the tables: each a render.Table (rendered to every format by render.py)
 
 def method_json(m, label):
     return {"trainer": m.trainer, "cfg": m.cfg, "backbone": m.backbone, "label": label}
