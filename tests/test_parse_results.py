@@ -1,5 +1,5 @@
-"""parse_results.py on synthetic results trees: numbers checked against hand computations,
-classification of records, error messages, and the files written."""
+"""The report (``llu.report``, ``parse_results.py``) on synthetic results trees: numbers checked against
+hand computations, classification of records, error messages, and the files written."""
 import json
 import math
 import os
@@ -8,13 +8,17 @@ import sys
 
 import pytest
 
-import parse_results as pr
+from llu.report import build_report, main, write_report
+from llu.report.records import classify, load_record, load_records
+from llu.results import ResultsError
+from llu.utils import write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_result(root, relpath, **fields):
-    """A results.json as engine/trainer.py writes it, with ``fields`` overriding the defaults."""
+def results_content(**fields):
+    """A results.json's content as engine/trainer.py wrote it before schema_version (version 1), with
+    ``fields`` overriding the defaults (``schema_version=2, ablation=...`` for the current version)."""
     record = {
         "dataset": "Shapes", "trainer": "LLU", "backbone": "toy", "seed": 1, "shots": 16,
         "subsample_classes": "base", "eval_split": "test", "accuracy": 50.0, "error": 50.0, "macro_f1": 50.0,
@@ -23,11 +27,16 @@ def write_result(root, relpath, **fields):
         "elapsed_seconds": 1.0, "train_dataset": "Shapes", "train_subsample_classes": "base", "model_dir": "",
     }
     record.update(fields)
+    return record
+
+
+def write_result(root, relpath, **fields):
+    """A results.json (see ``results_content``) in ``root/relpath``; returns its path."""
     folder = os.path.join(root, relpath)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "results.json")
     with open(path, "w") as f:
-        json.dump(record, f)
+        json.dump(results_content(**fields), f)
     return path
 
 
@@ -90,7 +99,7 @@ def base2new_tree(tmp_path):
 
 
 def test_table1_per_dataset_matches_hand_computation(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
     cells = llu["cells"]
     assert cells["base"]["mean"] == pytest.approx((80 + 82 + 84) / 3)
@@ -104,7 +113,7 @@ def test_table1_per_dataset_matches_hand_computation(base2new_tree):
 
 
 def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     average = rows(report, "table1", dataset="Average", shots=16)["CoOp"]
     shapes_base, patterns_base = (90 + 90 + 93) / 3, (70 + 72 + 68) / 3
     shapes_new, patterns_new = (50 + 54 + 52) / 3, (20 + 24 + 22) / 3
@@ -116,7 +125,7 @@ def test_table1_average_is_over_dataset_means_with_h_of_averages(base2new_tree):
 
 
 def test_table1_rows_and_rendering(base2new_tree):
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     text = report.markdown
     assert "## Table 1" in text and "### Average over 2 datasets (16 shots)" in text
     # Method order as in the paper, zero-shot CLIP shown as "CLIP"; cells "mean ± std".
@@ -128,7 +137,7 @@ def test_table1_rows_and_rendering(base2new_tree):
 
 def test_a_method_missing_a_dataset_has_no_average(base2new_tree):
     write_pair(base2new_tree, "Shapes", "ProGrad", 1, 85.0, 60.0)
-    report = pr.build_report(base2new_tree)
+    report = build_report(base2new_tree)
     assert "ProGrad" in rows(report, "table1", dataset="Shapes", shots=16)
     assert "ProGrad" not in rows(report, "table1", dataset="Average", shots=16)
 
@@ -137,7 +146,7 @@ def test_unpaired_half_is_left_out_with_a_note(tmp_path):
     root = str(tmp_path)
     write_pair(root, "Shapes", "LLU", 1, 80.0, 70.0)
     lonely = write_result(root, "train_base/Shapes/shots_16/LLU/toy/seed2", seed=2, accuracy=99.0)
-    report = pr.build_report(root)
+    report = build_report(root)
     llu = rows(report, "table1", dataset="Shapes", shots=16)["LLU"]
     assert llu["cells"]["base"]["mean"] == 80.0 and llu["seeds"] == [1]
     assert any(note.startswith(lonely) for note in report.json["notes"])
@@ -150,7 +159,7 @@ def test_zero_shot_new_half_without_model_dir_pairs(tmp_path):
     write_result(root, "b", accuracy=70.0, subsample_classes="new", train_subsample_classes="new", **zs)
     # A trained method evaluated on new classes without loading a model is not a base-to-new half.
     write_result(root, "c", accuracy=90.0, subsample_classes="new", train_subsample_classes="new")
-    classified = pr.classify(pr.load_records(root))
+    classified = classify(load_records(root)[0])
     assert [(b.accuracy, n.accuracy) for b, n in classified.base2new] == [(60.0, 70.0)]
 
 
@@ -161,7 +170,7 @@ def test_ablation_variants_go_to_table4_not_table1(tmp_path):
         write_pair(root, "Shapes", "LLU", seed, base - 1, new - 10, cfg="toy_no_mask", llu_regularizer=1e-3)
         write_pair(root, "Shapes", "LLU", seed, base - 20, new - 40, cfg="toy_linear")
         write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0)
-    report = pr.build_report(root)
+    report = build_report(root)
     assert set(rows(report, "table1", dataset="Shapes", shots=16)) == {"CLIP", "LLU"}
     (table,) = tables_of(report, "table4", shots=16)
     columns = by_label(table["rows"])  # Table 4's columns (the paper's layout) are its rows here
@@ -196,7 +205,7 @@ def test_transfer_records_split_into_cross_dataset_and_domain_generalisation(tmp
             "ShapesSketch": (70.0 + shift, ["sketch of a circle"]),  # known variant: domain shift
             "ShapesBlurry": (60.0, ["circle", "star"]),  # unknown name, the source's classes: domain shift
         })
-    report = pr.build_report(root)
+    report = build_report(root)
     (xd,) = tables_of(report, "cross_dataset")
     (dg,) = tables_of(report, "domain_generalization")
     assert xd["source"] == dg["source"] == "Shapes" and xd["shots"] == 16
@@ -216,7 +225,7 @@ def test_train_shots_field_is_preferred_for_transfer(tmp_path):
     root = str(tmp_path)
     write_result(root, "a", dataset="Patterns", train_dataset="Shapes", subsample_classes="all",
                  train_subsample_classes="all", shots=-1, train_shots=4, model_dir="x")
-    (xd,) = tables_of(pr.build_report(root), "cross_dataset")
+    (xd,) = tables_of(build_report(root), "cross_dataset")
     assert xd["shots"] == 4
 
 
@@ -225,12 +234,12 @@ def test_fewshot_figure_and_data_when_several_shot_counts(tmp_path):
     for shots, (base, new) in {1: (70.0, 68.0), 16: (84.0, 60.0)}.items():
         write_pair(root, "Shapes", "CoOp", 1, base, new, shots=shots)
         write_pair(root, "Shapes", "ZeroshotCLIP", 1, 65.0, 70.0, shots=shots)
-    report = pr.build_report(root)
+    report = build_report(root)
     coop = rows(report, "fewshot", dataset="Shapes")["CoOp"]
     assert {shots: {half: cell[half]["mean"] for half in cell} for shots, cell in coop["cells"].items()} == \
         {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
     assert "### Shapes (16 shots)" in report.markdown  # Table 1 at the largest shot count
-    written = pr.write_report(report, str(tmp_path / "out"))
+    written = write_report(report, str(tmp_path / "out"))
     assert [os.path.basename(p) for p in written[-2:]] == ["figure2_fewshot.png", "figure2_fewshot.pdf"]
     with open(written[-2], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -249,7 +258,7 @@ def write_bench(path):
 def test_bench_file_gives_figure3_with_ratios_to_llu(tmp_path):
     root = str(tmp_path)
     write_bench(os.path.join(root, "bench", "step_time.json"))
-    report = pr.build_report(root)
+    report = build_report(root)
     assert "figure3_step_time.png" in report.figures
     text = report.markdown
     assert "Figure 3" in text and "5.00 (2.50x)" in text and "6.00 (1.50x)" in text and "9.00 (4.50x)" in text
@@ -278,30 +287,42 @@ def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path
     ("{not json", "not valid JSON"),
     (json.dumps({"dataset": "Shapes"}), "missing field 'trainer'"),
     (json.dumps({"dataset": 3}), "field 'dataset' has the wrong type"),
+    # Added with the skipping: not UTF-8, and wrong types deeper in an otherwise good record.
+    ("{}".encode("utf-16"), "not UTF-8 text"),
+    (json.dumps(results_content(dataset="x", seed="1")),
+     "field 'seed' has the wrong type (str: '1'); expected an integer"),
+    (json.dumps(results_content(dataset="x", llu_regularizer="small")), "field 'llu_regularizer' has the wrong type"),
+    (json.dumps(results_content(dataset="x", provenance={"gpu": 3})), "field 'provenance.gpu' has the wrong type"),
+    (json.dumps(results_content(dataset="x", schema_version=2)), "missing field 'ablation' (expected a string)"),
+    (json.dumps(results_content(dataset="x", schema_version=99, ablation="")), "schema_version 99 is not one"),
 ])
 def test_malformed_results_file_is_one_line_error_naming_it(base2new_tree, content, message):
     bad = os.path.join(base2new_tree, "broken", "results.json")
     os.makedirs(os.path.dirname(bad))
-    with open(bad, "w") as f:
+    with open(bad, "wb" if isinstance(content, bytes) else "w") as f:
         f.write(content)
     result = run_cli(base2new_tree)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("wrote ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and bad in lines[0] and message in lines[0]
-    assert not os.path.exists(os.path.join(base2new_tree, "tables.md"))
+    # The file is skipped; the others are tabulated as without it.
+    assert "## Table 1" in result.stdout
+    assert json.load(open(os.path.join(base2new_tree, "tables.json")))["num_records"] == 36
 
 
 def test_out_of_range_accuracy_is_an_error(tmp_path):
     path = write_result(str(tmp_path), "a", accuracy=0.83 * 1000)
-    with pytest.raises(pr.ResultsError, match=f"{path}: field 'accuracy' must be a percentage"):
-        pr.build_report(str(tmp_path))
+    with pytest.raises(ResultsError, match=f"{path}: field 'accuracy' must be a percentage"):
+        load_record(path)
+    assert build_report(str(tmp_path)).skipped == [f"{path}: field 'accuracy' must be a percentage in [0, 100], "
+                                                   f"got 830.0"]
 
 
 def test_two_files_of_the_same_run_are_an_error(tmp_path):
     first = write_result(str(tmp_path), "a")
     second = write_result(str(tmp_path), "b")
-    with pytest.raises(pr.ResultsError, match="hold results of the same run") as error:
-        pr.build_report(str(tmp_path))
+    with pytest.raises(ResultsError, match="hold results of the same run") as error:
+        build_report(str(tmp_path))
     assert first in str(error.value) and second in str(error.value)
 
 
@@ -314,7 +335,7 @@ def test_empty_tree_is_an_error(tmp_path):
 def test_tables_get_the_usual_file_permissions(tmp_path):
     old = os.umask(0o022)
     try:
-        pr.write_text("x", str(tmp_path / "tables.md"))
+        write_text("x", str(tmp_path / "tables.md"))
     finally:
         os.umask(old)
     assert (os.stat(tmp_path / "tables.md").st_mode & 0o777) == 0o644
@@ -324,7 +345,7 @@ def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys
     root = str(tmp_path / "tree")
     for seed, digest in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
         write_pair(root, "Shapes", "LLU", seed, 80.0, 70.0, provenance={"backbone_sha256": digest})
-    pr.main([root])
+    main([root])
     err = capsys.readouterr().err
     assert "warning: the base-to-new tables mix runs of backbone 'toy' with different weights" in err
     assert "aaaaaaaaaaaa... in 4 run(s)" in err and "bbbbbbbbbbbb... in 2 run(s)" in err
@@ -333,7 +354,7 @@ def test_a_table_mixing_weights_of_one_backbone_is_warned_about(tmp_path, capsys
 
 
 def test_one_set_of_weights_gives_no_warning(base2new_tree, capsys):
-    pr.main([base2new_tree])
+    main([base2new_tree])
     assert "warning" not in capsys.readouterr().err
 
 
@@ -377,7 +398,7 @@ def test_runs_on_all_classes_get_a_method_by_dataset_table(tmp_path):
                          accuracy=a + shift, **common)
             write_result(root, f"b/{trainer}/{seed}", dataset="folder_b", train_dataset="folder_b",
                          accuracy=b + shift, **common)
-    report = pr.build_report(root)
+    report = build_report(root)
     llu = rows(report, "all_classes", shots=16)["LLU"]["cells"]
     assert llu["folder_a"]["mean"] == pytest.approx(71.0) and llu["folder_b"]["mean"] == pytest.approx(52.0)
     assert "## Accuracy on all classes" in report.markdown and "No table" not in report.markdown
@@ -388,5 +409,72 @@ def test_figure2_points_over_different_seed_counts_are_warned_about(tmp_path):
     for seed in (1, 2):
         write_pair(root, "Shapes", "CoOp", seed, 80.0, 60.0, shots=16)
     write_pair(root, "Shapes", "CoOp", 1, 70.0, 65.0, shots=1)
-    report = pr.build_report(root)
+    report = build_report(root)
     assert any("different numbers of seeds (1 shots: 1, 16 shots: 2)" in w for w in report.warnings)
+
+
+def test_a_tree_of_unusable_files_only_says_so_and_exits_2(tmp_path):
+    bad = write_result(str(tmp_path), "a", accuracy="high")
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 2 and result.stdout == "No table: 0 record(s) found, none fits a table.\n"
+    (line,) = [line for line in result.stderr.splitlines() if not line.startswith("wrote ")]
+    assert line.startswith(f"error: {bad}: field 'accuracy' has the wrong type")
+
+
+def test_main_returns_the_exit_status(base2new_tree, tmp_path):
+    assert main([base2new_tree, "--out", str(tmp_path / "a")]) == 0
+    write_result(base2new_tree, "broken", seed=None)
+    assert main([base2new_tree, "--out", str(tmp_path / "b")]) == 2
+    assert main([str(tmp_path / "missing")]) == 2
+
+
+def write_current_pair(root, cfg, seed, base, new, ablation=""):
+    """A base-to-new pair of LLU records as train.py writes them now (schema_version 2)."""
+    write_pair(root, "Shapes", "LLU", seed, base, new, cfg=cfg, schema_version=2, ablation=ablation)
+
+
+def test_a_config_named_like_an_ablation_is_one_only_if_it_says_so(tmp_path):
+    root = str(tmp_path)
+    for seed in (1, 2):
+        write_current_pair(root, "toy", seed, 80.0, 70.0)
+        write_current_pair(root, "toy_fast", seed, 78.0, 69.0)  # named <c>_<suffix>, no ablation: a method
+        write_current_pair(root, "toy_no_mask", seed, 79.0, 60.0, ablation="no_mask")
+        write_current_pair(root, "toy_gamma_zero", seed, 77.0, 61.0, ablation="no_mask_v2")  # named by the key
+        write_pair(root, "Shapes", "ZeroshotCLIP", seed, 60.0, 75.0, schema_version=2, ablation="")
+    report = build_report(root)
+    assert set(rows(report, "table1", dataset="Shapes", shots=16)) == {"CLIP", "LLU (toy)", "LLU (toy_fast)"}
+    (table,) = tables_of(report, "table4", shots=16)
+    assert table["default_cfg"] == "toy"
+    assert [c["label"] for c in table["rows"]] == ["CLIP", "Default", "no mask", "no mask v2"]
+    assert by_label(table["rows"])["no mask v2"]["cfg"] == "toy_gamma_zero"
+    assert by_label(table["rows"])["no mask"]["cells"]["new"]["mean"] == pytest.approx(60.0)
+
+
+def test_old_records_of_a_config_take_the_ablation_its_new_records_declare(tmp_path):
+    root = str(tmp_path)
+    write_current_pair(root, "toy", 1, 80.0, 70.0)
+    write_current_pair(root, "toy_fast", 1, 78.0, 69.0)
+    write_pair(root, "Shapes", "LLU", 2, 80.0, 70.0, cfg="toy_fast")  # written before schema_version
+    report = build_report(root)
+    assert rows(report, "table1", dataset="Shapes", shots=16)["LLU (toy_fast)"]["seeds"] == [1, 2]
+    assert tables_of(report, "table4") == []
+
+
+def test_a_declared_ablation_goes_beside_the_one_default_or_is_warned_about(tmp_path):
+    root = str(tmp_path / "a")
+    write_current_pair(root, "vit", 1, 80.0, 70.0)
+    write_current_pair(root, "gamma_zero", 1, 79.0, 60.0, ablation="no_mask")  # not named after the default
+    (table,) = tables_of(build_report(root), "table4")
+    assert table["default_cfg"] == "vit" and [c["cfg"] for c in table["rows"]] == ["vit", "gamma_zero"]
+    write_current_pair(root, "toy", 1, 80.0, 70.0)  # two defaults: which one is ambiguous
+    report = build_report(root)
+    assert tables_of(report, "table4") == [] and "LLU (gamma_zero)" not in rows(report, "table1", shots=16)
+    assert any("config gamma_zero is ablation 'no_mask'" in w for w in report.warnings)
+
+
+def test_the_report_imports_neither_torch_nor_matplotlib():
+    code = ("import sys, llu.report, llu.results; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'matplotlib', 'numpy'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout == "[]\n", result.stderr

@@ -195,6 +195,8 @@ class ProjectTrainerMixin:
     record_metrics = _builtin_trainer.SimpleTrainer.record_metrics
     TENSORBOARD_EVENTS = False  # Dassl's own writer has them; metrics.jsonl gets the evaluations
     extra_results = _builtin_trainer.SimpleTrainer.extra_results
+    RESULT_EXTRAS = _builtin_trainer.SimpleTrainer.RESULT_EXTRAS
+    ablation_name = _builtin_trainer.SimpleTrainer.ablation_name
     provenance = _builtin_trainer.SimpleTrainer.provenance
     parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)
 

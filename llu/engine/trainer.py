@@ -9,7 +9,8 @@ from collections import OrderedDict
 import torch
 import yaml
 
-from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progress, run_provenance, write_json
+from llu.results import RunResults
+from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progress, run_provenance
 
 from .data.data_manager import DataManager
 from .evaluation import build_evaluator
@@ -369,35 +370,23 @@ class SimpleTrainer(TrainerBase):
         return list(results.values())[0]
 
     def save_results(self, results, split):
-        """Write ``OUTPUT_DIR/results.json``: the one machine-readable record of a run."""
+        """Write ``OUTPUT_DIR/results.json``: the one machine-readable record of a run (``llu.results``)."""
         cfg = self.cfg
-        record = {
-            "dataset": self.dataset_label(cfg),
-            "dataset_reader": cfg.DATASET.NAME,
-            "trainer": cfg.TRAINER.NAME,
-            "backbone": cfg.MODEL.BACKBONE.NAME,
-            "seed": cfg.SEED,
-            "shots": cfg.DATASET.NUM_SHOTS,
-            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
-            "eval_split": split,
-            "accuracy": results["accuracy"],
-            "error": results["error"],
-            "macro_f1": results["macro_f1"],
-            "num_classes": self.num_classes,
-            "per_class_accuracy": {
-                self.lab2cname.get(label, str(label)): acc
-                for label, acc in self.evaluator.per_class_accuracy.items()
-            },
-            "config_files": {"dataset": cfg.SOURCE_FILES.DATASET, "trainer": cfg.SOURCE_FILES.TRAINER},
-            "elapsed_seconds": round(time.time() - self.time_start, 3),
-            "timing": self.timing_record(),
-        }
-        record.update(self.training_source())
-        record.update(self.extra_results())
-        record["provenance"] = self.provenance()
+        record = RunResults(
+            dataset=self.dataset_label(cfg), dataset_reader=cfg.DATASET.NAME, trainer=cfg.TRAINER.NAME,
+            backbone=cfg.MODEL.BACKBONE.NAME, seed=cfg.SEED, shots=cfg.DATASET.NUM_SHOTS,
+            subsample_classes=cfg.DATASET.SUBSAMPLE_CLASSES, eval_split=split, accuracy=results["accuracy"],
+            error=results["error"], macro_f1=results["macro_f1"], num_classes=self.num_classes,
+            per_class_accuracy={self.lab2cname.get(label, str(label)): acc
+                                for label, acc in self.evaluator.per_class_accuracy.items()},
+            config_files={"dataset": cfg.SOURCE_FILES.DATASET, "trainer": cfg.SOURCE_FILES.TRAINER},
+            elapsed_seconds=round(time.time() - self.time_start, 3), timing=self.timing_record(),
+            **self.training_source(), ablation=self.ablation_name(), extras=self.extra_results(),
+            provenance=self.provenance())
+        record.check_extras(self.RESULT_EXTRAS, type(self).__name__)
         mkdir_if_missing(self.output_dir)
         path = osp.join(self.output_dir, "results.json")
-        write_json(record, path)
+        record.write(path)
         print(f"Results written to {path}")
 
     def training_source(self):
@@ -432,9 +421,16 @@ class SimpleTrainer(TrainerBase):
             self.metrics = RunMetrics(self.output_dir, record["epoch"], self.TENSORBOARD_EVENTS)
         self.metrics.add(record)
 
+    # Trainer-specific entries of results.json ({key: type}): what ``extra_results`` returns, declared.
+    RESULT_EXTRAS = {}
+
     def extra_results(self):
-        """Trainer-specific entries for results.json (e.g. a regulariser value)."""
+        """Trainer-specific entries for results.json (e.g. a regulariser value), as in ``RESULT_EXTRAS``."""
         return {}
+
+    def ablation_name(self):
+        """results.json's ``ablation``: which ablation of the method this run is (Table 4's column), "" for none."""
+        return ""
 
     def provenance(self):
         """results.json's record of what produced the numbers (trainers add their weights' hash)."""

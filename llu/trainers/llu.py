@@ -35,6 +35,7 @@ def add_llu_config(cfg):
     cfg.TRAINER.LLU.EXACT_CLUSTER_LIMIT = 20000
     cfg.TRAINER.LLU.SHARED = False  # one adapter for images and texts (g_I = g_T)
     cfg.TRAINER.LLU.ADAPT = "both"  # which embeddings are adapted: both, image or text
+    cfg.TRAINER.LLU.ABLATION = ""  # Table 4's column this config is (no_mask, linear, ...); "" for LLU itself
 
 
 def check_llu_config(llu):
@@ -89,6 +90,11 @@ class LLU(ClipTrainer):
 
     def model_inference(self, image_features):
         return self.adapter.logits(image_features, self.text_features, self.logit_scale)
+
+    RESULT_EXTRAS = {"llu_regularizer": float, "llu_regularizer_form": str, "llu_anchors": dict}
+
+    def ablation_name(self):
+        return self.cfg.TRAINER.LLU.ABLATION
 
     def extra_results(self):
         return {"llu_regularizer": float(self.adapter.regularizer()),

@@ -211,6 +211,8 @@ class TipAdapter(ClipTrainer):
             self.cache.alpha.fill_(float(state_dict["alpha"]))
             self.cache.beta.fill_(float(state_dict["beta"]))
 
+    RESULT_EXTRAS = {"tip_alpha": float, "tip_beta": float, "tip_cache_size": int}
+
     def extra_results(self):
         return {"tip_alpha": float(self.cache.alpha), "tip_beta": float(self.cache.beta),
                 "tip_cache_size": int(self.cache.keys.shape[0])}
