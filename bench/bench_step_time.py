@@ -42,8 +42,8 @@ sys.path.insert(0, REPO)
 
 import common  # noqa: E402  (bench/common.py: real-size random CLIP, generated image folders)
 from llu import train  # noqa: E402
-from llu.tables import markdown  # noqa: E402
-from parse_results import step_time_table  # noqa: E402  (the table of Figure 3, with ratios to LLU)
+from llu.report.render import markdown  # noqa: E402
+from llu.report.tables import step_time_table  # noqa: E402  (the table of Figure 3, with ratios to LLU)
 from llu.engine import TRAINER_REGISTRY, build_trainer, set_random_seed  # noqa: E402
 from llu.utils import UserError, exit_on_user_error, user_cache_dir, write_json  # noqa: E402
 

@@ -10,8 +10,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
 import bench_step_time  # noqa: E402
-import parse_results  # noqa: E402
-from llu.tables import markdown  # noqa: E402
+from llu.report.records import load_bench  # noqa: E402
+from llu.report.render import markdown  # noqa: E402
+from llu.report.tables import step_time_table  # noqa: E402
 
 
 @pytest.mark.parametrize("inputs", ["images", "features"])
@@ -34,5 +35,5 @@ def test_bench_times_each_trainer_and_writes_what_parse_results_reads(tmp_path, 
     assert all(ms > 0 for per_batch in times.values() for ms in per_batch.values())
     assert result["skipped"] == {"NoSuchTrainer": "not registered in llu/trainers/"}
     assert result["num_classes"] == 4 and result["inputs"] == inputs
-    assert parse_results.load_bench(str(out))["step_time_ms"] == times
-    assert "(1.00x)" in markdown(parse_results.step_time_table(result))  # LLU is the reference of the ratios
+    assert load_bench(str(out))["step_time_ms"] == times
+    assert "(1.00x)" in markdown(step_time_table(result))  # LLU is the reference of the ratios

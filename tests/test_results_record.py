@@ -75,7 +75,7 @@ def test_every_ablation_config_declares_its_ablation():
 
 
 def test_the_trainer_writes_the_record_with_its_ablation(tmp_path, tiny_clip_file, monkeypatch):
-    import train
+    from llu import train
     from conftest import write_image_folder
     from llu.engine import build_trainer, set_random_seed
     from llu.trainers.llu import LLU

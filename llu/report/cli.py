@@ -184,8 +184,8 @@ def write_report(report, out_dir, fmt="md"):
     return paths
 
 
-def parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parser(prog=None):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("output_dir", help="folder holding the runs' results.json files")
     parser.add_argument("--out", default="", help="where tables.* and figures go (default: output_dir)")
     parser.add_argument("--bench", default="", help="step-time results file for Figure 3 "
@@ -196,10 +196,10 @@ def parser():
     return parser
 
 
-def main(argv=None):
+def main(argv=None, prog=None):
     """The command line (``parse_results.py``, ``llu report``); returns the exit status: 0, or 2 after
     an error (one line) or when a results.json was skipped."""
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     try:
         report = build_report(args.output_dir, args.bench or None)
         for problem in report.skipped:
