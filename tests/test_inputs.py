@@ -308,3 +308,51 @@ def test_a_truncated_png_is_one_line_naming_it(tmp_path, rng):
     open(path, "wb").write(data[:len(data) // 2])
     with pytest.raises(UserError, match="cut.png: cannot be read as an image"):
         read_image(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class names a prompt can tell apart: one check for image folders, split files and embeddings files
+
+def imagefolder_cfg(root, folder="my_images", **options):
+    from llu.engine import extend_cfg, get_cfg_default
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.IMAGEFOLDER.DIR = str(root), "ImageFolder", folder
+    cfg.merge_from_list([x for kv in options.items() for x in kv])
+    return cfg
+
+
+@pytest.mark.parametrize("twin", ["red_circle", "RED CIRCLE", "Red  circle", "red_Circle"])
+def test_class_folders_that_differ_only_in_case_or_underscores_are_refused(tmp_path, twin):
+    from conftest import write_image_folder
+
+    from llu.datasets.imagefolder import ImageFolder
+    root = tmp_path / "data" / "my_images"
+    write_image_folder(str(root), classes={"Red_Circle": (200, 0, 0), twin: (190, 0, 0)}, per_class=3)
+    first, second = sorted(["Red_Circle", twin])
+    with pytest.raises(UserError, match=f"class folders '{first}' and '{second}' both name the class "
+                                        f"'{first.replace('_', ' ')}'"):
+        ImageFolder(imagefolder_cfg(tmp_path / "data"))
+
+
+def test_a_split_file_whose_class_names_differ_only_in_case_is_refused(tmp_path):
+    from llu.datasets.splits import read_split
+    entries = [["a.png", 0, "Red circle"], ["b.png", 1, "red_circle"]]
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": entries, "val": entries, "test": entries}))
+    with pytest.raises(UserError, match=f"{path}: classes 'Red circle' and 'red_circle' both name the class"):
+        read_split(str(path), str(tmp_path))
+
+
+def test_an_embeddings_file_whose_class_names_differ_only_in_case_is_refused(tmp_path):
+    from llu.datasets.embeddings import EmbeddingsFile
+    path = tmp_path / "twins.npz"
+    np.savez(path, image_features=np.eye(4, dtype=np.float32), labels=np.arange(4) % 2,
+             classnames=np.array(["Sea lion", "sea_lion"]))
+    with pytest.raises(UserError, match=f"{path}: classnames: classes 'Sea lion' and 'sea_lion' both name"):
+        EmbeddingsFile(str(path))
+
+
+def test_distinct_class_names_pass():
+    from llu.datasets.splits import refuse_twin_classes
+    refuse_twin_classes([(n, n) for n in ("red circle", "red circles", "redcircle", "red-circle")], "here")

@@ -28,7 +28,7 @@ from llu.engine import CN, DatasetBase, Datum, config_extension
 from llu.utils import UserError, file_sha256
 
 from . import dataset
-from .splits import fewshot_and_subsample, split_by_proportions
+from .splits import fewshot_and_subsample, refuse_twin_classes, split_by_proportions
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 DEFAULT_INVERSE_TEMPERATURE = 100.0  # CLIP's learned 1 / tau
@@ -101,8 +101,7 @@ class EmbeddingsFile:
             raise problem(f"labels must be {features.shape[0]} integers, got {labels.dtype} {labels.shape}")
         if not isinstance(classnames, list) or not classnames or not all(isinstance(n, str) for n in classnames):
             raise problem("classnames are missing or not strings")
-        if len(set(classnames)) != len(classnames):
-            raise problem("two classes have the same name")
+        refuse_twin_classes([(name, name) for name in classnames], f"{path}: classnames")
         if labels.min() < 0 or labels.max() >= len(classnames) or len(np.unique(labels)) != len(classnames):
             raise problem(f"labels must be 0 to {len(classnames) - 1}, each class with images")
         self.image_features = unit_rows(features)

@@ -60,6 +60,23 @@ def _to_datums(items, path_prefix, filepath, key):
     return out
 
 
+def class_key(classname):
+    """What a prompt can tell of a class name: not its case, nor '_' from a space, nor runs of spaces."""
+    return " ".join(classname.replace("_", " ").split()).casefold()
+
+
+def refuse_twin_classes(classes, where, what="classes"):
+    """Stop with one line if two of ``classes`` [(the class as the input writes it, its class name)]
+    differ only in what a prompt cannot tell apart (``class_key``): they would get the same text."""
+    seen = {}
+    for written, classname in classes:
+        key = class_key(classname)
+        if key in seen:
+            raise UserError(f"{where}: {what} {seen[key][0]!r} and {written!r} both name the class "
+                            f"{seen[key][1]!r} (a prompt tells neither case nor '_' from a space); rename one")
+        seen[key] = (written, classname)
+
+
 def check_labels(parts, filepath, reference=None):
     """Labels are 0..K-1, each with one class name and each class name with one label; with a
     ``reference`` {label: class name} (the full split's), they must agree with it."""
@@ -78,6 +95,8 @@ def check_labels(parts, filepath, reference=None):
         odd = sorted(set(names) - set(range(len(names))))
         raise UserError(f"{filepath}: labels must be 0 to {len(names) - 1} for its {len(names)} classes, found "
                         f"{', '.join(map(str, odd[:5]))}")
+    if reference is None:
+        refuse_twin_classes([(names[label], names[label]) for label in sorted(names)], filepath)
     if reference is not None and set(names) != set(reference):
         extra = sorted(set(names) - set(reference))[:5]
         raise UserError(f"{filepath}: labels {', '.join(map(str, extra))} are not classes of the dataset")
