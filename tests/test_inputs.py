@@ -356,3 +356,79 @@ def test_an_embeddings_file_whose_class_names_differ_only_in_case_is_refused(tmp
 def test_distinct_class_names_pass():
     from llu.datasets.splits import refuse_twin_classes
     refuse_twin_classes([(n, n) for n in ("red circle", "red circles", "redcircle", "red-circle")], "here")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files and upstream keys: one line naming the file, bounded before anything is expanded
+
+ALIAS_BOMB = "UNKNOWN_SECTION:\n  l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+
+
+@pytest.mark.parametrize("text, message", [
+    (ALIAS_BOMB, "not valid YAML \\(holds more than 100,000 values with its aliases expanded \\(an alias bomb\\?\\) "
+                 "at line 7"),
+    ("A: &a [1, *a]\n", "not valid YAML \\(alias \\*a refers to a value that contains it at line 1, column 11"),
+    ("A: " + "[" * 2000 + "]" * 2000 + "\n", "not valid YAML \\(nested more than 32 deep"),
+    ("A: " + "{B: " * 40 + "1" + "}" * 40 + "\n", "not valid YAML \\(nested more than 32 deep"),
+    ("_BASE_: [a.yaml, b.yaml]\n", "key _BASE_ must be the path of another config file \\(a string\\)"),
+    ("_BASE_: {a: 1}\n", "key _BASE_ must be the path of another config file"),
+    ("1: 2\n", "key 1: config keys must be names"),
+    ("A: {B.C: 1}\n", "key A.'B.C': config keys must be names"),
+    ("A: {[1]: 2}\n", "not valid YAML \\(while constructing a mapping; found unhashable key at line 1, column 5\\)"),
+    ("A: !!python/object/apply:os.system [echo]\n", "not valid YAML \\(could not determine a constructor"),
+    ("A: 2020-13-45\n", "not valid YAML \\(ValueError: month must be in 1..12\\)"),
+    ("[1, 2]\n", "expected a mapping of config keys, got list"),
+    ("A: [unclosed\n", "not valid YAML \\(while parsing a flow sequence; expected ',' or ']', but got"),
+])
+def test_a_malformed_config_file_is_one_line_naming_it(tmp_path, text, message):
+    from llu import config_files
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"{path}: {message}") as refused:
+        config_files.chain(str(path))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path):
+    from llu import config_files
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00A: 1")
+    with pytest.raises(UserError, match=f"{path}: not valid YAML \\(not UTF-8 text"):
+        config_files.read(str(path))
+
+
+def test_aliases_that_expand_to_a_config_are_read(tmp_path):
+    from llu import config_files
+    path = tmp_path / "aliases.yaml"
+    path.write_text("OPTIM: &optim {LR: 0.002, MAX_EPOCH: 5}\nOTHER: {OPTIM: *optim}\n")
+    assert config_files.read(str(path))["OTHER"]["OPTIM"] == {"LR": 0.002, "MAX_EPOCH": 5}
+
+
+def test_a_chain_of_bases_too_long_is_one_line(tmp_path):
+    from llu import config_files
+    for i in range(40):
+        (tmp_path / f"{i}.yaml").write_text(f"_BASE_: {i + 1}.yaml\n")
+    (tmp_path / "40.yaml").write_text("A: 1\n")
+    with pytest.raises(UserError, match="more than 32 files deep in _BASE_ includes"):
+        config_files.chain(str(tmp_path / "0.yaml"))
+
+
+def test_the_config_command_refuses_an_alias_bomb_with_one_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    code, output = run_cli(f"import sys\nfrom llu import config_files\nsys.argv = ['x', {str(path)!r}]\n"
+                           f"exit_on_user_error(config_files.main)")
+    assert code == 2 and "an alias bomb?" in one_error_line(output)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"TRAINER": {"COOP": {"PREC": "fp16"}, "PREC": {"X": 1}}}, "key TRAINER.PREC is given both as a value and as "
+                                                                "a section \\(holding TRAINER.PREC.X\\)"),
+    ({"TRAINER": {"PREC": {"X": 1}, "COOP": {"PREC": "fp16"}}}, "key TRAINER.PREC is given both as a section and "
+                                                                "as a value"),
+])
+def test_an_upstream_key_colliding_with_a_section_is_one_line_naming_the_file(content, message):
+    from llu.upstream_keys import translate_mapping
+    with pytest.raises(UserError, match=f"trainer.yaml: {message}"):
+        translate_mapping(content, "trainer.yaml")
