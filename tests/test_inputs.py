@@ -432,3 +432,104 @@ def test_an_upstream_key_colliding_with_a_section_is_one_line_naming_the_file(co
     from llu.upstream_keys import translate_mapping
     with pytest.raises(UserError, match=f"trainer.yaml: {message}"):
         translate_mapping(content, "trainer.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# Split, embeddings and model config files: one line naming the file (and key)
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe{}", "not a readable JSON file \\(UnicodeDecodeError"),
+    (b"[" * 100000 + b"]" * 100000, "not a readable JSON file \\(RecursionError"),
+    (b'{"train": [["a.png", ' + b"1" * 5000 + b', "a"]]}', "not a readable JSON file \\(ValueError"),
+    (b'["train", "val", "test"]', "expected an object with train, val and test lists, got list"),
+    (b'{"train": [["a.png", "\xc2\xb2", "a"]], "val": [], "test": []}', "entry 0 of 'train' .*the label must be an integer"),
+])
+def test_a_malformed_split_file_is_one_line_naming_it(tmp_path, content, message):
+    from llu.datasets.splits import read_split
+    path = tmp_path / "split.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{path}: {message}") as refused:
+        read_split(str(path), str(tmp_path))
+    assert "\n" not in str(refused.value)
+
+
+def write_embeddings(path, **arrays):
+    base = dict(image_features=np.eye(4, 8, dtype=np.float32), labels=np.arange(4) % 2,
+                classnames=np.array(["a", "b"]))
+    np.savez(path, **{**base, **arrays})
+    return str(path)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"image_features": np.full((4, 8), 1e39)}, "key image_features holds values beyond float32's range"),
+    ({"image_features": np.zeros((4, 8), np.float32)}, "key image_features row 0 cannot be normalised in float32"),
+    ({"text_features": np.full((2, 8), -1e39)}, "key text_features holds values beyond float32's range"),
+    ({"inverse_temperature": np.array(np.inf)}, "key inverse_temperature must be one positive number finite in "
+                                                "float32"),
+    ({"inverse_temperature": np.array(1e39)}, "key inverse_temperature must be one positive number finite in float32"),
+    ({"image_features": np.zeros((0, 8), np.float32), "labels": np.zeros(0, int)},
+     "image_features must be a finite float array"),
+])
+def test_embeddings_are_checked_in_the_dtype_they_are_used_in(tmp_path, arrays, message):
+    from llu.datasets.embeddings import EmbeddingsFile
+    path = write_embeddings(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(UserError, match=f"{path}: {message}"):
+        EmbeddingsFile(path)
+
+
+def test_an_npz_declaring_more_data_than_it_holds_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    from llu.datasets.embeddings import EmbeddingsFile
+    path = tmp_path / "huge.npz"
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((4, 8), np.float32))
+    header["shape"] = (10 ** 11, 8)
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("image_features.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(np.zeros((4, 8), np.float32).tobytes())
+    with pytest.raises(UserError, match=f"{path}: member image_features.npy declares \\(100000000000, 8\\) float32"):
+        EmbeddingsFile(str(path))
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04" + b"\x00" * 40, b"\x93NUMPY"])
+def test_a_damaged_embeddings_file_is_one_line(tmp_path, content):
+    from llu.datasets.embeddings import EmbeddingsFile
+    for suffix in (".npz", ".safetensors"):
+        path = tmp_path / f"damaged{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(UserError, match=f"{path}: cannot be read as"):
+            EmbeddingsFile(str(path))
+
+
+TINY_OPENCLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1}}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["vision_cfg"].update(layerz=1), "unknown key vision_cfg.layerz \\(open_clip's keys there: "),
+    (lambda c: c.update(embed=32), "unknown key embed \\(open_clip's keys there: "),
+    (lambda c: c.pop("text_cfg"), "key text_cfg is missing"),
+    (lambda c: c.update(embed_dim="32"), "key embed_dim must be a positive integer"),
+    (lambda c: c.update(vision_cfg=[1]), "key vision_cfg must be an object of settings"),
+    (lambda c: c["vision_cfg"].update(layers="one"), "open_clip cannot build the model from its config \\(TypeError"),
+])
+def test_a_malformed_open_clip_model_config_is_one_line_naming_it(tmp_path, change, message):
+    import copy
+
+    from llu.backbones import load_backbone
+    config = copy.deepcopy(TINY_OPENCLIP)
+    change(config)
+    path = tmp_path / "my-model.json"
+    path.write_text(json.dumps(config))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(UserError, match=f"{path}: {message}"):
+        load_backbone(f"openclip:{path}", weights=str(tmp_path / "weights.bin"))
+
+
+def test_an_open_clip_config_that_is_not_json_is_one_line(tmp_path):
+    from llu.backbones import load_backbone
+    path = tmp_path / "broken.json"
+    path.write_text("{embed_dim: 32")
+    with pytest.raises(UserError, match=f"{path}: not a readable JSON config file"):
+        load_backbone(f"openclip:{path}", weights=str(path))
