@@ -172,7 +172,7 @@ class EmbeddingsFile:
         scale = arrays.get("inverse_temperature", np.array(DEFAULT_INVERSE_TEMPERATURE))
         value = float(scale.reshape(-1)[0]) if np.size(scale) == 1 and scale.dtype.kind in "fiu" else float("nan")
         if not 0 < value <= FLOAT32_MAX:  # used as a float32 (its log is the logit scale): finite there
-            raise problem(f"key inverse_temperature must be one positive number finite in float32, got {scale!r:.100}")
+            raise problem(f"key inverse_temperature must be one positive number finite in float32, got {scale.dtype} {scale.shape}")
         self.inverse_temperature = value
 
     @property
