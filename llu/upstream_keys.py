@@ -4,6 +4,8 @@ place that maps them, so their config files and command lines work here unchange
 ``translate(key, value)`` gives the key and value this project reads, or None for a key that has no
 effect here (said once, with what it did upstream).
 """
+from llu.utils import UserError
+
 # Upstream key -> ours.
 ALIASES = {
     "TRAINER.COOP.PREC": "TRAINER.PREC",  # one precision key for every trainer here
@@ -41,21 +43,28 @@ def translate(key, value):
     return key, value
 
 
-def translate_mapping(content):
-    """A config file's nested mapping with upstream keys translated."""
+def translate_mapping(content, source="a config file"):
+    """A config file's nested mapping with upstream keys translated; ``source`` (the file) names it in
+    the one line that refuses a key given both as a value and as a section (``LOSS.T: 1`` beside
+    ``TRAINER.PROGRAD.T: {...}``)."""
     out = {}
     for key, value in _flatten(content):
         translated = translate(key, value)
         if translated is not None:
-            _put(out, *translated)
+            _put(out, *translated, source)
     return out
 
 
-def _put(tree, dotted_key, value):
+def _put(tree, dotted_key, value, source):
     node = tree
     *parents, last = dotted_key.split(".")
-    for part in parents:
+    for depth, part in enumerate(parents):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"{source}: key {'.'.join(parents[:depth + 1])} is given both as a value and as a "
+                            f"section (holding {dotted_key})")
+    if isinstance(node.get(last), dict):
+        raise UserError(f"{source}: key {dotted_key} is given both as a section and as a value")
     node[last] = value
 
 

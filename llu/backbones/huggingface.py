@@ -1,13 +1,20 @@
 """Hugging Face models: ``hf:<folder>``, a ``transformers`` ``CLIPModel`` or ``SiglipModel`` saved with
 ``save_pretrained``, with its tokenizer and image processor saved in the same folder. Nothing is
-downloaded (``local_files_only``).
+downloaded (``local_files_only``) and no code from the folder runs: every load passes
+``trust_remote_code=False``, a folder whose config files name code of their own (``auto_map``) is
+refused before transformers reads it, and stdin is never consulted (transformers would ask on it
+whether to run such code).
 
 SigLIP scores an image-text pair as sigmoid(scale * cos + bias). Classification here is a softmax
 over the classes of scale * cos (Eq. 1): the bias adds the same number to every class's logit, so
 it changes neither the predictions nor the cross-entropy; the scale is the model's.
 """
+import contextlib
+import io
+import json
 import os
 import os.path as osp
+import sys
 
 import torch
 
@@ -18,6 +25,11 @@ from .base import ClipBackbone, Preprocess, combined_sha256
 WEIGHT_FILES = (".safetensors", ".bin")
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes in an image processor's config
 SUPPORTED = ("CLIPModel", "SiglipModel")
+# The files transformers reads to choose a config, model, tokenizer or processor class: any of them may
+# name code of the folder's own (``auto_map``).
+CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
+                "video_preprocessor_config.json", "generation_config.json")
+NO_REMOTE_CODE = dict(local_files_only=True, trust_remote_code=False)  # every from_pretrained call here
 
 
 def _transformers():
@@ -38,10 +50,60 @@ def folder_sha256(folder):
     return combined_sha256("hf", *(f"{n} {weights_sha256(osp.join(folder, n))}" for n in names))
 
 
+def read_config_file(path):
+    """The JSON object in one of a saved model's config files; one line if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            content = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: deep nesting
+        raise UserError(f"{path}: not a readable JSON config file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else 'nested too deeply'})") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a JSON object of config keys, got {type(content).__name__}")
+    return content
+
+
+def refuse_remote_code(folder):
+    """Stop, before transformers reads the folder, if one of its config files names code of its own:
+    ``auto_map`` (a class in a ``.py`` file beside it or in another repository) is the only way
+    transformers finds such code."""
+    for name in CONFIG_FILES:
+        path = osp.join(folder, name)
+        if not osp.isfile(path):
+            continue
+        content = read_config_file(path)
+        if "auto_map" in content:
+            targets = content["auto_map"]
+            shown = ", ".join(sorted(map(str, targets.values() if isinstance(targets, dict) else [targets])))[:200]
+            raise UserError(f"{path}: key auto_map names code of the model's own ({shown}); models whose "
+                            f"loading runs code from their folder are refused (supported: "
+                            f"{', '.join(SUPPORTED)} as transformers defines them)")
+        if name == "config.json":
+            architectures = content.get("architectures")
+            if architectures is not None and not (isinstance(architectures, list) and
+                                                  all(isinstance(a, str) for a in architectures)):
+                raise UserError(f"{path}: key architectures must be a list of class names, got {architectures!r:.100}")
+            if not isinstance(content.get("model_type", ""), str):
+                raise UserError(f"{path}: key model_type must be a string, got {content['model_type']!r:.100}")
+
+
+@contextlib.contextmanager
+def stdin_closed():
+    """transformers asks on stdin whether to run a folder's code when trust_remote_code is not given; it
+    is given everywhere here, and while transformers runs, stdin is empty as well, so no answer is read."""
+    stdin = sys.stdin
+    sys.stdin = io.StringIO("")
+    try:
+        yield
+    finally:
+        sys.stdin = stdin
+
+
 def locate(folder):
     folder = osp.expanduser(folder)
     if not osp.isdir(folder):
         raise UserError(f"MODEL.BACKBONE.NAME hf:{folder}: no such folder (a model saved with save_pretrained)")
+    refuse_remote_code(folder)
     sha256 = folder_sha256(folder)
     return sha256, lambda device, prec, trust: HuggingFaceClip(folder, sha256, device, prec)
 
@@ -51,30 +113,30 @@ class HuggingFaceClip(ClipBackbone):
 
     def __init__(self, folder, sha256, device, prec):
         super().__init__()
+        refuse_remote_code(folder)
         transformers = _transformers()
-        try:
-            config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise UserError(f"hf:{folder}: cannot read its config ({str(e).splitlines()[0]})") from None
+        config_path = osp.join(folder, "config.json")
+        with _one_line(config_path, "cannot be read as a transformers config"), stdin_closed():
+            config = transformers.AutoConfig.from_pretrained(folder, **NO_REMOTE_CODE)
         architecture = (config.architectures or [type(config).__name__.replace("Config", "Model")])[0]
         if architecture not in SUPPORTED:
             raise UserError(f"hf:{folder}: a {architecture}; supported are {', '.join(SUPPORTED)}")
-        try:
+        with _one_line(folder, "cannot load the model, its tokenizer or its image processor"), stdin_closed():
             with torch.random.fork_rng(devices=[]):
-                self.model = getattr(transformers, architecture).from_pretrained(folder, local_files_only=True)
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise UserError(f"hf:{folder}: cannot load the model, its tokenizer or its image processor "
-                            f"({str(e).splitlines()[0]})") from None
+                self.model = getattr(transformers, architecture).from_pretrained(folder, **NO_REMOTE_CODE)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **NO_REMOTE_CODE)
+            processor = transformers.AutoImageProcessor.from_pretrained(folder, **NO_REMOTE_CODE)
         if device.type == "cuda" and prec == "fp16":
             self.model.half()
         self.freeze(device)
         self.weights_sha256 = self.identity = sha256
         self.is_siglip = architecture == "SiglipModel"
-        self.embed_dim = config.projection_dim if hasattr(config, "projection_dim") else config.text_config.hidden_size
-        self.context_length = config.text_config.max_position_embeddings
-        self.preprocess = image_preprocess(processor, folder)
+        with _one_line(config_path, "lacks a size the model needs"):
+            self.embed_dim = int(config.projection_dim if hasattr(config, "projection_dim")
+                                 else config.text_config.hidden_size)
+            self.context_length = int(config.text_config.max_position_embeddings)
+        with _one_line(osp.join(folder, "preprocessor_config.json"), "is not a CLIP or SigLIP image processor's"):
+            self.preprocess = image_preprocess(processor, folder)
 
     @property
     def dtype(self):
@@ -120,6 +182,19 @@ class HuggingFaceClip(ClipBackbone):
         if type(self.tokenizer).__name__ not in ("CLIPTokenizer", "CLIPTokenizerFast"):
             return f"its tokenizer is {type(self.tokenizer).__name__}, not CLIP's BPE"
         return None
+
+
+@contextlib.contextmanager
+def _one_line(path, what):
+    """transformers raises many types for a file it cannot use (OSError, ValueError, TypeError, KeyError,
+    AttributeError, safetensors' errors, ...): any of them becomes one line naming ``path``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise UserError(f"{path}: {what} ({type(e).__name__}{': ' + first if first else ''})") from None
 
 
 def image_preprocess(processor, folder):

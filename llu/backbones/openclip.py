@@ -32,12 +32,57 @@ def quiet_logging():
         logging.disable(logging.NOTSET)
 
 
+def config_keys():
+    """{section: the keys open_clip reads there} of a model config: the model classes' arguments at the
+    top (CLIP, CustomTextCLIP, CoCa), the fields of its tower configs below."""
+    import dataclasses
+    import inspect
+
+    from open_clip import coca_model, model
+    top = {"custom_text"}
+    for cls in (model.CLIP, model.CustomTextCLIP, coca_model.CoCa):
+        top |= set(inspect.signature(cls.__init__).parameters) - {"self", "cast_dtype"}
+    fields = lambda cfg: {f.name for f in dataclasses.fields(cfg)}  # noqa: E731
+    return {"": top, "vision_cfg": fields(model.CLIPVisionCfg), "text_cfg": fields(model.CLIPTextCfg),
+            "multimodal_cfg": fields(coca_model.MultimodalCfg)}
+
+
+def check_model_config(path):
+    """Refuse, with one line naming the file and key, a model config open_clip could not build from:
+    not a JSON object, missing embed_dim / vision_cfg / text_cfg, or holding a key open_clip does not
+    read (a typo would be a TypeError deep inside open_clip). A text tower from Hugging Face
+    (``hf_model_name``, a local folder) must hold no code of its own (``huggingface.refuse_remote_code``)."""
+    from .huggingface import read_config_file, refuse_remote_code
+    config = read_config_file(path)
+    known = config_keys()
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in config:
+            raise UserError(f"{path}: key {key} is missing; an open_clip model config has embed_dim, vision_cfg "
+                            f"and text_cfg")
+    if isinstance(config["embed_dim"], bool) or not isinstance(config["embed_dim"], int) or config["embed_dim"] < 1:
+        raise UserError(f"{path}: key embed_dim must be a positive integer, got {config['embed_dim']!r:.100}")
+    for section, allowed in known.items():
+        content = config if not section else config.get(section, {})
+        if not isinstance(content, dict):
+            raise UserError(f"{path}: key {section} must be an object of settings, got {type(content).__name__}")
+        for key in content:
+            if key not in allowed:
+                where = f"{section}.{key}" if section else key
+                raise UserError(f"{path}: unknown key {where!s:.100} (open_clip's keys there: "
+                                f"{', '.join(sorted(allowed))})")
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        folder = config["text_cfg"].get(key)
+        if isinstance(folder, str) and osp.isdir(folder):
+            refuse_remote_code(folder)
+
+
 def model_name(spec):
-    """open_clip's name for ``spec``; a config JSON file is registered with open_clip first."""
+    """open_clip's name for ``spec``; a config JSON file is checked, then registered with open_clip."""
     open_clip = _open_clip()
     if spec.endswith(".json"):
         if not osp.isfile(spec):
             raise UserError(f"MODEL.BACKBONE.NAME openclip:{spec}: no such model config file")
+        check_model_config(spec)
         open_clip.add_model_config(spec)
         return osp.splitext(osp.basename(spec))[0]
     if spec not in open_clip.list_models():
@@ -95,23 +140,31 @@ def locate(spec, weights):
     sha256 = weights_sha256(path)
     config = _open_clip().get_model_config(name)
     identity = combined_sha256("openclip", repr(sorted(config.items())), repr(sorted(pretrained.items())), sha256)
-    return identity, lambda device, prec, trust: OpenClip(name, path, pretrained, sha256, identity, device, prec)
+    return identity, lambda device, prec, trust: OpenClip(name, path, pretrained, sha256, identity, device, prec,
+                                                          source=spec)
 
 
 class OpenClip(ClipBackbone):
     kind = "openclip"
 
-    def __init__(self, name, path, pretrained, sha256, identity, device, prec):
+    def __init__(self, name, path, pretrained, sha256, identity, device, prec, source=None):
+        """``source``: what MODEL.BACKBONE.NAME named (a config file, or open_clip's name)."""
         super().__init__()
+        from .huggingface import stdin_closed
         open_clip = _open_clip()
         precision = "fp16" if device.type == "cuda" and prec == "fp16" else "fp32"
         preprocess = {k: pretrained[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pretrained}
         # The random init before loading: off the global stream, and without open_clip's warning that
-        # no pretrained weights were loaded (they are, next).
-        with torch.random.fork_rng(devices=[]), quiet_logging():
-            self.model = open_clip.create_model(name, pretrained=None, precision=precision, device=device,
-                                                force_quick_gelu=bool(pretrained.get("quick_gelu", False)),
-                                                force_preprocess_cfg=preprocess or None)
+        # no pretrained weights were loaded (they are, next). A Hugging Face text tower is built by
+        # transformers, which would ask on stdin whether to run a folder's code: stdin is empty.
+        try:
+            with torch.random.fork_rng(devices=[]), quiet_logging(), stdin_closed():
+                self.model = open_clip.create_model(name, pretrained=None, precision=precision, device=device,
+                                                    force_quick_gelu=bool(pretrained.get("quick_gelu", False)),
+                                                    force_preprocess_cfg=preprocess or None)
+        except Exception as e:  # a value of the wrong type or size in the config, deep inside open_clip
+            raise UserError(f"{source or name}: open_clip cannot build the model from its config "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
         try:
             open_clip.load_checkpoint(self.model, path, strict=True, weights_only=True)
         except Exception as e:  # open_clip raises several types for a file that does not fit
@@ -119,7 +172,8 @@ class OpenClip(ClipBackbone):
                             f"{str(e).splitlines()[0][:300]})") from None
         self.freeze(device)
         self.weights_sha256, self.identity = sha256, identity
-        self.tokenizer = open_clip.get_tokenizer(name)
+        with stdin_closed():
+            self.tokenizer = open_clip.get_tokenizer(name)
         self.text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps its text tower apart
         cfg = self.model.visual.preprocess_cfg
         self.preprocess = Preprocess(tuple(cfg["size"]) if isinstance(cfg["size"], (tuple, list)) else

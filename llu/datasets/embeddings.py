@@ -28,7 +28,7 @@ from llu.engine import CN, DatasetBase, Datum, config_extension
 from llu.utils import UserError, file_sha256
 
 from . import dataset
-from .splits import fewshot_and_subsample, split_by_proportions
+from .splits import fewshot_and_subsample, refuse_twin_classes, split_by_proportions
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
 DEFAULT_INVERSE_TEMPERATURE = 100.0  # CLIP's learned 1 / tau
@@ -46,28 +46,63 @@ def add_embeddings_config(cfg):
 def _read_arrays(path):
     """{name: numpy array} and the class names of an embeddings file."""
     if path.endswith(".npz"):
+        check_npz_sizes(path)
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot be read as an .npz file without pickles ({e})") from None
+        except Exception as e:  # zipfile, zlib and NumPy raise many types for a damaged file
+            raise UserError(f"{path}: cannot be read as an .npz file without pickles ({_first_line(e)})") from None
         names = arrays.pop("classnames", None)
-        classnames = [str(n) for n in names.tolist()] if names is not None and names.dtype.kind in "US" else None
+        classnames = ([str(n) for n in names.tolist()] if names is not None and names.ndim == 1
+                      and names.dtype.kind in "US" else None)
         return arrays, classnames
     if path.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
+        from safetensors import safe_open
         try:
             with safe_open(path, framework="numpy") as f:
                 arrays = {name: f.get_tensor(name) for name in f.keys()}
                 metadata = f.metadata() or {}
-        except (OSError, SafetensorError) as e:
-            raise UserError(f"{path}: cannot be read as a safetensors file ({e})") from None
+        except Exception as e:  # SafetensorError, OSError, TypeError (a dtype NumPy lacks), ...
+            raise UserError(f"{path}: cannot be read as a safetensors file ({_first_line(e)})") from None
         try:
             classnames = json.loads(metadata["classnames"]) if "classnames" in metadata else None
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             classnames = None
         return arrays, classnames
     raise UserError(f"{path}: expected {LAYOUT}")
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())[:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def check_npz_sizes(path):
+    """Refuse, before anything is read, an .npz member whose header declares more data than the member
+    holds (a damaged file, or one that would have NumPy allocate a huge array for nothing)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as f:
+                    version = np.lib.format.read_magic(f)
+                    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = reader(f)
+                    header = f.tell()
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if dtype.hasobject:
+                    continue  # refused as a pickle when read
+                if declared != member.file_size - header:
+                    raise UserError(f"{path}: member {member.filename} declares {shape} {dtype} ({declared:,} bytes) "
+                                    f"but holds {member.file_size - header:,} bytes")
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{path}: cannot be read as an .npz file without pickles ({_first_line(e)})") from None
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def unit_rows(array):
@@ -76,6 +111,25 @@ def unit_rows(array):
     if torch.allclose(rows.norm(dim=-1), torch.ones(rows.shape[0]), rtol=0, atol=1e-5):
         return rows
     return F.normalize(rows, dim=-1)
+
+
+def checked_unit_rows(array, path, key):
+    """``unit_rows`` of a float array [n, D], checked in float32, the dtype it is used in: finite there
+    (a value beyond float32's range would become inf) and of unit length once normalised (a zero row
+    has no direction); one line naming the file and key otherwise."""
+    values = np.asarray(array, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: key {key} holds NaN or infinite values; expected {LAYOUT}")
+    if np.abs(values).max(initial=0.0) > FLOAT32_MAX:
+        raise UserError(f"{path}: key {key} holds values beyond float32's range (up to {FLOAT32_MAX:.3g}), the "
+                        f"dtype features are used in; expected {LAYOUT}")
+    rows = unit_rows(array)
+    norms = rows.norm(dim=-1)
+    if not (torch.isfinite(rows).all() and bool(((norms - 1).abs() < 1e-3).all())):
+        bad = int(((norms - 1).abs() >= 1e-3).nonzero()[0, 0]) if rows.shape[0] else 0
+        raise UserError(f"{path}: key {key} row {bad} cannot be normalised in float32 (zero, or too large); "
+                        f"expected {LAYOUT}")
+    return rows
 
 
 class EmbeddingsFile:
@@ -95,30 +149,31 @@ class EmbeddingsFile:
         features, labels = arrays.get("image_features"), arrays.get("labels")
         if features is None or labels is None:
             raise problem("image_features and labels are required")
-        if features.ndim != 2 or features.dtype.kind != "f" or not np.isfinite(features).all():
+        if features.ndim != 2 or features.dtype.kind != "f" or not np.isfinite(features).all() or 0 in features.shape:
             raise problem(f"image_features must be a finite float array [N, D], got {features.dtype} {features.shape}")
         if labels.shape != (features.shape[0],) or labels.dtype.kind not in "iu":
             raise problem(f"labels must be {features.shape[0]} integers, got {labels.dtype} {labels.shape}")
         if not isinstance(classnames, list) or not classnames or not all(isinstance(n, str) for n in classnames):
             raise problem("classnames are missing or not strings")
-        if len(set(classnames)) != len(classnames):
-            raise problem("two classes have the same name")
+        refuse_twin_classes([(name, name) for name in classnames], f"{path}: classnames")
         if labels.min() < 0 or labels.max() >= len(classnames) or len(np.unique(labels)) != len(classnames):
             raise problem(f"labels must be 0 to {len(classnames) - 1}, each class with images")
-        self.image_features = unit_rows(features)
+        self.image_features = checked_unit_rows(features, path, "image_features")
         self.labels = torch.from_numpy(labels.astype(np.int64))
         self.classnames = classnames
         self.split = arrays.get("split")
         if self.split is not None and (self.split.shape != labels.shape or not np.isin(self.split, [0, 1, 2]).all()):
             raise problem(f"split must be {labels.shape[0]} codes 0 (train), 1 (val) or 2 (test)")
         text = arrays.get("text_features")
-        if text is not None and (text.shape != (len(classnames), features.shape[1]) or not np.isfinite(text).all()):
+        if text is not None and (text.shape != (len(classnames), features.shape[1]) or text.dtype.kind != "f"
+                                 or not np.isfinite(text).all()):
             raise problem(f"text_features must be finite, [{len(classnames)}, {features.shape[1]}], got {text.shape}")
-        self.text_features = None if text is None else unit_rows(text)
+        self.text_features = None if text is None else checked_unit_rows(text, path, "text_features")
         scale = arrays.get("inverse_temperature", np.array(DEFAULT_INVERSE_TEMPERATURE))
-        if np.size(scale) != 1 or scale.dtype.kind not in "fiu" or not float(scale.reshape(-1)[0]) > 0:
-            raise problem("inverse_temperature must be one positive number")
-        self.inverse_temperature = float(scale.reshape(-1)[0])
+        value = float(scale.reshape(-1)[0]) if np.size(scale) == 1 and scale.dtype.kind in "fiu" else float("nan")
+        if not 0 < value <= FLOAT32_MAX:  # used as a float32 (its log is the logit scale): finite there
+            raise problem(f"key inverse_temperature must be one positive number finite in float32, got {scale.dtype} {scale.shape}")
+        self.inverse_temperature = value
 
     @property
     def dim(self):

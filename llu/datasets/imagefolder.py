@@ -11,8 +11,8 @@ from llu.utils import UserError, listdir_nohidden
 
 from . import dataset
 from .coop_common import dataset_folder
-from .splits import (dataset_file_path, fewshot_and_subsample, read_and_split_data, read_split, require_dir,
-                     require_file, save_split)
+from .splits import (dataset_file_path, fewshot_and_subsample, read_and_split_data, read_split, refuse_twin_classes,
+                     require_dir, require_file, save_split)
 
 SPLIT_NAME = "split_imagefolder.json"
 
@@ -48,12 +48,7 @@ class ImageFolder(DatasetBase):
             if not folders:
                 raise UserError(f"{self.dataset_dir}: no class folders found; expected {layout}")
             new_cnames = {f: f.replace("_", " ") for f in folders}
-            merged = {}
-            for folder, name in sorted(new_cnames.items()):
-                if name in merged:
-                    raise UserError(f"{self.dataset_dir}: class folders {merged[name]!r} and {folder!r} both name the "
-                                    f"class {name!r} ('_' reads as a space); rename one")
-                merged[name] = folder
+            refuse_twin_classes(sorted(new_cnames.items()), self.dataset_dir, "class folders")
             train, val, test = read_and_split_data(self.dataset_dir, new_cnames=new_cnames)
             save_split(train, val, test, split_path, self.dataset_dir)
         train, val, test = fewshot_and_subsample(self, cfg, self.dataset_dir, train, val, test)

@@ -43,21 +43,39 @@ def _to_datums(items, path_prefix, filepath, key):
         raise UserError(f"{filepath}: '{key}' must be a list of [image path, label, class name] entries")
     out = []
     for number, entry in enumerate(items):
-        where = f"{filepath}: entry {number} of '{key}' ({entry!r})"
+        where = f"{filepath}: entry {number} of '{key}' ({entry!r:.200})"
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
             raise UserError(f"{where}: expected [image path, label, class name]")
         impath, label, classname = entry
         if not isinstance(impath, str) or not isinstance(classname, str):
             raise UserError(f"{where}: the image path and the class name must be strings")
         if isinstance(label, bool) or not isinstance(label, int):
-            if not (isinstance(label, str) and label.strip().isdigit()):
+            digits = label.strip() if isinstance(label, str) else ""
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
                 raise UserError(f"{where}: the label must be an integer")
-            label = int(label)
+            label = int(digits)
         path = _inside(path_prefix, impath)
         if path is None:
             raise UserError(f"{where}: the image path must be relative and inside {path_prefix}")
         out.append(Datum(impath=path, label=label, classname=classname))
     return out
+
+
+def class_key(classname):
+    """What a prompt can tell of a class name: not its case, nor '_' from a space, nor runs of spaces."""
+    return " ".join(classname.replace("_", " ").split()).casefold()
+
+
+def refuse_twin_classes(classes, where, what="classes"):
+    """Stop with one line if two of ``classes`` [(the class as the input writes it, its class name)]
+    differ only in what a prompt cannot tell apart (``class_key``): they would get the same text."""
+    seen = {}
+    for written, classname in classes:
+        key = class_key(classname)
+        if key in seen:
+            raise UserError(f"{where}: {what} {seen[key][0]!r:.100} and {written!r:.100} both name the class "
+                            f"{seen[key][1]!r:.100} (a prompt tells neither case nor '_' from a space); rename one")
+        seen[key] = (written, classname)
 
 
 def check_labels(parts, filepath, reference=None):
@@ -78,14 +96,28 @@ def check_labels(parts, filepath, reference=None):
         odd = sorted(set(names) - set(range(len(names))))
         raise UserError(f"{filepath}: labels must be 0 to {len(names) - 1} for its {len(names)} classes, found "
                         f"{', '.join(map(str, odd[:5]))}")
+    if reference is None:
+        refuse_twin_classes([(names[label], names[label]) for label in sorted(names)], filepath)
     if reference is not None and set(names) != set(reference):
         extra = sorted(set(names) - set(reference))[:5]
         raise UserError(f"{filepath}: labels {', '.join(map(str, extra))} are not classes of the dataset")
 
 
+def read_json_file(filepath):
+    """``read_json``, with every malformed file one line naming it: also one that is not UTF-8, is nested
+    too deeply for Python's parser, holds a number too long to convert, or is a folder."""
+    try:
+        return read_json(filepath)
+    except (ValueError, RecursionError, OSError) as e:
+        raise UserError(f"{filepath}: not a readable JSON file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
+
+
 def read_split(filepath, path_prefix):
     """Read a CoOp ``split_zhou_*.json``: {"train"|"val"|"test": [[relative path, label, class name], ...]}."""
-    split = read_json(filepath)
+    split = read_json_file(filepath)
+    if not isinstance(split, dict):
+        raise UserError(f"{filepath}: expected an object with train, val and test lists, got {type(split).__name__}")
     missing = [k for k in ("train", "val", "test") if k not in split]
     if missing:
         raise UserError(f"{filepath}: missing key(s) {', '.join(missing)}; expected train, val and test lists")
@@ -206,7 +238,7 @@ def load_or_sample_fewshot(dataset, dataset_dir, num_shots, seed, train, val=Non
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
     source = source_sha256(dataset_dir, train, val)
     if seed >= 0 and osp.isfile(path):
-        data = read_json(path)
+        data = read_json_file(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected an object with 'train' and 'val' lists")
         if data.get("source_sha256") == source:
@@ -267,8 +299,10 @@ def read_coop_fewshot_pickle(path, dataset_dir):
     try:
         with open(path, "rb") as f:
             data = _CoOpUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError) as e:
-        raise UserError(f"{path}: not a CoOp few-shot split ({e})") from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError, IndexError, KeyError,
+            OverflowError, RecursionError, MemoryError, UnicodeError) as e:
+        raise UserError(f"{path}: not a CoOp few-shot split ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("train"), list):
         raise UserError(f"{path}: not a CoOp few-shot split (expected a dict with a 'train' list)")
     folder = osp.basename(osp.normpath(dataset_dir))

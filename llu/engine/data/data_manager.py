@@ -1,24 +1,12 @@
 """``DataManager``: builds the dataset and its train/val/test loaders (Dassl's interface)."""
-import os.path as osp
-
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from llu.utils import UserError, log_only
 
 from .datasets import build_dataset
+from .images import read_image
 from .transforms import build_transform
-
-
-def read_image(path):
-    if not osp.isfile(path):
-        raise UserError(f"{path}: image not found (is DATASET.ROOT the folder that holds the dataset's folder?)")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path}: cannot be read as an image ({e})") from None
 
 
 class DatasetWrapper(Dataset):

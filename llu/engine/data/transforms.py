@@ -5,6 +5,8 @@ from torchvision.transforms import (
 
 from llu.utils import UserError
 
+from .images import to_rgb
+
 INTERPOLATION_MODES = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
@@ -14,7 +16,9 @@ AVAILABLE_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "no
 
 
 def _to_rgb(image):
-    return image.convert("RGB")
+    """8-bit RGB (``images.to_rgb``: 16-bit and float images scaled, alpha over white); an image that
+    already is 8-bit RGB passes unchanged."""
+    return to_rgb(image)
 
 
 def build_transform(cfg, is_train=True, choices=None):
