@@ -174,3 +174,5 @@ def read_json_file(path):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not valid JSON ({e}); expected a JSON file") from None
+    except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+        raise ResultsError(f"{path}: not a readable JSON file ({type(e).__name__}); expected a JSON file") from None

@@ -160,6 +160,8 @@ def write_json(obj, path):
 
 
 def read_json(path):
+    """A JSON file's content; every malformed file is one line naming it: not JSON, not UTF-8, nested too
+    deeply for Python's parser, a number too long to convert, or a folder."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -167,6 +169,9 @@ def read_json(path):
         raise UserError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError, OSError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]})") from None
 
 
 def file_sha256(path):

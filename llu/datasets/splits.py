@@ -103,19 +103,9 @@ def check_labels(parts, filepath, reference=None):
         raise UserError(f"{filepath}: labels {', '.join(map(str, extra))} are not classes of the dataset")
 
 
-def read_json_file(filepath):
-    """``read_json``, with every malformed file one line naming it: also one that is not UTF-8, is nested
-    too deeply for Python's parser, holds a number too long to convert, or is a folder."""
-    try:
-        return read_json(filepath)
-    except (ValueError, RecursionError, OSError) as e:
-        raise UserError(f"{filepath}: not a readable JSON file ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:200]})") from None
-
-
 def read_split(filepath, path_prefix):
     """Read a CoOp ``split_zhou_*.json``: {"train"|"val"|"test": [[relative path, label, class name], ...]}."""
-    split = read_json_file(filepath)
+    split = read_json(filepath)
     if not isinstance(split, dict):
         raise UserError(f"{filepath}: expected an object with train, val and test lists, got {type(split).__name__}")
     missing = [k for k in ("train", "val", "test") if k not in split]
@@ -238,7 +228,7 @@ def load_or_sample_fewshot(dataset, dataset_dir, num_shots, seed, train, val=Non
     path = fewshot_cache_path(dataset_dir, num_shots, seed)
     source = source_sha256(dataset_dir, train, val)
     if seed >= 0 and osp.isfile(path):
-        data = read_json_file(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: expected an object with 'train' and 'val' lists")
         if data.get("source_sha256") == source:
