@@ -95,3 +95,10 @@ def test_the_trainer_writes_the_record_with_its_ablation(tmp_path, tiny_clip_fil
     assert content["schema_version"] == SCHEMA_VERSION and content["ablation"] == "no_mask"
     record = RunResults.from_json(path)
     assert set(record.extras) == set(LLU.RESULT_EXTRAS) and record.trainer == "LLU"
+
+
+def test_a_results_file_nested_too_deeply_is_one_line(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ResultsError, match="results.json: not a readable JSON file"):
+        RunResults.from_json(str(path))
