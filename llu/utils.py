@@ -411,20 +411,22 @@ def load_checkpoint_file(path, map_location="cpu"):
     (Dassl's, upstream CoOp's), the same restricted read with those objects as inert ``ForeignObject``
     stand-ins. Anything else that is not plain data is refused with one line, unrun."""
     import pickle
+    import re
 
     import torch
     try:
         return load_torch(path, map_location)
     except UserError as first:
-        if "Unsupported global" not in str(first) and "Can only create new object" not in str(first):
+        if "GLOBAL" not in str(first) and "Can only create new object" not in str(first):
             raise
         try:
             with torch.serialization.safe_globals(_inert_globals()):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError, EOFError) as e:
-            reason = str(e).split(". ")[0].replace("\n", " ")
-            raise UserError(f"{path}: holds objects other than tensors and optimiser or scheduler states; not "
-                            f"read ({reason})") from None
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = f"{found.group(1)}, which is" if found else "an object that is"
+            raise UserError(f"{path}: holds {what} not a tensor, an optimiser or a scheduler state; not read "
+                            f"(nothing in it was run)") from None
 
 
 def run_provenance(device):
