@@ -46,10 +46,10 @@ def llu_run(backbone, workdir):
     root, config, data = common.data_for(backbone, CLASSES, train_per_class=2, val_per_class=1, test_per_class=1,
                                          **({} if backbone == "toy" else {"size": 224}))
     out = osp.join(workdir, "llu")
-    common.run_train(["--root", root, "--trainer", "LLU", *data, "--config-file",
+    common.run_train(["--root", root, "--trainer", "LLU", "--config-file",
                       osp.join(REPO, "configs", "trainers", "LLU", f"{config}.yaml"),
                       "--backbone", common.resolve_backbone(backbone), "--output-dir", out, "--seed", "1",
-                      "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "FEATURES.AUG_VIEWS", "0",
+                      *data, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "FEATURES.AUG_VIEWS", "0",
                       "FEATURES.CACHE_DIR", osp.join(workdir, "features")])
     return out
 

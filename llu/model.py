@@ -169,6 +169,9 @@ def _prediction_cfg(cfg, device):
     cfg.RESUME = ""
     if device.type == "cpu" and cfg.TRAINER.PREC == "fp16":
         cfg.TRAINER.PREC = "fp32"  # what load_backbone would do, without its note
+    # Decoding workers beside the encoder, never more than the cores left to them (the training
+    # machine's 8 workers on 2 cores cost more to start than they save); the features are the same.
+    cfg.DATALOADER.NUM_WORKERS = min(cfg.DATALOADER.NUM_WORKERS, max(0, (os.cpu_count() or 1) - 1))
     return cfg
 
 
@@ -279,6 +282,7 @@ def load_zero_shot(name, *, device=None):
     """Zero-shot CLIP of a backbone name, with CoOp's default template "a photo of a {}."."""
     cfg = config_from_mapping({"TRAINER": {"NAME": "ZeroshotCLIP"}, "MODEL": {"BACKBONE": {"NAME": name}}})
     device = _device(cfg, device)
+    _prediction_cfg(cfg, device)
     cfg.TRAINER.PREC = "fp16" if device.type == "cuda" else "fp32"
     clip_model = _backbone(cfg, device)
     from llu.trainers.clip_common import match_preprocessing
@@ -444,7 +448,6 @@ class Model(ModelHubMixin, library_name="llu", tags=["clip", "few-shot", "zero-s
         """Files through the feature cache: each image encoded once per model and transform. A file
         that cannot be opened, or whose pixels cannot be decoded, is left out with its reason."""
         from PIL import Image
-        from llu.engine.data.data_manager import read_image
         failures = {}
         for path in dict.fromkeys(paths):
             try:
@@ -457,6 +460,16 @@ class Model(ModelHubMixin, library_name="llu", tags=["clip", "few-shot", "zero-s
             except Exception as e:  # PIL: UnidentifiedImageError, OSError, ...
                 failures[path] = f"cannot be read as an image ({type(e).__name__}: {e})"
         readable = [path for path in dict.fromkeys(paths) if path not in failures]
+        workers = self.cfg.DATALOADER.NUM_WORKERS
+        if len(readable) <= 2 * self.cfg.FEATURES.BATCH_SIZE:
+            self.cfg.DATALOADER.NUM_WORKERS = 0  # a few batches: starting workers costs more than decoding
+        try:
+            return self._cached_features(readable, failures, desc)
+        finally:
+            self.cfg.DATALOADER.NUM_WORKERS = workers
+
+    def _cached_features(self, readable, failures, desc):
+        from llu.engine.data.data_manager import read_image
         while readable:
             try:
                 features, _ = self.feature_cache.get([_ImageFile(path) for path in readable], self.transform, 0,
