@@ -2,6 +2,7 @@
 Ibing, Lim and Kobbelt), beside zero-shot CLIP, CoOp, CoCoOp, ProGrad, CLIP-Adapter and Tip-Adapter.
 
     from llu import LocalizedLinearAdapter      # the method on any embeddings (torch only)
+    model = llu.load("output/run")              # a trained run, an export or a backbone: model.predict(...)
 
 Subpackages: ``llu.engine`` (Dassl's names, built-in or the real Dassl), ``llu.datasets`` (the CoOp
 dataset readers, your own image folders, the built-in world's), ``llu.trainers`` (the shared CLIP
@@ -23,4 +24,7 @@ def __getattr__(name):
     if name in _ADAPTER_NAMES:
         from .trainers import llu_adapter
         return getattr(llu_adapter, name)
+    if name == "load":
+        from .model import load
+        return load
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

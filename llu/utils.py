@@ -355,6 +355,85 @@ def load_torch(path, map_location="cpu"):
         raise UserError(f"{path}: cannot be read as a tensor file ({type(e).__name__}: {e})") from None
 
 
+# A training checkpoint written by Dassl (upstream CoOp, CoCoOp) holds, beside its tensors, its optimiser's
+# and scheduler's state; the scheduler's is a dict whose values include pickled objects (Dassl's warm-up
+# keeps its successor, e.g. a CosineAnnealingLR, which holds the SGD optimiser). weights_only refuses
+# them ("Unsupported global"). Admitting the real classes would run their __setstate__, and Dassl's own
+# classes are not importable here; so each admitted name is mapped to an inert stand-in that only keeps
+# what was pickled, through torch's own weights_only unpickler (every other global still refused).
+
+class ForeignObject:
+    """An object of a training checkpoint read as data: ``origin`` names its class, ``args`` and
+    ``state`` hold what was pickled. It runs nothing and does nothing."""
+
+    origin = ""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<{self.origin} read as data>"
+
+
+def _plain_dict(*args):
+    """``collections.defaultdict(factory)`` as a plain dict: the factory is never called."""
+    return {}
+
+
+def _torch_state_class_names():
+    """Full names of the optimiser and scheduler classes a training checkpoint may hold as objects."""
+    import torch
+    names = set()
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, (torch.optim.Optimizer,
+                                                              torch.optim.lr_scheduler.LRScheduler)):
+                names.add(f"{value.__module__}.{value.__qualname__}")
+    names |= {f"torch.optim.lr_scheduler.{name}" for name in ("_LRScheduler", "CosineAnnealingLR", "StepLR",
+                                                               "MultiStepLR", "LambdaLR", "ReduceLROnPlateau")}
+    return names
+
+
+# Dassl's optimisers and schedulers (dassl/optim/), by name only: none of them is imported.
+DASSL_STATE_CLASSES = ("dassl.optim.lr_scheduler._BaseWarmupScheduler",
+                       "dassl.optim.lr_scheduler.ConstantWarmupScheduler",
+                       "dassl.optim.lr_scheduler.LinearWarmupScheduler",
+                       "dassl.optim.radam.RAdam", "dassl.optim.radam.PlainRAdam", "dassl.optim.radam.AdamW")
+
+
+@functools.lru_cache(maxsize=1)
+def _inert_globals():
+    stand_ins = [(type(name.rsplit(".", 1)[1], (ForeignObject,), {"origin": name}), name)
+                 for name in sorted(_torch_state_class_names() | set(DASSL_STATE_CLASSES))]
+    return stand_ins + [(_plain_dict, "collections.defaultdict"), (dict, "builtins.dict")]
+
+
+def load_checkpoint_file(path, map_location="cpu"):
+    """A training checkpoint: ``load_torch``, or, for one that holds optimiser or scheduler objects
+    (Dassl's, upstream CoOp's), the same restricted read with those objects as inert ``ForeignObject``
+    stand-ins. Anything else that is not plain data is refused with one line, unrun."""
+    import pickle
+    import re
+
+    import torch
+    try:
+        return load_torch(path, map_location)
+    except UserError as first:
+        if "GLOBAL" not in str(first) and "Can only create new object" not in str(first):
+            raise
+        try:
+            with torch.serialization.safe_globals(_inert_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, AttributeError, EOFError) as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = f"{found.group(1)}, which is" if found else "an object that is"
+            raise UserError(f"{path}: holds {what} not a tensor, an optimiser or a scheduler state; not read "
+                            f"(nothing in it was run)") from None
+
+
 def run_provenance(device):
     """What produced a result, for results.json: code, library versions, hardware and time."""
     import numpy as np

@@ -11,8 +11,8 @@ import random
 import numpy as np
 import torch
 
-from llu.utils import (UserError, atomic_path, listdir_nohidden, load_torch, mkdir_if_missing, read_json,  # noqa: F401
-                       save_torch, setup_logger, write_json)
+from llu.utils import (UserError, atomic_path, listdir_nohidden, load_checkpoint_file, load_torch,  # noqa: F401
+                       mkdir_if_missing, read_json, save_torch, setup_logger, write_json)
 
 
 def set_random_seed(seed):
@@ -71,7 +71,8 @@ def load_state_dict_strictly(module, state_dict, what):
 
 
 def load_checkpoint(fpath):
-    return load_torch(fpath)
+    """A checkpoint of this project, or one Dassl wrote (its optimiser and scheduler objects read as data)."""
+    return load_checkpoint_file(fpath)
 
 
 def load_pretrained_weights(model, weight_path):

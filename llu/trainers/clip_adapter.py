@@ -63,5 +63,9 @@ class CLIP_Adapter(ClipTrainer):
         self.register_learned("clip_adapter", self.adapter)
 
     def model_inference(self, image_features):
-        return self.cosine_logits(adapted_features(self.adapter, image_features, self.ratio), self.text_features)
+        return self.class_logits(image_features, self.text_features)
+
+    def class_logits(self, image_features, text_features):
+        """Any class names: A acts on the image side only, so new names get their frozen texts (Eq. 4, 1)."""
+        return self.cosine_logits(adapted_features(self.adapter, image_features, self.ratio), text_features)
 

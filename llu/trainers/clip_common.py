@@ -9,6 +9,7 @@
 """
 import contextlib
 import os.path as osp
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +196,46 @@ class ClipTrainer(TrainerX):
     def cosine_logits(self, image_features, text_features):
         """Eq. 1 of the LLU paper: CLIP's learned 1 / tau times the cosines (features unit-norm)."""
         return self.logit_scale * image_features @ text_features.t()
+
+    # Prediction on any class names (``llu.load``, ``llu predict``): ``class_features`` turns a class
+    # set into what the method's rule reads, ``class_logits`` applies the rule; ``model_inference``
+    # is ``class_logits`` on the run's own classes, so predictions and evaluation are one code path.
+
+    def templates(self):
+        """The templates of the class texts: the dataset's hand-made one (trainers override)."""
+        return [dataset_template(self.cfg.DATASET.NAME)]
+
+    def class_features(self, classnames):
+        """What the method's logits read of a class set: the text features of ``templates()``."""
+        return self.clip_model.class_text_features(list(classnames), self.templates()).to(self.device)
+
+    def class_logits(self, image_features, classes):
+        """Logits of unit-norm image features against ``classes`` (from ``class_features``): Eq. 1."""
+        return self.cosine_logits(image_features, classes)
+
+    def prediction_templates(self):
+        """The class-text templates a prediction uses, as exported (``llu export``)."""
+        return list(self.templates())
+
+    @classmethod
+    def for_prediction(cls, cfg, clip_model, classnames, device):
+        """This trainer's model without data or output folder: ``build_prediction_model`` for the
+        training ``classnames`` (what the method keeps of them), in eval mode, ready for
+        ``load_checkpoint_state`` and then ``class_features`` / ``class_logits``."""
+        trainer = cls.__new__(cls)
+        trainer._models, trainer._optims, trainer._scheds = OrderedDict(), OrderedDict(), OrderedDict()
+        trainer.check_cfg(cfg)
+        trainer.cfg, trainer.device, trainer.clip_model = cfg, torch.device(device), clip_model
+        trainer.classnames, trainer.output_dir = list(classnames), ""
+        trainer.stored_embeddings, trainer._split_features = None, {}
+        trainer.start_epoch = trainer.epoch = 0
+        trainer.build_prediction_model()
+        trainer.set_model_mode("eval")
+        return trainer
+
+    def build_prediction_model(self):
+        """``build_model`` without the training data (trainers whose build_model reads it override)."""
+        self.build_model()
 
     def register_learned(self, name, module, optimizer=None):
         """Register ``module`` with the OPTIM settings' optimiser (or ``optimizer``) and schedule."""

@@ -65,3 +65,12 @@ class CoCoOp(PromptTrainer):
         prompt_learner = CoCoOpPromptLearner(self.clip_model, self.classnames, cocoop.N_CTX, cocoop.CTX_INIT)
         self.model = CoCoOpCLIP(self.clip_model, prompt_learner).to(self.device)
         self.register_prompt_learner()
+
+    def class_features(self, classnames):
+        """The prompts depend on the image: a class set is its names, set into the prompt learner."""
+        self.use_classnames(classnames)
+        return list(classnames)
+
+    def class_logits(self, image_features, classnames):
+        self.use_classnames(classnames)
+        return self.model(image_features)

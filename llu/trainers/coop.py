@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llu.engine import CN, config_extension
-from llu.utils import UserError, load_torch
+from llu.utils import UserError, load_checkpoint_file
 
 from . import trainer
 from .clip_common import ClipTrainer, dataset_template
@@ -206,7 +206,7 @@ class PromptTrainer(ClipTrainer):
 
     def load_init_weights(self, path):
         """Start from the contexts in ``path`` (a checkpoint of this trainer, or its bare state dict)."""
-        state = load_torch(path)
+        state = load_checkpoint_file(path)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
             raise UserError(f"MODEL.INIT_WEIGHTS {path}: expected a checkpoint or a state dict")
@@ -240,6 +240,31 @@ class PromptTrainer(ClipTrainer):
 
     def model_inference(self, inputs):
         return self.model(inputs)
+
+    # Prediction on any class names: the learned context goes before each name, as in training.
+
+    def use_classnames(self, classnames):
+        """Rebuild the prompt learner's class buffers for ``classnames`` (class-specific contexts only
+        for the classes they were trained on)."""
+        names = list(classnames)
+        if names == getattr(self, "prompt_classnames", self.classnames):
+            return
+        if self.prompt_learner.csc and names != list(self.classnames):
+            raise UserError(f"class-specific contexts (CSC True) belong to the {len(self.classnames)} classes they "
+                            f"were trained on; they cannot score other class names")
+        self.prompt_learner.set_classnames(self.clip_model, names)
+        self.prompt_classnames = names
+
+    def class_features(self, classnames):
+        """Text features of the learned prompts [SOS] [V]_1..[V]_M [CLASS] . [EOS] of ``classnames``."""
+        self.use_classnames(classnames)
+        return self.model.encode_prompts(self.prompt_learner())
+
+    def class_logits(self, image_features, text_features):
+        return self.model(image_features, text_features=text_features)
+
+    def prediction_templates(self):
+        return [f"{self.prompt_learner.prompt_prefix} {{}}."]  # each X a learned context vector
 
     # Checkpoints: learned parameters only (no token embeddings of the training classes).
 
@@ -304,7 +329,7 @@ class CoOp(PromptTrainer):
     def _test(self, split):
         # The learned prompts do not depend on the image: encode them once per evaluation.
         self.set_model_mode("eval")
-        self.eval_text_features = self.model.encode_prompts(self.prompt_learner())
+        self.eval_text_features = self.class_features(self.classnames)
         try:
             return super()._test(split)
         finally:

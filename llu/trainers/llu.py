@@ -89,7 +89,16 @@ class LLU(ClipTrainer):
                 "acc": compute_accuracy(logits.detach(), label)[0].item()}
 
     def model_inference(self, image_features):
-        return self.adapter.logits(image_features, self.text_features, self.logit_scale)
+        return self.class_logits(image_features, self.text_features)
+
+    def class_logits(self, image_features, text_features):
+        """Eq. 1 on the updated embeddings (Eq. 4-5) of any class texts: a text far from D_text keeps
+        its zero-shot embedding, so new class names are scored as zero-shot CLIP scores them."""
+        return self.adapter.logits(image_features, text_features, self.logit_scale)
+
+    def export_config(self):
+        """The adapter's constructor arguments (``LocalizedLinearAdapter.from_pretrained`` reads them)."""
+        return self.adapter.init_arguments()
 
     RESULT_EXTRAS = {"llu_regularizer": float, "llu_regularizer_form": str, "llu_anchors": dict}
 

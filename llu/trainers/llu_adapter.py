@@ -6,8 +6,10 @@ decays with the cosine distance to it (Eq. 4-5), so that far from D the zero-sho
 An identity regulariser (Eq. 6) keeps g close to the identity, and g starts as the identity. D is
 stored per encoder (D_image, D_text), reduced by complete-linkage clustering when it is large.
 
-This file imports nothing from the rest of the project (torch only) and works on any embedding
-tensors: ``from llu import LocalizedLinearAdapter`` loads this module alone.
+This file imports nothing from the rest of the project (torch, and huggingface_hub for the
+``save_pretrained`` / ``from_pretrained`` folder layout) and works on any embedding tensors:
+``from llu import LocalizedLinearAdapter`` loads this module alone. ``llu export`` of an LLU run writes
+a folder that ``LocalizedLinearAdapter.from_pretrained(folder)`` reads.
 
     adapter = LocalizedLinearAdapter(512)                    # beta 0.5, gamma 20, identity init
     adapter.fit(train_image_features, train_labels, class_text_features)  # sets anchors, trains
@@ -22,6 +24,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 # Dirac mask: a point counts as "at" an anchor when 1 - cos <= this (the authors' code: 1e-3, an
 # angle of 2.6 degrees). It is far above float32 round-off of a 512-d cosine (~1e-7) and below the
@@ -320,7 +323,7 @@ def cluster_anchors(features, n_clusters, exact_limit=EXACT_CLUSTER_LIMIT):
 # ---------------------------------------------------------------------------------------------
 # The adapter
 
-class LocalizedLinearAdapter(nn.Module):
+class LocalizedLinearAdapter(nn.Module, PyTorchModelHubMixin):
     """Localized linear updates of image and text embeddings (Section 3.2).
 
     dim: embedding size. beta, gamma, mask: Eq. 5. init: "identity" or "random". shared: one g for
@@ -342,6 +345,7 @@ class LocalizedLinearAdapter(nn.Module):
         if not 0.0 <= beta <= 1.0 or gamma < 0:
             raise ValueError(f"need 0 <= beta <= 1 and gamma >= 0, got beta={beta}, gamma={gamma}")
         self.sides, self.shared, self.mask = sides[adapt], shared, mask
+        self.dim, self.init, self.adapt = dim, init, adapt
         self.reg_form, self.dirac_threshold = reg_form, dirac_threshold
         names = ("shared",) if shared else self.sides
         self.adapters = nn.ModuleDict({name: AffineAdapter(dim, init) for name in names})
@@ -349,6 +353,23 @@ class LocalizedLinearAdapter(nn.Module):
         self.register_buffer("gamma", torch.tensor(float(gamma)))
         self.register_buffer("image_anchors", torch.empty(0, dim))  # D_image
         self.register_buffer("text_anchors", torch.empty(0, dim))  # D_text
+
+    def init_arguments(self):
+        """The constructor's arguments as JSON values (config.json of ``save_pretrained`` / ``llu export``)."""
+        return {"dim": self.dim, "beta": float(self.beta), "gamma": float(self.gamma), "mask": self.mask,
+                "init": self.init, "shared": self.shared, "adapt": self.adapt, "reg_form": self.reg_form,
+                "dirac_threshold": self.dirac_threshold}
+
+    def save_pretrained(self, save_directory, *, config=None, **kwargs):
+        """config.json (the constructor's arguments) and model.safetensors (W, b, beta, gamma, anchors)."""
+        return super().save_pretrained(save_directory, config=config or self.init_arguments(), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """An adapter from a ``save_pretrained`` or ``llu export`` folder (or a Hub repository): every
+        tensor must be there (strict), the anchor sets take their saved sizes."""
+        kwargs.setdefault("strict", True)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def adapter(self, side):
         """g_I or g_T (the same module when shared); None for a side that is not adapted."""

@@ -117,6 +117,9 @@ class TipAdapter(ClipTrainer):
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
 
+    def templates(self):
+        return text_templates(self.cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
+
     def build_model(self):
         tip = self.cfg.TRAINER.TIP_ADAPTER
         templates = text_templates(tip.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
@@ -145,7 +148,49 @@ class TipAdapter(ClipTrainer):
         return self.cosine_logits(image_features, self.text_features)
 
     def model_inference(self, image_features):
-        return self.cache(image_features, self.clip_logits(image_features))
+        return self.class_logits(image_features, (self.text_features, None))
+
+    # Prediction on other class names. The cache's values are one-hot over its training classes:
+    # any order or subset of them reads the cache's columns of those classes; names it has never seen
+    # get zero-shot CLIP's logits (with a note); a mix of both is refused, as the cache would add its
+    # evidence to the known names only and tilt every prediction towards them.
+
+    def build_prediction_model(self):
+        """``build_model`` without the training data: an empty cache that the checkpoint fills."""
+        tip = self.cfg.TRAINER.TIP_ADAPTER
+        self.text_features = self.class_text_features(self.templates())
+        keys = torch.empty(0, self.clip_model.embed_dim, device=self.device)
+        self.cache = CacheModel(keys, torch.empty(0, dtype=torch.long, device=self.device), len(self.classnames),
+                                tip.INIT_ALPHA, tip.INIT_BETA, learn_keys=self.learn_keys).to(self.device)
+        self.register_cache()
+
+    def class_features(self, classnames):
+        names, trained = list(classnames), list(self.classnames)
+        known = [name in trained for name in names]
+        if names == trained:
+            columns = None
+        elif all(known):
+            columns = torch.tensor([trained.index(name) for name in names], device=self.device)
+        elif not any(known):
+            print(f"Note: {type(self).__name__}'s cache holds none of these {len(names)} classes; their logits are "
+                  f"zero-shot CLIP's")
+            columns = "zero-shot"
+        else:
+            unknown = [name for name, seen in zip(names, known) if not seen]
+            raise UserError(f"{type(self).__name__}'s cache knows {len(names) - len(unknown)} of these classes but not "
+                            f"{_some(unknown)}: its evidence would favour the known ones; give only its "
+                            f"{len(trained)} training classes ({_some(trained)}) or only new ones (zero-shot)")
+        return super().class_features(names), columns
+
+    def class_logits(self, image_features, classes):
+        text_features, columns = classes
+        clip_logits = self.cosine_logits(image_features, text_features)
+        if columns is None:
+            return self.cache(image_features, clip_logits)
+        if isinstance(columns, str):  # no class of the cache: zero-shot
+            return clip_logits
+        cache = self.cache
+        return clip_logits + cache.alpha * cache.cache_logits(cache.affinity(image_features), cache.beta)[:, columns]
 
     def validation_features(self):
         """Features of the split alpha and beta are searched on (TRAINER.TIP_ADAPTER.SEARCH_SPLIT);

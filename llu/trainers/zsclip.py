@@ -19,7 +19,7 @@ class ZeroshotCLIP(ClipTrainer):
         self.text_features = self.class_text_features(self.templates())
 
     def model_inference(self, image_features):
-        return self.cosine_logits(image_features, self.text_features)
+        return self.class_logits(image_features, self.text_features)
 
     def train_without_epochs(self):
         print(f"{type(self).__name__} learns nothing; evaluating")
