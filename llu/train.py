@@ -142,7 +142,9 @@ def _pairs(opts):
 
 
 def setup_cfg(args):
-    """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options."""
+    """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options -> the backbone's
+    preprocessing (INPUT.SIZE, PIXEL_MEAN/STD, INTERPOLATION, RESIZE_MODE), then frozen: the config that is
+    saved and logged is the one that runs."""
     load_project()
     cfg = engine.get_cfg_default()
     engine.extend_cfg(cfg)
@@ -160,6 +162,8 @@ def setup_cfg(args):
     if not cfg.DATASET.NAME:
         raise UserError("no dataset given: pass --dataset-config-file configs/datasets/<name>.yaml")
     check_values(cfg)
+    from llu.trainers.clip_common import match_preprocessing
+    match_preprocessing(cfg)  # INPUT as the backbone prepares images: what is saved and logged is what runs
     cfg.freeze()
     return cfg
 

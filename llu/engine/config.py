@@ -21,6 +21,10 @@ _C.INPUT.NO_TRANSFORM = False
 _C.INPUT.PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]  # CLIP's statistics
 _C.INPUT.PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
 _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+# Test images (data/transforms.py): "shortest" resizes the shortest side to SIZE, then center-crops;
+# "squash" resizes the whole image to SIZE (SigLIP, some OpenCLIP models). Like SIZE, PIXEL_MEAN/STD and
+# INTERPOLATION, train.py sets it to the backbone's before the config is frozen.
+_C.INPUT.RESIZE_MODE = "shortest"
 
 _C.DATASET = CN()
 _C.DATASET.ROOT = ""

@@ -1,0 +1,112 @@
+"""A run is what its folder says it is: the saved config is the one that ran, a resumed run is the run
+it continues, a finished run is never overwritten silently, and the built-in world lives in one place
+(the README's reliability table lists these cases)."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from llu import train
+from llu.trainers import clip_common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_TOWERS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
+
+
+@pytest.fixture
+def run(image_folder, tmp_path, monkeypatch, capsys):
+    """train.py in this process on the 4-colour image folder: returns (exit status, stderr, stdout)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+
+    def _run(out, *opts, backbone, trainer="LLU", flags=()):
+        args = ["--root", os.path.dirname(image_folder), "--trainer", trainer,
+                "--dataset-config-file", "configs/datasets/imagefolder.yaml",
+                "--config-file", f"configs/trainers/{trainer}/vit_b16.yaml", "--backbone", backbone,
+                "--output-dir", str(out), "--seed", "1", *flags, "DATASET.IMAGEFOLDER.DIR",
+                os.path.basename(image_folder), "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2",
+                "FEATURES.AUG_VIEWS", "1", "TRAINER.COOP.N_CTX", "4", "DATALOADER.NUM_WORKERS", "0", *opts]
+        capsys.readouterr()
+        try:
+            train.cli(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return code, captured.err, captured.out
+
+    return _run
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def results(folder):
+    with open(os.path.join(folder, "results.json")) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# The config that ran is the config that is saved
+
+@pytest.fixture(scope="module")
+def odd_backbones(tmp_path_factory):
+    """Tiny random backbones whose preprocessing is not the config's default (224 px, CLIP's statistics,
+    bicubic, shortest side): an OpenCLIP model of 48 px (config JSON + state dict), and a SigLIP folder
+    of 40 px, squashed, bilinear, with SigLIP's statistics."""
+    import open_clip
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+    from test_backbones import clip_bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("odd")
+    config = folder / "odd-openclip.json"
+    config.write_text(json.dumps({"embed_dim": 32,
+                                  "vision_cfg": {"image_size": 48, "layers": 1, "width": 64, "patch_size": 8},
+                                  "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1,
+                                               "layers": 1}}))
+    open_clip.add_model_config(str(config))
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("odd-openclip").state_dict(), folder / "odd-openclip.bin")
+
+    text = dict(vocab_size=49408, max_position_embeddings=16, bos_token_id=49406, eos_token_id=49407,
+                pad_token_id=49407, **TINY_TOWERS)
+    siglip = folder / "siglip"
+    SiglipModel(SiglipConfig(text_config=text, vision_config=dict(image_size=40, patch_size=8, **TINY_TOWERS))
+                ).save_pretrained(siglip)
+    clip_bpe_tokenizer(tmp_path_factory.mktemp("bpe")).save_pretrained(siglip)
+    SiglipImageProcessor(size={"height": 40, "width": 40}, resample=2, image_mean=[0.5, 0.5, 0.5],
+                         image_std=[0.5, 0.5, 0.5]).save_pretrained(siglip)
+    return {"openclip": (f"openclip:{config}", ["MODEL.BACKBONE.WEIGHTS", str(folder / "odd-openclip.bin")], 48),
+            "siglip": (f"hf:{siglip}", [], 40)}
+
+
+@pytest.mark.parametrize("which", ["openclip", "siglip"])
+def test_the_saved_config_is_the_config_that_ran(which, odd_backbones, run, tmp_path, monkeypatch):
+    backbone, opts, size = odd_backbones[which]
+    ran = {}
+    after_train = clip_common.ClipTrainer.after_train
+
+    def recording(self):
+        ran["config"] = self.cfg.dump()
+        after_train(self)
+
+    monkeypatch.setattr(clip_common.ClipTrainer, "after_train", recording)
+    code, err, out = run(tmp_path / "trained", *opts, backbone=backbone)
+    assert code == 0, err
+    assert f"INPUT.SIZE (224, 224) differs from the model's input resolution {size}" in out
+    saved = yaml.safe_load((tmp_path / "trained" / "config.yaml").read_text())
+    assert saved == yaml.safe_load(ran["config"])
+    assert saved["INPUT"]["SIZE"] == [size, size]
+    logged = (tmp_path / "trained" / "log.txt").read_text()
+    assert f"SIZE: ({size}, {size})" in logged.split("** Config **")[1].split("** System info **")[0]
+
+    code, err, _ = run(tmp_path / "evaluated", *opts, backbone=backbone,
+                       flags=("--eval-only", "--model-dir", str(tmp_path / "trained")))
+    assert code == 0, err
+    assert results(tmp_path / "evaluated")["accuracy"] == results(tmp_path / "trained")["accuracy"]
+    assert yaml.safe_load((tmp_path / "evaluated" / "config.yaml").read_text())["INPUT"] == saved["INPUT"]
