@@ -16,6 +16,7 @@ import textwrap
 import yaml
 
 from llu import config_files, configs, engine, upstream_keys
+from llu.engine.config import SCHEDULE_KEYS, config_differences, describe_differences
 from llu.utils import (UserError, exit_on_user_error, folder_lock, is_writable_dir, log_only, raise_terminated,
                        run_log)
 
@@ -164,8 +165,47 @@ def setup_cfg(args):
     check_values(cfg)
     from llu.trainers.clip_common import match_preprocessing
     match_preprocessing(cfg)  # INPUT as the backbone prepares images: what is saved and logged is what runs
+    new_schedule = getattr(args, "resume_with_new_schedule", False)
+    if new_schedule and not cfg.RESUME:
+        raise UserError("--resume-with-new-schedule continues a run: pass --resume FOLDER too")
+    if cfg.RESUME:
+        check_resume(cfg, new_schedule)
     cfg.freeze()
     return cfg
+
+
+def check_resume(cfg, new_schedule=False):
+    """``--resume``: refuse a config that differs from the run it continues (``RESUME/config.yaml``) but in
+    keys that cannot change the numbers (``RESULT_NEUTRAL_KEYS``); with ``--resume-with-new-schedule``,
+    the learning-rate schedule may differ (``SCHEDULE_KEYS``): the epochs left follow it, from the
+    checkpoint's optimiser state and learning rate (OPTIM.LR is set to the checkpoint's)."""
+    path = osp.join(cfg.RESUME, "config.yaml")
+    if not osp.isfile(path):
+        raise UserError(f"--resume {cfg.RESUME}: no config.yaml there, so the run to continue is unknown "
+                        f"(is it the --output-dir of a run?)")
+    try:
+        with open(path) as f:
+            resumed = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: the resumed run's config cannot be read ({e})") from None
+    if not isinstance(resumed, dict) or not isinstance(resumed.get("OPTIM"), dict):
+        raise UserError(f"{path}: not a run's config (no OPTIM section)")
+    differences = config_differences(resumed, yaml.safe_load(cfg.dump()))
+    refused = [d for d in differences if not (new_schedule and d[0] in SCHEDULE_KEYS)]
+    if refused:
+        hint = "; --resume-with-new-schedule accepts a changed OPTIM schedule" \
+            if any(key in SCHEDULE_KEYS for key, _, _ in refused) else ""
+        raise UserError(f"--resume {cfg.RESUME}: this run's config differs from the run it continues: "
+                        f"{describe_differences(refused)} (resume with the run's config, or train from scratch "
+                        f"into another --output-dir{hint})")
+    rescheduled = [d for d in differences if d[0] != "OPTIM.LR"]
+    if rescheduled:
+        print(f"Note: resuming with a new schedule ({describe_differences(rescheduled)}): the epochs left follow it")
+    resumed_lr = resumed["OPTIM"].get("LR", cfg.OPTIM.LR)
+    if resumed_lr != cfg.OPTIM.LR:
+        print(f"Note: resuming keeps the checkpoint's optimiser and learning rate ({resumed_lr:g}); this run's "
+              f"OPTIM.LR {cfg.OPTIM.LR:g} is not used (train from scratch to change it)")
+        cfg.OPTIM.LR = float(resumed_lr)
 
 
 MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
@@ -235,6 +275,9 @@ def build_parser(prog=None):
     parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
     parser.add_argument("--output-dir", type=str, default="", help="where logs, checkpoints and results.json go")
     parser.add_argument("--resume", type=str, default="", help="continue training from this output folder")
+    parser.add_argument("--resume-with-new-schedule", action="store_true",
+                        help="with --resume: accept a changed learning-rate schedule (OPTIM.MAX_EPOCH, ...); the "
+                             "checkpoint's optimiser state and learning rate are kept")
     parser.add_argument("--seed", type=int, default=None, help="random seed (>= 0; 0 is a valid seed; none: unseeded)")
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains (kept for Dassl compatibility)")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains (kept for Dassl compatibility)")

@@ -110,3 +110,63 @@ def test_the_saved_config_is_the_config_that_ran(which, odd_backbones, run, tmp_
     assert code == 0, err
     assert results(tmp_path / "evaluated")["accuracy"] == results(tmp_path / "trained")["accuracy"]
     assert yaml.safe_load((tmp_path / "evaluated" / "config.yaml").read_text())["INPUT"] == saved["INPUT"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A resumed run is the run it says it is
+
+def _stop_after_epoch(monkeypatch, epoch):
+    after_epoch = clip_common.ClipTrainer.after_epoch
+
+    def stopping(self):
+        after_epoch(self)
+        if self.epoch + 1 == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(clip_common.ClipTrainer, "after_epoch", stopping)
+
+
+@pytest.fixture
+def cut_run(run, tiny_clip_file, tmp_path, monkeypatch):
+    """An LLU run of 4 epochs interrupted after its second (checkpointed): its folder."""
+    with monkeypatch.context() as patch:
+        _stop_after_epoch(patch, 2)
+        code, err, _ = run(tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2",
+                           backbone=tiny_clip_file)
+    assert code == 130, err
+    return tmp_path / "cut"
+
+
+def test_resuming_with_another_config_is_refused_naming_the_keys(cut_run, run, tiny_clip_file):
+    config = (cut_run / "config.yaml").read_text()
+    files = sorted(os.listdir(cut_run))
+    code, err, _ = run(cut_run, "OPTIM.MAX_EPOCH", "4", "DATASET.NUM_SHOTS", "1", "TRAINER.LLU.GAMMA", "5.0",
+                       backbone=tiny_clip_file, flags=("--resume", str(cut_run)))
+    assert code == 2
+    assert one_error_line(err) == (
+        f"error: --resume {cut_run}: this run's config differs from the run it continues: DATASET.NUM_SHOTS 2 -> 1, "
+        f"TRAINER.LLU.GAMMA 20.0 -> 5.0 (resume with the run's config, or train from scratch into another --output-dir)")
+    assert (cut_run / "config.yaml").read_text() == config and sorted(os.listdir(cut_run)) == files
+
+
+def test_a_changed_schedule_needs_its_flag_and_keys_that_change_no_number_are_free(cut_run, run, tiny_clip_file):
+    common = ("TRAIN.PRINT_FREQ", "1", "DATALOADER.NUM_WORKERS", "0", "TRAIN.CHECKPOINT_FREQ", "0")  # no number
+    code, err, _ = run(cut_run, "OPTIM.MAX_EPOCH", "6", *common, backbone=tiny_clip_file,
+                       flags=("--resume", str(cut_run)))
+    assert code == 2 and one_error_line(err).endswith(
+        "differs from the run it continues: OPTIM.MAX_EPOCH 4 -> 6 (resume with the run's config, or train from "
+        "scratch into another --output-dir; --resume-with-new-schedule accepts a changed OPTIM schedule)")
+    code, err, out = run(cut_run, "OPTIM.MAX_EPOCH", "6", "OPTIM.LR", "0.05", *common, backbone=tiny_clip_file,
+                         flags=("--resume", str(cut_run), "--resume-with-new-schedule"))
+    assert code == 0, err
+    assert "next epoch: 3" in out and "resuming with a new schedule (OPTIM.MAX_EPOCH 4 -> 6)" in out
+    assert "resuming keeps the checkpoint's optimiser and learning rate (0.002); this run's OPTIM.LR 0.05" in out
+    saved = yaml.safe_load((cut_run / "config.yaml").read_text())
+    assert (saved["OPTIM"]["MAX_EPOCH"], saved["OPTIM"]["LR"]) == (6, 0.002)  # what ran
+    assert results(cut_run)["trainer"] == "LLU"
+
+
+def test_the_same_config_resumes(cut_run, run, tiny_clip_file):
+    code, err, out = run(cut_run, "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2", backbone=tiny_clip_file,
+                         flags=("--resume", str(cut_run)))
+    assert code == 0 and "next epoch: 3" in out and "Note: resuming" not in out, err
