@@ -241,8 +241,29 @@ def check_command(cfg, args):
             if not isinstance(trained, dict) or not isinstance(trained.get("DATASET"), dict):
                 raise UserError(f"{config_path}: not a run's config (no DATASET section); is --model-dir the folder "
                                 f"of a train.py run?")
+    check_output_dir(cfg, args)
     if cfg.OUTPUT_DIR and not is_writable_dir(cfg.OUTPUT_DIR):
         raise UserError(f"{cfg.OUTPUT_DIR}: cannot write the run's output there (read-only, full, or not a folder?)")
+
+
+def _same_folder(a, b):
+    return bool(a) and bool(b) and osp.realpath(osp.expanduser(a)) == osp.realpath(osp.expanduser(b))
+
+
+def check_output_dir(cfg, args):
+    """A finished run (its results.json) is never replaced silently: ``--overwrite`` replaces it whole,
+    ``--resume`` continues it; anything else is refused."""
+    overwrite = getattr(args, "overwrite", False)
+    if overwrite and cfg.RESUME:
+        raise UserError("--overwrite starts the run again and --resume continues it: pass one of them")
+    if overwrite and _same_folder(args.model_dir, cfg.OUTPUT_DIR):
+        raise UserError(f"--overwrite would remove the model that --model-dir {args.model_dir} evaluates; "
+                        f"write the evaluation into another --output-dir")
+    from llu.engine.trainer import finished_run
+    if not finished_run(cfg.OUTPUT_DIR) or overwrite or _same_folder(cfg.RESUME, cfg.OUTPUT_DIR):
+        return
+    raise UserError(f"{cfg.OUTPUT_DIR}: holds a finished run (results.json); pass --overwrite to replace it, or "
+                    f"choose another --output-dir")
 
 
 BACKBONE_KINDS = """backbones (--backbone, or MODEL.BACKBONE.NAME):
@@ -275,6 +296,8 @@ def build_parser(prog=None):
     parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
     parser.add_argument("--output-dir", type=str, default="", help="where logs, checkpoints and results.json go")
     parser.add_argument("--resume", type=str, default="", help="continue training from this output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run in --output-dir (its results, checkpoints, logs and metrics)")
     parser.add_argument("--resume-with-new-schedule", action="store_true",
                         help="with --resume: accept a changed learning-rate schedule (OPTIM.MAX_EPOCH, ...); the "
                              "checkpoint's optimiser state and learning rate are kept")
@@ -305,8 +328,12 @@ def main(args):
         engine.set_random_seed(cfg.SEED)
     if not cfg.OUTPUT_DIR:
         return run(cfg, args)
-    with folder_lock(cfg.OUTPUT_DIR), run_log(cfg.OUTPUT_DIR):
-        run(cfg, args)
+    with folder_lock(cfg.OUTPUT_DIR):
+        if getattr(args, "overwrite", False):
+            from llu.engine.trainer import clear_run_folder
+            clear_run_folder(cfg.OUTPUT_DIR)
+        with run_log(cfg.OUTPUT_DIR):
+            run(cfg, args)
 
 
 def run(cfg, args):

@@ -170,3 +170,43 @@ def test_the_same_config_resumes(cut_run, run, tiny_clip_file):
     code, err, out = run(cut_run, "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2", backbone=tiny_clip_file,
                          flags=("--resume", str(cut_run)))
     assert code == 0 and "next epoch: 3" in out and "Note: resuming" not in out, err
+
+
+# ---------------------------------------------------------------------------------------------
+# A finished run is never overwritten silently
+
+def _folder_state(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files if f != ".lock"}
+
+
+def test_a_run_into_a_finished_runs_folder_is_refused_before_any_work(run, tiny_clip_file, tmp_path):
+    out = tmp_path / "out"
+    assert run(out, backbone=tiny_clip_file)[0] == 0
+    before = _folder_state(out)
+    code, err, out_text = run(out, "TRAINER.LLU.GAMMA", "5.0", backbone=tiny_clip_file)
+    assert code == 2 and one_error_line(err) == (
+        f"error: {out}: holds a finished run (results.json); pass --overwrite to replace it, or choose another "
+        f"--output-dir")
+    assert "Setting fixed seed" not in out_text
+    assert _folder_state(out) == before  # not a byte written: no second log, config or event file
+    code, err, _ = run(out, backbone=tiny_clip_file, flags=("--eval-only", "--model-dir", str(out), "--overwrite"))
+    assert code == 2 and "--overwrite would remove the model that --model-dir" in one_error_line(err)
+    assert run(out, backbone=tiny_clip_file, flags=("--resume", str(out)))[0] == 0  # --resume continues it
+
+
+def test_overwrite_replaces_the_run_whole(run, tiny_clip_file, tmp_path):
+    out = tmp_path / "out"
+    assert run(out, "TRAIN.CHECKPOINT_FREQ", "1", backbone=tiny_clip_file)[0] == 0
+    assert sorted(os.listdir(out / "adapter")) == ["checkpoint", "model.pth.tar-1", "model.pth.tar-2"]
+    (out / "notes.md").write_text("mine")
+    code, err, _ = run(out, "OPTIM.MAX_EPOCH", "1", backbone=tiny_clip_file, flags=("--overwrite",))
+    assert code == 0, err
+    assert sorted(os.listdir(out / "adapter")) == ["checkpoint", "model.pth.tar-1"]
+    assert len(os.listdir(out / "tensorboard")) == 1  # one event file: the new run's alone
+    assert sorted(os.listdir(out)) == sorted(["adapter", "config.yaml", "log.txt", "metrics.jsonl", "notes.md",
+                                              "results.json", "tensorboard", ".lock"])
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(epochs) == 1 and epochs.count(1) == 2  # the new run's training epoch and its test
+    assert (out / "log.txt").read_text().count("** Config **") == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["OPTIM"]["MAX_EPOCH"] == 1
