@@ -10,6 +10,7 @@ import yaml
 
 from llu import train
 from llu.trainers import clip_common
+from llu.utils import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TOWERS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
@@ -210,3 +211,52 @@ def test_overwrite_replaces_the_run_whole(run, tiny_clip_file, tmp_path):
     assert max(epochs) == 1 and epochs.count(1) == 2  # the new run's training epoch and its test
     assert (out / "log.txt").read_text().count("** Config **") == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["OPTIM"]["MAX_EPOCH"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in world lives in one place
+
+SMALL_WORLD = (2, 1, 1)  # images per class in train, val, test
+
+
+@pytest.fixture
+def small_world(tmp_path, monkeypatch):
+    """The world's datasets made small, and its home under tmp_path: tmp_path/cache/world."""
+    import dataclasses
+
+    from llu.world import generate
+    for name in ("Shapes", "Patterns"):
+        monkeypatch.setitem(generate.DATASETS, name, dataclasses.replace(generate.DATASETS[name],
+                                                                        split_sizes=SMALL_WORLD))
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    return generate
+
+
+def _read_world(root, name="Shapes"):
+    from llu.engine import DATASET_REGISTRY, get_cfg_default
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.SEED = root, name, 1
+    return DATASET_REGISTRY.get(name)(cfg)
+
+
+def test_a_root_without_the_world_is_not_found_and_nothing_is_written_there(small_world, tmp_path):
+    typo = tmp_path / "dtaa"
+    typo.mkdir()
+    with pytest.raises(UserError) as refused:
+        _read_world(str(typo))
+    home = tmp_path / "cache" / "world"
+    assert str(refused.value) == (f"{typo}/shapes: Shapes folder not found; the built-in world is in {home} "
+                                  f"(no --root), or generate it here with python -m llu.world.generate --root {typo}")
+    assert os.listdir(typo) == [] and not home.exists()
+
+
+def test_the_world_is_generated_in_its_home_or_where_asked(small_world, tmp_path, capsys):
+    home = tmp_path / "cache" / "world"
+    for root in ("", str(home)):  # no --root, or the home by name
+        assert len(_read_world(root).train_x) == 64 * SMALL_WORLD[0]
+    assert sorted(os.listdir(home)) == ["shapes"]
+    asked = tmp_path / "data"
+    small_world.main(["--root", str(asked), "--datasets", "Patterns"], prog="llu world generate")
+    assert f"Patterns: {asked / 'patterns'}" in capsys.readouterr().out
+    assert len(_read_world(str(asked), "Patterns").train_x) == 48 * SMALL_WORLD[0]
+    assert sorted(os.listdir(asked)) == ["patterns"]
