@@ -231,7 +231,8 @@ def locate_dataset(root, name):
 
 
 def build_parser(prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description="Generate the built-in world's datasets (CoOp's layout).")
+    parser = argparse.ArgumentParser(prog=prog or "python -m llu.world.generate",
+                                     description="Generate the built-in world's datasets (CoOp's layout).")
     parser.add_argument("--root", default="", help=f"the folder to generate them in (default: the world's home, "
                                                    f"$LLU_CACHE/world, now {world_home()})")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), metavar="NAME",
