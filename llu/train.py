@@ -16,6 +16,7 @@ import textwrap
 import yaml
 
 from llu import config_files, configs, engine, upstream_keys
+from llu.engine.config import SCHEDULE_KEYS, config_differences, describe_differences
 from llu.utils import (UserError, exit_on_user_error, folder_lock, is_writable_dir, log_only, raise_terminated,
                        run_log)
 
@@ -142,7 +143,9 @@ def _pairs(opts):
 
 
 def setup_cfg(args):
-    """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options."""
+    """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options -> the backbone's
+    preprocessing (INPUT.SIZE, PIXEL_MEAN/STD, INTERPOLATION, RESIZE_MODE), then frozen: the config that is
+    saved and logged is the one that runs."""
     load_project()
     cfg = engine.get_cfg_default()
     engine.extend_cfg(cfg)
@@ -160,8 +163,49 @@ def setup_cfg(args):
     if not cfg.DATASET.NAME:
         raise UserError("no dataset given: pass --dataset-config-file configs/datasets/<name>.yaml")
     check_values(cfg)
+    from llu.trainers.clip_common import match_preprocessing
+    match_preprocessing(cfg)  # INPUT as the backbone prepares images: what is saved and logged is what runs
+    new_schedule = getattr(args, "resume_with_new_schedule", False)
+    if new_schedule and not cfg.RESUME:
+        raise UserError("--resume-with-new-schedule continues a run: pass --resume FOLDER too")
+    if cfg.RESUME:
+        check_resume(cfg, new_schedule)
     cfg.freeze()
     return cfg
+
+
+def check_resume(cfg, new_schedule=False):
+    """``--resume``: refuse a config that differs from the run it continues (``RESUME/config.yaml``) but in
+    keys that cannot change the numbers (``RESULT_NEUTRAL_KEYS``); with ``--resume-with-new-schedule``,
+    the learning-rate schedule may differ (``SCHEDULE_KEYS``): the epochs left follow it, from the
+    checkpoint's optimiser state and learning rate (OPTIM.LR is set to the checkpoint's)."""
+    path = osp.join(cfg.RESUME, "config.yaml")
+    if not osp.isfile(path):
+        raise UserError(f"--resume {cfg.RESUME}: no config.yaml there, so the run to continue is unknown "
+                        f"(is it the --output-dir of a run?)")
+    try:
+        with open(path) as f:
+            resumed = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: the resumed run's config cannot be read ({e})") from None
+    if not isinstance(resumed, dict) or not isinstance(resumed.get("OPTIM"), dict):
+        raise UserError(f"{path}: not a run's config (no OPTIM section)")
+    differences = config_differences(resumed, yaml.safe_load(cfg.dump()))
+    refused = [d for d in differences if not (new_schedule and d[0] in SCHEDULE_KEYS)]
+    if refused:
+        hint = "; --resume-with-new-schedule accepts a changed OPTIM schedule" \
+            if any(key in SCHEDULE_KEYS for key, _, _ in refused) else ""
+        raise UserError(f"--resume {cfg.RESUME}: this run's config differs from the run it continues: "
+                        f"{describe_differences(refused)} (resume with the run's config, or train from scratch "
+                        f"into another --output-dir{hint})")
+    rescheduled = [d for d in differences if d[0] != "OPTIM.LR"]
+    if rescheduled:
+        print(f"Note: resuming with a new schedule ({describe_differences(rescheduled)}): the epochs left follow it")
+    resumed_lr = resumed["OPTIM"].get("LR", cfg.OPTIM.LR)
+    if resumed_lr != cfg.OPTIM.LR:
+        print(f"Note: resuming keeps the checkpoint's optimiser and learning rate ({resumed_lr:g}); this run's "
+              f"OPTIM.LR {cfg.OPTIM.LR:g} is not used (train from scratch to change it)")
+        cfg.OPTIM.LR = float(resumed_lr)
 
 
 MAX_SEED = 2 ** 32 - 1  # NumPy's seeds are 32-bit
@@ -197,8 +241,29 @@ def check_command(cfg, args):
             if not isinstance(trained, dict) or not isinstance(trained.get("DATASET"), dict):
                 raise UserError(f"{config_path}: not a run's config (no DATASET section); is --model-dir the folder "
                                 f"of a train.py run?")
+    check_output_dir(cfg, args)
     if cfg.OUTPUT_DIR and not is_writable_dir(cfg.OUTPUT_DIR):
         raise UserError(f"{cfg.OUTPUT_DIR}: cannot write the run's output there (read-only, full, or not a folder?)")
+
+
+def _same_folder(a, b):
+    return bool(a) and bool(b) and osp.realpath(osp.expanduser(a)) == osp.realpath(osp.expanduser(b))
+
+
+def check_output_dir(cfg, args):
+    """A finished run (its results.json) is never replaced silently: ``--overwrite`` replaces it whole,
+    ``--resume`` continues it; anything else is refused."""
+    overwrite = getattr(args, "overwrite", False)
+    if overwrite and cfg.RESUME:
+        raise UserError("--overwrite starts the run again and --resume continues it: pass one of them")
+    if overwrite and _same_folder(args.model_dir, cfg.OUTPUT_DIR):
+        raise UserError(f"--overwrite would remove the model that --model-dir {args.model_dir} evaluates; "
+                        f"write the evaluation into another --output-dir")
+    from llu.engine.trainer import finished_run
+    if not finished_run(cfg.OUTPUT_DIR) or overwrite or _same_folder(cfg.RESUME, cfg.OUTPUT_DIR):
+        return
+    raise UserError(f"{cfg.OUTPUT_DIR}: holds a finished run (results.json); pass --overwrite to replace it, or "
+                    f"choose another --output-dir")
 
 
 BACKBONE_KINDS = """backbones (--backbone, or MODEL.BACKBONE.NAME):
@@ -233,6 +298,11 @@ def build_parser(prog=None):
     parser.add_argument("--root", type=str, default="", help="folder that holds the dataset folders")
     parser.add_argument("--output-dir", type=str, default="", help="where logs, checkpoints and results.json go")
     parser.add_argument("--resume", type=str, default="", help="continue training from this output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run in --output-dir (its results, checkpoints, logs and metrics)")
+    parser.add_argument("--resume-with-new-schedule", action="store_true",
+                        help="with --resume: accept a changed learning-rate schedule (OPTIM.MAX_EPOCH, ...); the "
+                             "checkpoint's optimiser state and learning rate are kept")
     parser.add_argument("--seed", type=int, default=None, help="random seed (>= 0; 0 is a valid seed; none: unseeded)")
     parser.add_argument("--source-domains", type=str, nargs="+", help="source domains (kept for Dassl compatibility)")
     parser.add_argument("--target-domains", type=str, nargs="+", help="target domains (kept for Dassl compatibility)")
@@ -260,8 +330,12 @@ def main(args):
         engine.set_random_seed(cfg.SEED)
     if not cfg.OUTPUT_DIR:
         return run(cfg, args)
-    with folder_lock(cfg.OUTPUT_DIR), run_log(cfg.OUTPUT_DIR):
-        run(cfg, args)
+    with folder_lock(cfg.OUTPUT_DIR):
+        if getattr(args, "overwrite", False):
+            from llu.engine.trainer import clear_run_folder
+            clear_run_folder(cfg.OUTPUT_DIR)
+        with run_log(cfg.OUTPUT_DIR):
+            run(cfg, args)
 
 
 def run(cfg, args):

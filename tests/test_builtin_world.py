@@ -160,8 +160,9 @@ def test_readers_load_through_the_registry_like_coop_datasets(tmp_path, monkeypa
     for name in ("Shapes", "Patterns"):
         small = dataclasses.replace(generate.DATASETS[name], split_sizes=(4, 2, 1))
         monkeypatch.setitem(generate.DATASETS, name, small)
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path))  # the world's home: tmp_path/world
     cfg = get_cfg_default()
-    cfg.DATASET.ROOT = str(tmp_path)
+    cfg.DATASET.ROOT = ""  # no --root: the world's home, where it is generated on first use
     cfg.DATASET.NUM_SHOTS = 2
     cfg.DATASET.SUBSAMPLE_CLASSES = "base"
     cfg.SEED = 1
@@ -170,7 +171,7 @@ def test_readers_load_through_the_registry_like_coop_datasets(tmp_path, monkeypa
     assert shapes.classnames == render.SHAPE_CLASSES[:32]
     assert len(shapes.train_x) == 32 * 2 and len(shapes.val) == 32 * 2 and len(shapes.test) == 32
     assert all(osp.isfile(item.impath) for item in shapes.train_x)
-    assert osp.isfile(osp.join(str(tmp_path), "shapes", "split_fewshot", "shot_2-seed_1.json"))
+    assert osp.isfile(osp.join(str(tmp_path), "world", "shapes", "split_fewshot", "shot_2-seed_1.json"))
 
     cfg.DATASET.SUBSAMPLE_CLASSES = "new"
     new = DATASET_REGISTRY.get("Shapes")(cfg)

@@ -151,7 +151,7 @@ def test_resuming_with_another_learning_rate_says_the_checkpoints_wins(run, tmp_
         _stop_after_epoch(patch, 2)
         run("LLU", tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2")
     _, _, out = run("LLU", tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "OPTIM.LR", "0.05",
-                    flags=("--resume", str(tmp_path / "cut")))
+                    flags=("--resume", str(tmp_path / "cut"), "--resume-with-new-schedule"))
     assert "resuming keeps the checkpoint's optimiser and learning rate (0.002); this run's OPTIM.LR 0.05" in out
 
 

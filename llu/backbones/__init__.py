@@ -67,11 +67,19 @@ def load_backbone(name, device="cpu", prec="fp32", weights="", trust_torchscript
     runs one run after another (a sweep worker) builds each backbone once: it is frozen and in eval
     mode, so runs can share it.
     """
-    if prec not in PRECISIONS:
-        raise UserError(f"TRAINER.PREC must be fp16, fp32 or amp, got {prec!r}")
     device = torch.device(device)
+    check_precision(prec)
     if device.type == "cpu" and prec == "fp16":
         print("Note: fp16 cannot run on the CPU; using fp32")
+    return _build(name, device, prec, weights, trust_torchscript)
+
+
+def check_precision(prec):
+    if prec not in PRECISIONS:
+        raise UserError(f"TRAINER.PREC must be fp16, fp32 or amp, got {prec!r}")
+
+
+def _build(name, device, prec, weights, trust_torchscript):
     sha256, build = locate(name, weights)
     key = (name, sha256, str(device), prec)
     if key not in _loaded:
@@ -80,3 +88,23 @@ def load_backbone(name, device="cpu", prec="fp32", weights="", trust_torchscript
     model = _loaded[key].eval()
     model.backbone_name = name
     return model
+
+
+def preprocessing(cfg):
+    """How MODEL.BACKBONE's images are prepared (a ``Preprocess``), or None for ``embeddings`` (no images).
+
+    train.py reads it before the run's config is frozen, saved and logged, so that INPUT holds what the
+    run does. OpenAI's models by name are read from their table (no weights needed); any other backbone
+    is built here, on the device and in the precision the trainers use, so that their ``load_backbone``
+    gets this very model back instead of building it again.
+    """
+    backbone = cfg.MODEL.BACKBONE
+    if backbone.NAME == EMBEDDINGS_BACKBONE:
+        return None
+    from . import openai
+    named = openai.named_preprocess(backbone.NAME)
+    if named is not None:
+        return named
+    check_precision(cfg.TRAINER.PREC)
+    device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")  # the trainers' rule
+    return _build(backbone.NAME, device, cfg.TRAINER.PREC, backbone.WEIGHTS, backbone.TRUST_TORCHSCRIPT).preprocess

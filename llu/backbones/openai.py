@@ -16,6 +16,10 @@ from . import torchscript
 from .base import CLIP_PREPROCESS, ClipBackbone, Preprocess
 
 TOY_BACKBONE = "toy"  # the built-in world's ToyCLIP, shipped with the project
+# The input resolution of each of OpenAI's models (clip.load's preprocessing), so that a run's config
+# can be resolved before the weights are read (or downloaded).
+INPUT_RESOLUTION = {"RN50": 224, "RN101": 224, "RN50x4": 288, "RN50x16": 384, "RN50x64": 448, "ViT-B/32": 224,
+                    "ViT-B/16": 224, "ViT-L/14": 224, "ViT-L/14@336px": 336}
 _bpe = clip.clip._tokenizer
 
 
@@ -45,6 +49,14 @@ def resolve_weights(name):
     names = ", ".join(list(clip.available_models()) + [TOY_BACKBONE])
     raise UserError(f"MODEL.BACKBONE.NAME {name!r}: neither a known model ({names}), a weights file, nor "
                     f"openclip:<model> or hf:<folder>")
+
+
+def named_preprocess(name):
+    """The preprocessing of one of OpenAI's models by name, or None for anything else (a file, ``toy``)."""
+    if name not in INPUT_RESOLUTION:
+        return None
+    resolution = INPUT_RESOLUTION[name]
+    return Preprocess((resolution, resolution), CLIP_PREPROCESS.mean, CLIP_PREPROCESS.std)
 
 
 def read_clip_state_dict(path, trust_torchscript=True):

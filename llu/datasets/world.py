@@ -1,14 +1,16 @@
 """The built-in world's datasets as CoOp readers: generated on first use, then read like any other.
 
-``DATASET.ROOT`` is where they are generated (``<ROOT>/shapes``, ``<ROOT>/patterns``, ...); after
-``ensure_dataset`` the reading is CoOp's: the split file, then the few-shot split and the base/new
-classes (``fewshot_and_subsample``).
+They are read from ``<DATASET.ROOT>/shapes``, ``<DATASET.ROOT>/patterns``, ...; an empty ``DATASET.ROOT``
+is the world's home (``$LLU_CACHE/world``), where a dataset is generated on first use; any other root
+must hold the world already (``python -m llu.world.generate --root DIR``). After ``locate_dataset`` the
+reading is CoOp's: the split file, then the few-shot split and the base/new classes
+(``fewshot_and_subsample``).
 """
 import os.path as osp
 
 from llu.engine import DatasetBase
 
-from llu.world.generate import DATASETS, ensure_dataset, split_file_name
+from llu.world.generate import DATASETS, locate_dataset, split_file_name
 
 from . import dataset
 from .splits import fewshot_and_subsample, read_split
@@ -21,7 +23,7 @@ class WorldDataset(DatasetBase):
 
     def __init__(self, cfg):
         name = type(self).__name__
-        self.dataset_dir = ensure_dataset(cfg.DATASET.ROOT, name)
+        self.dataset_dir = locate_dataset(cfg.DATASET.ROOT, name)
         self.image_dir = osp.join(self.dataset_dir, self.image_dir)
         train, val, test = read_split(osp.join(self.dataset_dir, split_file_name(name)), self.image_dir)
         train, val, test = fewshot_and_subsample(self, cfg, self.dataset_dir, train, val, test)

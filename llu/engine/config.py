@@ -21,6 +21,10 @@ _C.INPUT.NO_TRANSFORM = False
 _C.INPUT.PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]  # CLIP's statistics
 _C.INPUT.PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
 _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+# Test images (data/transforms.py): "shortest" resizes the shortest side to SIZE, then center-crops;
+# "squash" resizes the whole image to SIZE (SigLIP, some OpenCLIP models). Like SIZE, PIXEL_MEAN/STD and
+# INTERPOLATION, train.py sets it to the backbone's before the config is frozen.
+_C.INPUT.RESIZE_MODE = "shortest"
 
 _C.DATASET = CN()
 _C.DATASET.ROOT = ""
@@ -106,3 +110,56 @@ def extend_cfg(cfg):
     for fn in CONFIG_EXTENSIONS:
         fn(cfg)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing a run's config with the run it continues (``--resume``)
+
+# Keys that cannot change a run's numbers, so a resumed run may differ from the run it continues in
+# them: where its files go and what it resumes from, how much it logs, which epochs it also keeps as
+# checkpoints, how many processes load images (the feature-trained methods never train on the image
+# loader), where image features are cached and how much, and the names of the config files (their
+# values are compared).
+RESULT_NEUTRAL_KEYS = frozenset({
+    "OUTPUT_DIR", "RESUME", "VERBOSE", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ", "DATALOADER.NUM_WORKERS",
+    "FEATURES.CACHE_DIR", "FEATURES.CACHE_MAX_GB", "SOURCE_FILES.DATASET", "SOURCE_FILES.TRAINER",
+})
+# The learning-rate schedule: ``--resume-with-new-schedule`` accepts a change to these (the checkpoint's
+# optimiser state and learning rate are kept; the epochs left follow the new settings).
+SCHEDULE_KEYS = frozenset({
+    "OPTIM.LR", "OPTIM.MAX_EPOCH", "OPTIM.LR_SCHEDULER", "OPTIM.STEPSIZE", "OPTIM.GAMMA", "OPTIM.WARMUP_EPOCH",
+    "OPTIM.WARMUP_TYPE", "OPTIM.WARMUP_CONS_LR", "OPTIM.WARMUP_MIN_LR", "OPTIM.WARMUP_RECOUNT",
+})
+_ABSENT = object()
+
+
+def _flat(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def config_differences(before, after, ignored=RESULT_NEUTRAL_KEYS):
+    """``[(key, value before, value after)]`` where two configs (as the dicts their yaml reads back to)
+    differ, keys sorted, ``ignored`` left out; a key one of them lacks has the value ``None``."""
+    before, after = dict(_flat(before)), dict(_flat(after))
+    keys = sorted((set(before) | set(after)) - set(ignored))
+    return [(key, before.get(key), after.get(key)) for key in keys
+            if before.get(key, _ABSENT) != after.get(key, _ABSENT)]
+
+
+def describe_differences(differences):
+    """``DATASET.NUM_SHOTS 16 -> 4, TRAINER.LLU.GAMMA 20.0 -> 5.0``"""
+    return ", ".join(f"{key} {_shown(before)} -> {_shown(after)}" for key, before, after in differences)
+
+
+def _shown(value):
+    if value is None:
+        return "(absent)"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if value == "":
+        return "''"
+    return str(value)

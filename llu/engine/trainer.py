@@ -2,7 +2,9 @@
 import contextlib
 import datetime
 import math
+import os
 import os.path as osp
+import shutil
 import time
 from collections import OrderedDict
 
@@ -14,12 +16,43 @@ from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progre
 
 from .data.data_manager import DataManager
 from .evaluation import build_evaluator
-from .metrics import RunMetrics
+from .metrics import METRICS_FILE, TENSORBOARD_DIR, RunMetrics
 from .registry import Registry
 from .utils import (AverageMeter, MetricMeter, load_checkpoint, load_state_dict_strictly, random_state,
                     save_checkpoint, set_random_state)
 
 TRAINER_REGISTRY = Registry("TRAINER")
+RESULTS_FILE = "results.json"  # written last: a folder holding it holds a finished run
+
+
+def finished_run(folder):
+    """True if ``folder`` holds a finished run (its results.json)."""
+    return bool(folder) and osp.isfile(osp.join(folder, RESULTS_FILE))
+
+
+def clear_run_folder(folder):
+    """Remove what a run wrote into ``folder``, results.json first (``--overwrite``): its config, logs,
+    metrics.jsonl, TensorBoard events and checkpoint folders, so that nothing of the old run mixes with
+    the new one (a second event file would overlay the first). Files a run does not write are kept."""
+    if not osp.isdir(folder):
+        return
+    names = sorted(os.listdir(folder))
+    doomed = [RESULTS_FILE] + [n for n in names if n in ("config.yaml", METRICS_FILE) or n == "log.txt"
+                               or n.startswith("log.txt-")]
+    doomed += [n for n in names if n == TENSORBOARD_DIR or _is_checkpoint_folder(osp.join(folder, n))]
+    for name in dict.fromkeys(doomed):
+        path = osp.join(folder, name)
+        if osp.isdir(path) and not osp.islink(path):
+            shutil.rmtree(path)
+        elif osp.lexists(path):
+            os.remove(path)
+    print(f"Note: --overwrite: removed the run that was in {folder}")
+
+
+def _is_checkpoint_folder(path):
+    """A model's folder of checkpoints (``save_checkpoint``'s: a ``checkpoint`` pointer, model*.pth.tar*)."""
+    return osp.isdir(path) and not osp.islink(path) and any(
+        name == "checkpoint" or name.startswith("model") and ".pth.tar" in name for name in os.listdir(path))
 
 
 def build_trainer(cfg):

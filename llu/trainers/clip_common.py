@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from llu.backbones import EMBEDDINGS_BACKBONE, load_backbone
+from llu.backbones import EMBEDDINGS_BACKBONE, load_backbone, preprocessing
 from llu.backbones.embeddings import EmbeddingsBackbone
 from llu.datasets import dataset_label
 from llu.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
@@ -31,7 +31,6 @@ def add_clip_config(cfg):
     # A TorchScript weights file (OpenAI's .pt) is read without running its code; if that reader
     # cannot read it, True lets torch.jit.load read it (running the code it carries), False refuses.
     cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT = True
-    cfg.INPUT.RESIZE_MODE = "shortest"  # test images: shortest side + center crop, or "squash"; the backbone's
 
 
 def _same_setting(a, b):
@@ -41,14 +40,19 @@ def _same_setting(a, b):
     return [float(x) for x in a] == [float(x) for x in b]
 
 
-def match_preprocessing(cfg, backbone):
-    """Make INPUT's size, statistics, interpolation and resize mode the backbone's, saying what changed."""
-    preprocess = backbone.preprocess
+def match_preprocessing(cfg):
+    """Make INPUT's size, statistics, interpolation and resize mode the backbone's
+    (``llu.backbones.preprocessing``), saying what changed. train.py calls it before the config is
+    frozen, saved and logged; a trainer calls it again (``save_config``) for a config built elsewhere
+    (Dassl's train.py, a notebook), before the config is saved."""
+    preprocess = preprocessing(cfg)
+    if preprocess is None:  # stored embeddings: no images
+        return
     wanted = {"SIZE": tuple(preprocess.size), "PIXEL_MEAN": list(preprocess.mean), "PIXEL_STD": list(preprocess.std),
               "INTERPOLATION": preprocess.interpolation, "RESIZE_MODE": preprocess.resize_mode}
     current = {"SIZE": tuple(cfg.INPUT.SIZE), "PIXEL_MEAN": list(cfg.INPUT.PIXEL_MEAN),
                "PIXEL_STD": list(cfg.INPUT.PIXEL_STD), "INTERPOLATION": cfg.INPUT.INTERPOLATION,
-               "RESIZE_MODE": cfg.INPUT.get("RESIZE_MODE", "shortest")}
+               "RESIZE_MODE": cfg.INPUT.RESIZE_MODE}
     changed = {key: value for key, value in wanted.items() if not _same_setting(value, current[key])}
     if not changed:
         return
@@ -137,8 +141,8 @@ class TrainingDiverged(UserError):
 
 
 class ClipTrainer(TrainerX):
-    """Base of every CLIP trainer: CLIP is loaded (frozen) before the data, so that the input size
-    can follow the model, and the class names come from the dataset.
+    """Base of every CLIP trainer: CLIP is loaded (frozen) before the data, which is prepared as the
+    model expects (``match_preprocessing``), and the class names come from the dataset.
 
     It also keeps a run honest: ``check_run`` refuses runs that would record an untrained model
     under a trainer's name; every step checks the loss and the learned parameters for finiteness;
@@ -159,6 +163,12 @@ class ClipTrainer(TrainerX):
         if not eval_only and cls.trains_epochs and cfg.OPTIM.MAX_EPOCH < 1:
             raise UserError(f"OPTIM.MAX_EPOCH must be at least 1 to train {name}, got {cfg.OPTIM.MAX_EPOCH}")
 
+    def save_config(self):
+        """The config as it runs: INPUT as the backbone prepares images (train.py's configs have it
+        already; one built elsewhere, by Dassl's train.py or a notebook, gets it here)."""
+        match_preprocessing(self.cfg)
+        super().save_config()
+
     def build_data_loader(self):
         """The backbone, then the data prepared as it expects (a dataset of stored embeddings is read
         first when it is the backbone too)."""
@@ -169,7 +179,6 @@ class ClipTrainer(TrainerX):
         else:
             self.clip_model = load_backbone(cfg.MODEL.BACKBONE.NAME, self.device, cfg.TRAINER.PREC,
                                             cfg.MODEL.BACKBONE.WEIGHTS, cfg.MODEL.BACKBONE.TRUST_TORCHSCRIPT)
-            match_preprocessing(cfg, self.clip_model)
             super().build_data_loader()
         self.stored_embeddings = getattr(self.dm.dataset, "embeddings", None)
         if self.stored_embeddings is not None and self.stored_embeddings.dim != self.clip_model.embed_dim:

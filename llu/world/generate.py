@@ -1,5 +1,13 @@
 """Writing the built-in world's datasets in CoOp's layout, once, atomically.
 
+The world lives in one place, ``world_home()`` (``$LLU_CACHE/world``): the readers generate a dataset
+there on first use (``locate_dataset``, ``DATASET.ROOT`` empty or that folder). Another root holds the
+world only when asked for explicitly::
+
+    python -m llu.world.generate --root DIR [--datasets Shapes Patterns]
+
+so a mistyped ``--root`` is a "not found" line, as for any dataset, not 20 MB of images written there.
+
 ``ensure_dataset(root, name)`` returns ``<root>/<folder>`` holding
 
     images/<class folder>/<nnnn>.png        32x32 RGB
@@ -11,6 +19,7 @@ hidden temporary folder beside it and renamed into place when complete, with the
 last, so a reader never sees a half-written dataset. Every image is a pure function of the
 dataset's settings and its (label, index), so the same settings give byte-identical files.
 """
+import argparse
 import hashlib
 import json
 import os
@@ -24,8 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from llu.utils import UserError, read_json, write_json
-from llu.utils import is_writable_dir
+from llu.utils import UserError, exit_on_user_error, is_writable_dir, read_json, user_cache_dir, write_json
 
 from . import render
 
@@ -200,3 +208,49 @@ def ensure_dataset(root, name, **overrides):
         shutil.rmtree(building, ignore_errors=True)
     print(f"Generated {name} ({len(settings['classes'])} classes) in {time.time() - start:.1f} s")
     return dataset_dir
+
+
+def world_home():
+    """Where the built-in world is generated on first use: ``$LLU_CACHE/world`` (``~/.cache/llu/world``)."""
+    return user_cache_dir("world")
+
+
+def locate_dataset(root, name):
+    """``<root>/<folder of name>`` for a reader (``DATASET.ROOT``): in the world's home (``root`` empty
+    or that folder) generated first if missing or stale; under another root it must have been
+    generated there (``main``; a stale copy is regenerated), else a one-line "not found"."""
+    home = world_home()
+    root = osp.abspath(osp.expanduser(root or home))
+    if root == osp.abspath(osp.expanduser(home)) or osp.realpath(root) == osp.realpath(home):
+        return ensure_dataset(root, name)
+    dataset_dir = osp.join(root, dataset_settings(name)["folder"])
+    if not osp.isfile(osp.join(dataset_dir, STAMP_FILE)):
+        raise UserError(f"{dataset_dir}: {name} folder not found; the built-in world is in {home} (no --root), "
+                        f"or generate it here with python -m llu.world.generate --root {root}")
+    return ensure_dataset(root, name)
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(prog=prog or "python -m llu.world.generate",
+                                     description="Generate the built-in world's datasets (CoOp's layout).")
+    parser.add_argument("--root", default="", help=f"the folder to generate them in (default: the world's home, "
+                                                   f"$LLU_CACHE/world, now {world_home()})")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), metavar="NAME",
+                        help=f"which datasets (default: all: {', '.join(DATASETS)})")
+    return parser
+
+
+def main(argv=None, prog=None):
+    """Generate the world's datasets in ``--root`` (default: its home); current ones are kept."""
+    args = build_parser(prog).parse_args(argv)
+    root = args.root or world_home()
+
+    def generate():
+        for name in args.datasets:
+            print(f"{name}: {ensure_dataset(root, name)}")
+
+    return exit_on_user_error(generate)
+
+
+if __name__ == "__main__":
+    main()

@@ -37,7 +37,7 @@ def build_transform(cfg, is_train=True, choices=None):
     steps = [_to_rgb]
     if is_train and "random_resized_crop" in choices:
         steps.append(RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interp))
-    elif cfg.INPUT.get("RESIZE_MODE", "shortest") == "squash":  # some OpenCLIP models: the whole image, resized
+    elif cfg.INPUT.RESIZE_MODE == "squash":  # some OpenCLIP models: the whole image, resized
         steps.append(Resize(size, interpolation=interp))
     else:
         steps += [Resize(max(size), interpolation=interp), CenterCrop(size)]
