@@ -7,6 +7,7 @@ only when it runs, so ``llu --help`` and every argument error answer without imp
     llu predict ...          classify images with a trained model and any class names
     llu export RUN OUT       a trained model as a self-contained folder
     llu cache list|clear     the feature cache
+    llu world generate       the built-in world's datasets, where you ask for them
 """
 import os
 import sys
@@ -37,6 +38,15 @@ def export(argv):
     return cli(argv, prog="llu export")
 
 
+def world(argv):
+    if argv[:1] != ["generate"]:
+        print("usage: llu world generate [--root DIR] [--datasets NAME ...]\n\nerror: the one world command is "
+              "'generate'", file=sys.stderr)
+        return 2
+    from llu.world.generate import main
+    return main(argv[1:], prog="llu world generate")
+
+
 def cache(argv):
     from llu.trainers.feature_cache import main
     from llu.utils import exit_on_user_error
@@ -50,6 +60,7 @@ COMMANDS = {
     "predict": (predict, "classify images with a trained model and any class names"),
     "export": (export, "a trained model as a self-contained folder (config.json + model.safetensors)"),
     "cache": (cache, "list or clear the feature cache"),
+    "world": (world, "generate the built-in world's datasets (in $LLU_CACHE/world, or --root DIR)"),
 }
 
 

@@ -78,3 +78,11 @@ def test_a_value_holding_an_equals_sign_stays_a_value(tmp_path, monkeypatch):
     cfg = train.setup_cfg(train.build_parser().parse_args(
         ["--dataset-config-file", "shapes", "--trainer", "ZeroshotCLIP", "OUTPUT_DIR", "a=b"]))
     assert cfg.OUTPUT_DIR == "a=b"
+
+
+def test_llu_world_generate_writes_the_world_where_asked(tmp_path):
+    root = tmp_path / "elsewhere"
+    result = _llu("world", "generate", "--root", str(root), "--datasets", "ShapesSketch")
+    assert result.returncode == 0, result.stderr[-500:]
+    assert any(root.rglob("split_zhou_ShapesSketch.json"))
+    assert _llu("world").returncode == 2
