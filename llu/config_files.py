@@ -84,6 +84,21 @@ def load_yaml(stream, path):
         raise UserError(f"{path}: not valid YAML ({type(e).__name__}: {_one_line(e)[:200]})") from None
 
 
+def read_run_config(path, what="the run's config", section="DATASET"):
+    """The saved ``config.yaml`` of a run (``what`` names its role in the one line that refuses it):
+    bounded YAML, a mapping with ``section``."""
+    try:
+        with open(path) as f:
+            content = load_yaml(f, path)
+    except OSError as e:
+        raise UserError(f"{path}: {what} cannot be read ({e.strerror})") from None
+    except UserError as e:
+        raise UserError(f"{e} ({what})") from None
+    if not isinstance(content, dict) or not isinstance(content.get(section), dict):
+        raise UserError(f"{path}: not a run's config (no {section} section); is it the folder of an `llu train` run?")
+    return content
+
+
 def _check_keys(mapping, path, prefix=""):
     """Every key of a config mapping, at every level, is a name (a string without '.')."""
     for key, value in mapping.items():

@@ -27,7 +27,7 @@ import torch
 import yaml
 from huggingface_hub import ModelHubMixin
 
-from llu import engine, upstream_keys
+from llu import config_files, engine, upstream_keys
 from llu.utils import UserError, atomic_path, load_checkpoint_file, read_json, write_json
 
 EXPORT_FORMAT = "llu-model"  # config.json's "format" of an exported model
@@ -124,8 +124,8 @@ def config_section_of_log(path):
             break
         section.append(line)
     try:
-        content = yaml.safe_load("\n".join(section))
-    except yaml.YAMLError:
+        content = config_files.load_yaml("\n".join(section), path)
+    except UserError:
         return None
     return content if isinstance(content, dict) else None
 
@@ -134,14 +134,7 @@ def run_config(folder):
     """A run folder's config mapping: its config.yaml, else the config its log.txt holds (a Dassl run's)."""
     path = osp.join(folder, "config.yaml")
     if osp.isfile(path):
-        try:
-            with open(path) as f:
-                content = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"{path}: the run's config cannot be read ({e})") from None
-        if not isinstance(content, dict) or not isinstance(content.get("TRAINER"), dict):
-            raise UserError(f"{path}: not a run's config (no TRAINER section)")
-        return content
+        return config_files.read_run_config(path, section="TRAINER")
     log = osp.join(folder, "log.txt")
     content = config_section_of_log(log) if osp.isfile(log) else None
     if not content or not isinstance(content.get("TRAINER"), dict):

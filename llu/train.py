@@ -102,7 +102,7 @@ def _opts_ints_as_floats(cfg, opts):
 def _merge_file(cfg, path):
     """Merge a yaml file; a ``_BASE_: other.yaml`` entry (relative to the file) is merged first."""
     for source, content in config_files.chain(path):
-        content = _ints_as_floats(cfg, upstream_keys.translate_mapping(content))
+        content = _ints_as_floats(cfg, upstream_keys.translate_mapping(content, source))
         _merge(cfg, source, lambda: cfg.merge_from_other_cfg(cfg.__class__(content)))
 
 
@@ -183,13 +183,7 @@ def check_resume(cfg, new_schedule=False):
     if not osp.isfile(path):
         raise UserError(f"--resume {cfg.RESUME}: no config.yaml there, so the run to continue is unknown "
                         f"(is it the --output-dir of a run?)")
-    try:
-        with open(path) as f:
-            resumed = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: the resumed run's config cannot be read ({e})") from None
-    if not isinstance(resumed, dict) or not isinstance(resumed.get("OPTIM"), dict):
-        raise UserError(f"{path}: not a run's config (no OPTIM section)")
+    resumed = config_files.read_run_config(path, "the resumed run's config", section="OPTIM")
     differences = config_differences(resumed, yaml.safe_load(cfg.dump()))
     refused = [d for d in differences if not (new_schedule and d[0] in SCHEDULE_KEYS)]
     if refused:
@@ -233,14 +227,7 @@ def check_command(cfg, args):
             raise UserError(f"--model-dir {args.model_dir}: no such folder")
         config_path = osp.join(args.model_dir, "config.yaml")
         if osp.exists(config_path):
-            try:
-                with open(config_path) as f:
-                    trained = yaml.safe_load(f)
-            except (OSError, yaml.YAMLError) as e:
-                raise UserError(f"{config_path}: the trained run's config cannot be read ({e})") from None
-            if not isinstance(trained, dict) or not isinstance(trained.get("DATASET"), dict):
-                raise UserError(f"{config_path}: not a run's config (no DATASET section); is --model-dir the folder "
-                                f"of a train.py run?")
+            config_files.read_run_config(config_path, "the trained run's config")
     check_output_dir(cfg, args)
     if cfg.OUTPUT_DIR and not is_writable_dir(cfg.OUTPUT_DIR):
         raise UserError(f"{cfg.OUTPUT_DIR}: cannot write the run's output there (read-only, full, or not a folder?)")

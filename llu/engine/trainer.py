@@ -9,8 +9,8 @@ import time
 from collections import OrderedDict
 
 import torch
-import yaml
 
+from llu import config_files
 from llu.results import RunResults
 from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progress, run_provenance
 
@@ -435,8 +435,7 @@ class SimpleTrainer(TrainerBase):
         source["model_dir"] = osp.relpath(osp.abspath(model_dir), osp.abspath(self.output_dir))
         config_path = osp.join(model_dir, "config.yaml")
         if osp.isfile(config_path):
-            with open(config_path) as f:
-                trained = yaml.safe_load(f) or {}
+            trained = config_files.read_run_config(config_path, "the trained run's config")
             dataset = trained.get("DATASET", {})
             source.update(train_dataset=self.dataset_label(trained), train_shots=dataset.get("NUM_SHOTS", -1),
                           train_subsample_classes=dataset.get("SUBSAMPLE_CLASSES", "all"))

@@ -40,12 +40,12 @@ def _same_setting(a, b):
     return [float(x) for x in a] == [float(x) for x in b]
 
 
-def match_preprocessing(cfg):
+def match_preprocessing(cfg, clip_model=None):
     """Make INPUT's size, statistics, interpolation and resize mode the backbone's
-    (``llu.backbones.preprocessing``), saying what changed. train.py calls it before the config is
-    frozen, saved and logged; a trainer calls it again (``save_config``) for a config built elsewhere
-    (Dassl's train.py, a notebook), before the config is saved."""
-    preprocess = preprocessing(cfg)
+    (``llu.backbones.preprocessing``, or ``clip_model``'s when it is built already), saying what changed.
+    train.py calls it before the config is frozen, saved and logged; a trainer calls it again
+    (``save_config``) for a config built elsewhere (Dassl's train.py, a notebook), before the config is saved."""
+    preprocess = preprocessing(cfg) if clip_model is None else clip_model.preprocess
     if preprocess is None:  # stored embeddings: no images
         return
     wanted = {"SIZE": tuple(preprocess.size), "PIXEL_MEAN": list(preprocess.mean), "PIXEL_STD": list(preprocess.std),
