@@ -116,6 +116,7 @@ def _some(names, shown=5):
 class TipAdapter(ClipTrainer):
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
+    published_epochs = None  # Tip-Adapter-F: its config's epochs for any shots, as published
 
     def build_model(self):
         tip = self.cfg.TRAINER.TIP_ADAPTER
