@@ -248,7 +248,7 @@ def duration(seconds):
 class Progress:
     """Prints ``[k/N] state run`` lines with elapsed time and an estimate of the rest."""
     total: int
-    stream: object = sys.stdout
+    stream: object = None  # default: sys.stdout
     start: float = field(default_factory=time.time)
     count: int = 0
 
@@ -260,10 +260,11 @@ class Progress:
             left = f", about {duration(elapsed / self.count * (self.total - self.count))} left"
         took = f" in {task.seconds:.1f} s" if task.state in ("done", "failed") else ""
         name = osp.relpath(task.output_dir, relative_to)
+        stream = self.stream or sys.stdout
         print(f"[{self.count}/{self.total}] {task.state:<7} {name}{took} (elapsed {duration(elapsed)}{left})",
-              file=self.stream, flush=True)
+              file=stream, flush=True)
         if task.state in ("failed", "blocked"):
-            print(f"    {task.message}", file=self.stream, flush=True)
+            print(f"    {task.message}", file=stream, flush=True)
 
 
 def worker_context():
@@ -365,10 +366,10 @@ class LocalWorkers:
         return False
 
 
-def run_plan(runs, jobs=1, workers=None, stream=sys.stdout, relative_to=None):
+def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None):
     """Run the runs ``jobs`` at a time (each after the run it reads); returns their tasks (with their
     states)."""
-    tasks = schedule(runs)
+    tasks, stream = schedule(runs), stream or sys.stdout
     relative_to = relative_to or common_folder(tasks)
     todo = [t for t in tasks if t.state == "pending"]
     progress = Progress(len(todo), stream)
@@ -489,10 +490,10 @@ def make_executor(folder):
     return executor, slurm
 
 
-def run_plan_submitit(runs, jobs=0, folder=None, stream=sys.stdout, relative_to=None, executor=None):
+def run_plan_submitit(runs, jobs=0, folder=None, stream=None, relative_to=None, executor=None):
     """Run the pending runs as submitit jobs, one per chain, at most ``jobs`` at a time (0: all at
     once). Returns their tasks (with their states), as ``run_plan``."""
-    tasks = schedule(runs)
+    tasks, stream = schedule(runs), stream or sys.stdout
     relative_to = relative_to or common_folder(tasks)
     todo = chains(tasks)
     count = sum(len(chain) for chain in todo)
@@ -552,8 +553,9 @@ def common_folder(tasks):
     return osp.commonpath([t.output_dir for t in tasks]) if tasks else os.getcwd()
 
 
-def summary(tasks, stream=sys.stdout, relative_to=None):
+def summary(tasks, stream=None, relative_to=None):
     """Print which runs failed; returns the exit status (1 if any failed or was blocked)."""
+    stream = stream or sys.stdout
     relative_to = relative_to or common_folder(tasks)
     bad = [t for t in tasks if t.state in ("failed", "blocked")]
     done = sum(t.state == "done" for t in tasks)
@@ -596,21 +598,21 @@ def print_tables(tree):
         return e.code if isinstance(e.code, int) else 1
 
 
-def report_line(tree):
+def report_line(tree, environ=os.environ):
     """``print_tables`` as a command line (what --dry-run prints last)."""
     command = ["-m", "llu", "report"] if importlib.util.find_spec("llu.report") else ["parse_results.py"]
-    return shlex.join([python_name(), *command, tree])
+    return shlex.join([python_name(environ), *command, tree])
 
 
-def python_name():
+def python_name(environ=os.environ):
     """The Python the printed commands name: $PYTHON (as the scripts run it), else python."""
-    python = os.environ.get("PYTHON") or "python"
+    python = environ.get("PYTHON") or "python"
     return osp.abspath(python) if "/" in python else python
 
 
-def command_line(args):
+def command_line(args, environ=os.environ):
     """A runnable command line: ``python -m llu train ...`` (``llu train ...`` where it is installed)."""
-    return shlex.join([python_name(), "-m", "llu", "train", *args])
+    return shlex.join([python_name(environ), "-m", "llu", "train", *args])
 
 
 def words(text):
@@ -666,8 +668,9 @@ def build_parser(prog=None):
     parser.add_argument("--submitit-folder", help="submitit's job files and logs (default OUTPUT/<tree>/.submitit)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs as runnable command lines, in an "
                                                                "order that works line by line; run nothing")
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="KEY VALUE options for every run (default $OPTS; not part of the folder names)")
+    parser.add_argument("--opts", nargs="+", metavar="KEY VALUE",
+                        help="options for every run, e.g. --opts FEATURES.CACHE_DIR /scratch (default $OPTS); "
+                             "not part of the folder names")
     return parser
 
 
@@ -697,12 +700,14 @@ def plan_runs(args, environ=os.environ):
         kwargs[name] = value
     data = args.data or environ.get("DATA") or user_cache_dir("world")
     output = args.output or environ.get("OUTPUT") or "output"
-    opts = args.opts if args.opts else environ.get("OPTS", "").split()
+    opts = " ".join(args.opts).split() if args.opts else environ.get("OPTS", "").split()
     where = protocols.Sweep(osp.abspath(data), osp.abspath(output), tuple(opts))
     return list(fn(where, **kwargs)), osp.join(where.output, fn.tree)
 
 
 def sweep(argv=None, prog=None, environ=os.environ):
+    """Plan the protocol's runs; print them (dry run), or run them and print the tables; returns the
+    exit status."""
     args = build_parser(prog).parse_args(argv)
     runs, tree = plan_runs(args, environ)
     dry_run = args.dry_run or environ.get("DRY_RUN") == "1"
@@ -710,18 +715,24 @@ def sweep(argv=None, prog=None, environ=os.environ):
         if run.finished:
             print(f"skip {run.output_dir} (results.json exists)", flush=True)
         elif dry_run:
-            print(f"+ {command_line(run.args)}")
+            print(f"+ {command_line(run.args, environ)}")
     if dry_run:
-        print(f"+ {report_line(tree)}")
+        print(f"+ {report_line(tree, environ)}")
         return 0
-    jobs = args.jobs if args.jobs is not None else (int(environ["JOBS"]) if environ.get("JOBS", "").strip() else None)
+    jobs = args.jobs
+    if jobs is None and environ.get("JOBS", "").strip():
+        jobs = whole_numbers("JOBS")(environ["JOBS"])
+        if len(jobs) != 1:
+            raise UserError(f"JOBS must be a whole number, got {environ['JOBS']!r}")
+        jobs = jobs[0]
     launcher = args.launcher or environ.get("LAUNCHER") or "local"
     if launcher not in ("local", "submitit"):
         raise UserError(f"LAUNCHER must be local or submitit, got {launcher!r}")
     status = execute_plan(runs, launcher, jobs, args.submitit_folder or environ.get("SUBMITIT_FOLDER"))
     sys.stdout.flush()
     if status == 0 or has_results(tree):  # the tables of what finished
-        status = status or print_tables(tree)
+        tables_status = print_tables(tree)
+        status = status or tables_status
     return status
 
 
