@@ -132,7 +132,9 @@ def protocol(tree):
 
 @protocol(tree="base2new")
 def base2new(sweep, datasets=("shapes",), trainers=TRAINERS, cfg="toy", shots=(16,), seeds=(1, 2, 3)):
-    """Base-to-new generalisation (Table 1; CoCoOp's protocol), for each dataset x shots x trainer x seed."""
+    """Table 1: train on the base classes, evaluate on the new ones (CoCoOp's protocol).
+
+    For each dataset x shots x trainer x seed."""
     for dataset in datasets:
         for k in shots:
             for trainer in trainers:
@@ -142,14 +144,15 @@ def base2new(sweep, datasets=("shapes",), trainers=TRAINERS, cfg="toy", shots=(1
 
 @protocol(tree="base2new")
 def fewshot(sweep, datasets=("shapes",), trainers=TRAINERS, cfg="toy", shots=(1, 2, 4, 8, 16), seeds=(1, 2, 3)):
-    """Accuracy against shots (Figure 2): base2new over several shots, into the same tree (its
-    16-shot runs are base2new's)."""
+    """Figure 2: base2new over 1, 2, 4, 8, 16 shots, in the same tree.
+
+    Its 16-shot runs are base2new's (skipped when done)."""
     return base2new(sweep, datasets, trainers, cfg, shots, seeds)
 
 
 @protocol(tree="transfer")
 def xd(sweep, source="shapes", targets=("patterns",), trainers=TRAINERS, cfg="toy", shots=(16,), seeds=(1, 2, 3)):
-    """Cross-dataset generalisation (Table 2): train on all classes of ``source``, evaluate on each target."""
+    """Table 2: train on all classes of a source, evaluate on other datasets (cross-dataset)."""
     for k in shots:
         for trainer in trainers:
             for seed in seeds:
@@ -159,15 +162,17 @@ def xd(sweep, source="shapes", targets=("patterns",), trainers=TRAINERS, cfg="to
 @protocol(tree="transfer")
 def dg(sweep, source="shapes", targets=("shapes_sketch", "shapes_noisy"), trainers=TRAINERS, cfg="toy", shots=(16,),
        seeds=(1, 2, 3)):
-    """Domain generalisation (Table 3): xd's runs (the same trained models), domain-shifted targets."""
+    """Table 3: xd's trained models evaluated on domain-shifted versions of the source."""
     return xd(sweep, source, targets, trainers, cfg, shots, seeds)
 
 
 @protocol(tree="base2new")
 def ablation(sweep, datasets=("shapes",), cfg="toy", cfgs=None, shots=(16,), seeds=(1, 2, 3)):
-    """LLU's design choices (Table 4): base-to-new runs of LLU with each config of ``cfgs`` (default
-    ``cfg`` and ``cfg_<ablation>`` for LLU's ablations, in the paper's order) beside zero-shot CLIP
-    with ``cfg``. The runs of ``cfg`` itself are base2new's."""
+    """Table 4: base-to-new runs of LLU's ablation configs beside zero-shot CLIP.
+
+    LLU runs with each config of ``cfgs`` (default ``cfg`` and ``cfg_<ablation>`` for LLU's
+    ablations, in the paper's order); zero-shot CLIP with ``cfg``. The runs of ``cfg`` itself are
+    base2new's."""
     if cfgs is None:
         cfgs = [cfg] + [f"{cfg}_{name}" for name in trainer_class("LLU").ablations]
     for dataset in datasets:

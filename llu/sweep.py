@@ -1,4 +1,4 @@
-"""``llu sweep NAME``: a protocol's runs (``llu/protocols.py``), ``--jobs`` at a time, then its tables.
+"""``llu sweep NAME``: a protocol's runs (llu/protocols.py), ``--jobs`` at a time, then its tables.
 
     llu sweep base2new                                   # the built-in world: Table 1
     DATA=/data DATASETS="imagenet caltech101" CFG=vit_b16 llu sweep base2new
@@ -354,14 +354,14 @@ class LocalWorkers:
             if worker.task is None:
                 with contextlib.suppress(OSError):
                     worker.conn.send(None)  # done: the worker ends
-            elif kind is not KeyboardInterrupt:  # Ctrl-C reached the workers too
+            elif kind is not KeyboardInterrupt:  # (Ctrl-C reached the workers too)
                 worker.process.terminate()  # SIGTERM: the run saves what it can
+            worker.close()  # a worker that finishes its run then finds the pipe closed, and ends
         for worker in self.workers:
             worker.process.join(timeout=60)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-            worker.close()
         self.workers = []
         return False
 
@@ -645,7 +645,8 @@ PROTOCOL_SETTINGS = {
 def build_parser(prog=None):
     names = "\n".join(f"  {name:<10} {fn.__doc__.splitlines()[0]}" for name, fn in protocols.PROTOCOLS.items())
     parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description="Run a protocol's runs (llu/protocols.py), --jobs at a time, then print its tables.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"protocols:\n{names}\n\nEach setting is also read from the environment variable in capitals "
                f"(DATASETS=\"imagenet caltech101\", DRY_RUN=1, ...), as scripts/*.sh pass them; a flag wins.")
     parser.add_argument("protocol", choices=list(protocols.PROTOCOLS), help="which sweep")

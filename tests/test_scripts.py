@@ -73,7 +73,8 @@ def test_default_data_root_is_the_built_in_world(tmp_path, monkeypatch, capsys, 
 
 
 def test_flags_win_over_the_environment(tmp_path, capsys):
-    runs, _ = dry_run(tmp_path, capsys, "base2new", "--seeds", "3", "--shots", "2", "--data", "d", "--opts", "OPTIM.LR", "0.1",
+    runs, _ = dry_run(tmp_path, capsys, "base2new", "--seeds", "3", "--shots", "2", "--data", "d",
+                      "--opts", "OPTIM.LR", "0.1",
                       TRAINERS="LLU", SEEDS="1 2", SHOTS="4 8", DATA="/elsewhere", OPTS="OPTIM.LR 0.5",
                       TARGETS="ignored by base2new")
     assert [(option(r, "--seed"), option(r, "DATASET.NUM_SHOTS"), r[-2:]) for r in runs] == [

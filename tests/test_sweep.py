@@ -66,7 +66,8 @@ def test_base2new_default_plan(tmp_path):
         for seed in (1, 2, 3):
             tail = f"shapes/shots_16/{trainer}/toy/seed{seed}"
             train, test = [r for r in runs if r.output_dir.endswith(f"/{tail}")]
-            assert train.output_dir == str(out / "train_base" / tail) and test.output_dir == str(out / "test_new" / tail)
+            assert train.output_dir == str(out / "train_base" / tail)
+            assert test.output_dir == str(out / "test_new" / tail)
             assert test.reads is train
             for run in (train, test):
                 assert option(run, "--trainer") == trainer and option(run, "--seed") == str(seed)
@@ -410,15 +411,16 @@ def test_runs_in_workers_give_the_numbers_of_runs_in_their_own_processes(tmp_pat
 # submitit
 
 def test_chains_group_each_training_run_with_the_evaluations_that_read_it(tmp_path):
-    tasks = sweep.schedule(pairs(tmp_path, 2) + [Run(("--output-dir", str(tmp_path / "alone")), str(tmp_path / "alone"))])
+    alone = str(tmp_path / "alone")
+    tasks = sweep.schedule(pairs(tmp_path, 2) + [Run(("--output-dir", alone), alone)])
     tasks[0].state = "skipped"  # finished before: its reader starts a chain of its own
     assert [[t.index for t in chain] for chain in sweep.chains(tasks)] == [[1], [2, 3], [4]]
     assert sweep.chain_arguments(sweep.chains(tasks)[1])[1][1] == 0  # the evaluation reads the chain's first run
 
 
 def test_slurm_settings_come_from_the_environment():
-    parameters = sweep.slurm_parameters({"LLU_SLURM_PARTITION": "gpu", "LLU_SLURM_GPUS": "2", "LLU_SLURM_TIME_MIN": "90",
-                                         "LLU_SLURM_EXTRA": "constraint=a100, qos=high"})
+    parameters = sweep.slurm_parameters({"LLU_SLURM_PARTITION": "gpu", "LLU_SLURM_GPUS": "2",
+                                         "LLU_SLURM_TIME_MIN": "90", "LLU_SLURM_EXTRA": "constraint=a100, qos=high"})
     assert parameters == {"slurm_partition": "gpu", "gpus_per_node": 2, "cpus_per_task": 8, "mem_gb": 32.0,
                           "timeout_min": 90, "slurm_constraint": "a100", "slurm_qos": "high"}
     with pytest.raises(UserError, match="LLU_SLURM_GPUS must be a int, got 'two'"):
