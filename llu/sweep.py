@@ -1,92 +1,135 @@
-"""Running a sweep's plan: many ``train.py`` runs, several per worker process, ``--jobs`` at a time.
+"""``llu sweep NAME``: a protocol's runs (llu/protocols.py), ``--jobs`` at a time, then its tables.
 
-The sweep scripts (``scripts/*.sh``) write their plan, one ``python train.py ...`` command per line,
-in an order that also works line by line (each evaluation after the training run whose
-``--model-dir`` it reads), and hand it to ``python -m llu.sweep PLAN``:
+    llu sweep base2new                                   # the built-in world: Table 1
+    DATA=/data DATASETS="imagenet caltech101" CFG=vit_b16 llu sweep base2new
+    llu sweep fewshot --shots 1 2 4 --dry-run            # print the runs, run nothing
 
 - a run whose ``results.json`` exists is skipped, so a killed sweep resumes where it stopped;
-- each worker process imports torch and the project once and runs one run after another in it,
-  reusing the loaded backbone and the cached features;
-- an evaluation waits for the training run it reads, and is not run if that run failed; every
-  other run goes on;
+- each worker process runs one run after another in it (``llu.train.main``), torch imported and the
+  project loaded once, the backbone and the cached features reused;
+- an evaluation waits for the training run it reads, and is not run if that run failed; every other
+  run goes on. A worker that dies (killed, out of memory) fails only the run it held ("worker died
+  (signal 9)"); the next runs get a fresh worker. Workers end with the sweep, also when it is killed
+  (``kill -9``: on Linux the kernel sends them SIGTERM, and their runs save what they can);
 - the console gets one line per finished run, with the time spent and an estimate of what is left;
-  each run's own output goes to its ``log.txt``; the end lists the failed runs with the last line
-  of their logs, and the exit status is 1 if any failed.
+  each run's own output goes to its ``log.txt``; the end lists the failed runs with the last line of
+  their logs, and the exit status is 1 if any failed.
 
-``--launcher submitit`` (``LAUNCHER=submitit``) runs the same plan as jobs through submitit: on
-Slurm when ``srun`` is there, else with submitit's local executor. One job runs one chain: a
-training run and the evaluations that read it (a (dataset, trainer, seed) of base-to-new, a source
-and its targets of the transfer sweeps), in one process. The output tree, skip rules and tables are
-those of a local sweep. Slurm's settings come from the environment (``SLURM_SETTINGS``).
+``--launcher submitit`` (``LAUNCHER=submitit``) runs the same runs as jobs through submitit: on Slurm
+when ``srun`` is there, else with submitit's local executor. One job runs one chain: a training run
+and the evaluations that read it (a (dataset, trainer, seed) of base-to-new, a source and its targets
+of the transfer sweeps), in one process. The output tree, skip rules and tables are those of a local
+sweep. Slurm's settings come from the environment (``SLURM_SETTINGS``).
+
+``python -m llu.sweep PLAN`` runs a plan file of your own, one ``llu train ...`` (or ``python -m llu
+train ...``, ``python train.py ...``) command per line, the same way.
 """
 import argparse
-import concurrent.futures
 import contextlib
+import ctypes
 import datetime
+import importlib.util
+import inspect
 import io
 import multiprocessing
+import multiprocessing.connection
 import os
 import os.path as osp
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
-from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated
+from llu import protocols
+from llu.protocols import Run
+from llu.utils import REPO, Terminated, UserError, exit_on_user_error, raise_terminated, user_cache_dir
 
 
 @dataclass
-class Run:
-    """One line of a plan: ``python train.py ARGS``."""
+class Task:
+    """A run of a sweep as the scheduler follows it."""
     index: int
-    command: list
-    output_dir: str
-    model_dir: str = ""
-    needs: int = None  # index of the run that writes ``model_dir``, if the plan has it
+    run: Run
+    needs: int = None  # index of the run whose model it reads, if the sweep has it
     state: str = "pending"  # pending, running, done, skipped, failed, blocked
     message: str = ""
     started: float = 0.0
     seconds: float = 0.0
 
     @property
-    def train_args(self):
-        return self.command[2:]
+    def args(self):
+        return list(self.run.args)
+
+    @property
+    def output_dir(self):
+        return self.run.output_dir
 
     @property
     def finished(self):
-        return osp.isfile(osp.join(self.output_dir, "results.json"))
+        return self.run.finished
 
+
+def schedule(runs):
+    """The runs as tasks, each knowing the task it waits for; finished runs are skipped."""
+    tasks, producers = [], {}
+    for run in runs:
+        if run.output_dir in producers:
+            raise UserError(f"two runs write {run.output_dir}")
+        task = Task(len(tasks), run)
+        if run.reads is not None:
+            task.needs = producers.get(run.reads.output_dir)
+        if run.finished:
+            task.state, task.message = "skipped", "results.json exists"
+        producers[run.output_dir] = task.index
+        tasks.append(task)
+    return tasks
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan files (python -m llu.sweep PLAN)
 
 def _option(args, name):
     return args[args.index(name) + 1] if name in args[:-1] else ""
 
 
+def train_arguments(command):
+    """The ``llu train`` arguments of a plan line, or None if it runs something else."""
+    if len(command) >= 2 and osp.basename(command[0]) == "llu" and command[1] == "train":
+        return command[2:]
+    if command[1:4] == ["-m", "llu", "train"]:
+        return command[4:]
+    if len(command) >= 2 and osp.basename(command[1]) == "train.py":
+        return command[2:]
+    return None
+
+
 def parse_plan(lines):
     """Runs from plan lines (blank lines and ``#`` comments are ignored; a leading ``+ `` as printed
-    by ``DRY_RUN=1`` is allowed)."""
-    runs = []
+    by ``--dry-run`` is allowed). A run reads the run of the plan that writes its ``--model-dir``."""
+    runs, producers = [], {}
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if line.startswith("+ "):
             line = line[2:]
         if not line or line.startswith("#"):
             continue
-        command = shlex.split(line)
-        if len(command) < 2 or osp.basename(command[1]) != "train.py":
-            raise UserError(f"plan line {number}: expected 'python train.py ...', got {line[:80]!r}")
-        output_dir = _option(command, "--output-dir")
+        args = train_arguments(shlex.split(line))
+        if args is None:
+            raise UserError(f"plan line {number}: expected 'llu train ...', got {line[:80]!r}")
+        output_dir = _option(args, "--output-dir")
         if not output_dir:
             raise UserError(f"plan line {number}: the run has no --output-dir")
-        runs.append(Run(len(runs), command, osp.abspath(output_dir), osp.abspath(_option(command, "--model-dir"))
-                        if _option(command, "--model-dir") else ""))
-    producers = {}
-    for run in runs:
-        if run.output_dir in producers:
-            raise UserError(f"plan: two runs write {run.output_dir}")
-        producers[run.output_dir] = run.index
-        run.needs = producers.get(run.model_dir) if run.model_dir else None
+        output_dir = osp.abspath(output_dir)
+        if output_dir in producers:
+            raise UserError(f"plan: two runs write {output_dir}")
+        model_dir = _option(args, "--model-dir")
+        run = Run(tuple(args), output_dir, producers.get(osp.abspath(model_dir)) if model_dir else None)
+        producers[output_dir] = run
+        runs.append(run)
     return runs
 
 
@@ -101,25 +144,14 @@ def read_plan(path):
 # ---------------------------------------------------------------------------------------------
 # In a worker process
 
-_train = None
-
-
-def _start_worker(repo):
-    """Import the project once per worker (train.py registers the datasets and trainers)."""
-    global _train
-    signal.signal(signal.SIGTERM, raise_terminated)  # a run then saves its last epoch to resume from
-    sys.path.insert(0, repo)
-    from llu import train
-    _train = train
-
-
-def execute(train_args):
-    """Run one ``train.py`` in this process, its output to its log only; returns (ok, message), the
+def execute(args):
+    """Run ``llu train ARGS`` in this process, its output to its log only; returns (ok, message), the
     message being the last line printed when the run fails before its log exists."""
+    from llu import train
     console = io.StringIO()
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
         try:
-            _train.main(_train.build_parser().parse_args(train_args))
+            train.main(train.build_parser("llu train").parse_args(list(args)))
             return True, ""
         except UserError as e:
             return False, f"error: {e}"
@@ -134,18 +166,62 @@ def execute(train_args):
             return False, f"terminated; {e}" if str(e) else "terminated"
 
 
-def run_chain(repo, chain):
-    """A submitit job: the runs of one chain in this process, in order. ``chain`` holds (``train.py``
+def run_chain(chain):
+    """A submitit job: the runs of one chain in this process, in order. ``chain`` holds (``llu train``
     arguments, the position in the chain of the run it reads or None); returns [(ok, message)], a
     run whose producer failed not run."""
-    _start_worker(repo)
+    signal.signal(signal.SIGTERM, raise_terminated)  # a run then saves its last epoch to resume from
     outcomes = []
-    for train_args, producer in chain:
+    for args, producer in chain:
         if producer is not None and not outcomes[producer][0]:
             outcomes.append((False, "not run: the run it reads failed"))
         else:
-            outcomes.append(execute(train_args))
+            outcomes.append(execute(args))
     return outcomes
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_coordinator(coordinator):
+    """Make this worker end when the coordinator (pid ``coordinator``) dies, even by ``kill -9``: on
+    Linux the kernel sends SIGTERM (prctl PR_SET_PDEATHSIG), elsewhere a thread watching the parent
+    does; SIGTERM makes the run in progress save what it can. False if the coordinator is gone already."""
+    asked = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            asked = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            asked = False
+    if not asked:
+        def watch():
+            while os.getppid() == coordinator:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, name="llu-sweep-watchdog", daemon=True).start()
+    return os.getppid() == coordinator  # it may have died before the request
+
+
+_coordinator_ends = []  # the coordinator's ends of the workers' pipes (a forked worker closes its copies)
+
+
+def worker_loop(conn, coordinator):
+    """A worker process: runs the ``llu train`` arguments it receives one after another and sends back
+    (ok, message) for each, until it receives None or the coordinator is gone."""
+    for end in _coordinator_ends:  # else a pipe would not close when the coordinator dies
+        end.close()
+    signal.signal(signal.SIGTERM, raise_terminated)  # a run then saves its last epoch to resume from
+    try:
+        if not exit_with_coordinator(coordinator):
+            return
+        while True:
+            args = conn.recv()
+            if args is None:
+                return
+            conn.send(execute(args))
+    except (EOFError, OSError, KeyboardInterrupt, Terminated):  # the coordinator is gone, or stops the sweep
+        return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,110 +248,161 @@ def duration(seconds):
 class Progress:
     """Prints ``[k/N] state run`` lines with elapsed time and an estimate of the rest."""
     total: int
-    stream: object = sys.stdout
+    stream: object = None  # default: sys.stdout
     start: float = field(default_factory=time.time)
     count: int = 0
 
-    def report(self, run, relative_to):
+    def report(self, task, relative_to):
         self.count += 1
         elapsed = time.time() - self.start
         left = ""
-        if run.state == "done" and self.count < self.total:
+        if task.state == "done" and self.count < self.total:
             left = f", about {duration(elapsed / self.count * (self.total - self.count))} left"
-        took = f" in {run.seconds:.1f} s" if run.state in ("done", "failed") else ""
-        name = osp.relpath(run.output_dir, relative_to)
-        print(f"[{self.count}/{self.total}] {run.state:<7} {name}{took} (elapsed {duration(elapsed)}{left})",
-              file=self.stream, flush=True)
-        if run.state in ("failed", "blocked"):
-            print(f"    {run.message}", file=self.stream, flush=True)
+        took = f" in {task.seconds:.1f} s" if task.state in ("done", "failed") else ""
+        name = osp.relpath(task.output_dir, relative_to)
+        stream = self.stream or sys.stdout
+        print(f"[{self.count}/{self.total}] {task.state:<7} {name}{took} (elapsed {duration(elapsed)}{left})",
+              file=stream, flush=True)
+        if task.state in ("failed", "blocked"):
+            print(f"    {task.message}", file=stream, flush=True)
 
 
 def worker_context():
-    """fork where the platform has it (Linux): this process has not imported torch, and a worker's
+    """fork where the platform has it (Linux): the workers start with the project loaded, and their
     DataLoader processes then fork too; under spawn each of them would import torch again (seconds
     each, for DATALOADER.NUM_WORKERS of them per loader)."""
     fork = "fork" in multiprocessing.get_all_start_methods() and sys.platform != "darwin"
     return multiprocessing.get_context("fork" if fork else "spawn")
 
 
-class LocalWorkers:
-    """``jobs`` worker processes on this machine, each running one run after another."""
+def death_message(exitcode):
+    if exitcode is not None and exitcode < 0:
+        return f"worker died (signal {-exitcode})"
+    return f"worker died (exit status {exitcode})"
 
-    def __init__(self, jobs, repo):
-        self.jobs, self.repo = jobs, repo
-        self.pool = None
+
+class Worker:
+    """One worker process, the pipe to it, and the task it holds (None: idle)."""
+
+    def __init__(self, context):
+        self.conn, child = context.Pipe()
+        _coordinator_ends.append(self.conn)
+        self.process = context.Process(target=worker_loop, args=(child, os.getpid()), name="llu-sweep-worker",
+                                       daemon=True)
+        self.process.start()
+        child.close()
+        self.task = None
+
+    def close(self):
+        if self.conn in _coordinator_ends:
+            _coordinator_ends.remove(self.conn)
+        self.conn.close()
+
+
+class LocalWorkers:
+    """Up to ``jobs`` worker processes on this machine, each running one run after another. Each is
+    its own process with its own pipe, so a worker that dies fails the run it held and nothing else."""
+
+    def __init__(self, jobs):
+        self.jobs, self.context, self.workers = jobs, worker_context(), []
 
     def __enter__(self):
-        self._open()
         return self
 
-    def _open(self):
-        self.pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.jobs, mp_context=worker_context(), initializer=_start_worker, initargs=(self.repo,))
+    def submit(self, task):
+        """Hand ``task`` to an idle worker (a new one if none is idle)."""
+        for worker in [w for w in self.workers if w.task is None] + [None]:
+            if worker is None:
+                assert len(self.workers) < self.jobs, "more runs submitted than workers"
+                worker = Worker(self.context)
+                self.workers.append(worker)
+            try:
+                worker.conn.send(task.args)
+            except OSError:  # it died while idle
+                self._discard(worker)
+                continue
+            worker.task = task
+            return
 
-    def submit(self, run):
-        try:
-            return self.pool.submit(execute, run.train_args)
-        except concurrent.futures.process.BrokenProcessPool:  # a worker died (killed, out of memory)
-            self._open()
-            return self.pool.submit(execute, run.train_args)
+    def _discard(self, worker):
+        worker.process.join(timeout=10)
+        worker.close()
+        self.workers.remove(worker)
 
-    def __exit__(self, *exc):
-        if exc[0] is not None and issubclass(exc[0], (KeyboardInterrupt, Terminated)):
-            # Stop the queue; pass a SIGTERM on to the workers, whose runs then save what they can.
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for process in list(getattr(self.pool, "_processes", {}).values()):
-                if exc[0] is Terminated and process.is_alive():
-                    process.terminate()
-                process.join(timeout=60)
-            return False
-        self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+    def wait(self):
+        """Wait for runs to end; returns [(task, ok, message, worker died)] of those that did."""
+        busy = [w for w in self.workers if w.task is not None]
+        ready = set(multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+        ended = []
+        for worker in busy:
+            if worker.conn not in ready and worker.process.sentinel not in ready:
+                continue
+            task, worker.task = worker.task, None
+            try:
+                if not worker.conn.poll():
+                    raise EOFError
+                ok, message = worker.conn.recv()
+                ended.append((task, ok, message, False))
+            except (EOFError, OSError):  # it died holding this run (killed, out of memory)
+                worker.process.join(timeout=10)
+                ended.append((task, False, death_message(worker.process.exitcode), True))
+                self._discard(worker)
+        return ended
+
+    def __exit__(self, kind, value, traceback):
+        for worker in self.workers:
+            if worker.task is None:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(None)  # done: the worker ends
+            elif kind is not KeyboardInterrupt:  # (Ctrl-C reached the workers too)
+                worker.process.terminate()  # SIGTERM: the run saves what it can
+            worker.close()  # a worker that finishes its run then finds the pipe closed, and ends
+        for worker in self.workers:
+            worker.process.join(timeout=60)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        self.workers = []
         return False
 
 
-def run_plan(runs, jobs=1, workers=None, stream=sys.stdout, relative_to=None):
-    """Run the plan's runs ``jobs`` at a time; returns the runs (with their states)."""
-    relative_to = relative_to or common_folder(runs)
-    for run in runs:
-        if run.finished:
-            run.state, run.message = "skipped", "results.json exists"
-    todo = [r for r in runs if r.state == "pending"]
+def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None):
+    """Run the runs ``jobs`` at a time (each after the run it reads); returns their tasks (with their
+    states)."""
+    tasks, stream = schedule(runs), stream or sys.stdout
+    relative_to = relative_to or common_folder(tasks)
+    todo = [t for t in tasks if t.state == "pending"]
     progress = Progress(len(todo), stream)
-    print(f"Sweep in {relative_to}: {len(todo)} run(s) to do, {len(runs) - len(todo)} already done; "
+    print(f"Sweep in {relative_to}: {len(todo)} run(s) to do, {len(tasks) - len(todo)} already done; "
           f"{jobs} worker(s)", file=stream, flush=True)
     if not todo:
-        return runs
-    repo = osp.dirname(osp.abspath(todo[0].command[1]))
-    with workers or LocalWorkers(jobs, repo) as pool:
-        running = {}
+        return tasks
+    with workers or LocalWorkers(jobs) as pool:
+        running = 0
         while todo or running:
-            for run in list(todo):
-                if len(running) >= jobs:
+            for task in list(todo):
+                if running >= jobs:
                     break
-                producer = runs[run.needs] if run.needs is not None else None
+                producer = tasks[task.needs] if task.needs is not None else None
                 if producer is not None and producer.state in ("failed", "blocked"):
-                    todo.remove(run)
-                    run.state = "blocked"
-                    run.message = f"not run: the run it reads failed ({osp.relpath(producer.output_dir, relative_to)})"
-                    progress.report(run, relative_to)
+                    todo.remove(task)
+                    task.state = "blocked"
+                    task.message = f"not run: the run it reads failed ({osp.relpath(producer.output_dir, relative_to)})"
+                    progress.report(task, relative_to)
                     continue
                 if producer is not None and producer.state not in ("done", "skipped"):
                     continue  # in plan order, but after the run it reads
-                todo.remove(run)
-                run.state, run.started = "running", time.time()
-                running[pool.submit(run)] = run
+                todo.remove(task)
+                task.state, task.started = "running", time.time()
+                pool.submit(task)
+                running += 1
             if not running:
                 continue
-            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                run = running.pop(future)
-                try:
-                    ok, message = future.result()
-                except Exception as e:  # the worker process died
-                    ok, message = False, f"the worker running it died ({type(e).__name__}: {e})"
-                finish_run(run, ok, message)
-                progress.report(run, relative_to)
-    return runs
+            for task, ok, message, died in pool.wait():
+                running -= 1
+                finish_run(task, ok, message, died)
+                progress.report(task, relative_to)
+    return tasks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,26 +443,26 @@ def slurm_parameters(environ=os.environ):
     return parameters
 
 
-def chains(runs):
-    """The pending runs grouped into chains: a run whose producer is not pending starts a chain, and
-    every run that reads a pending run joins its producer's chain (in plan order)."""
+def chains(tasks):
+    """The pending tasks grouped into chains: a task whose producer is not pending starts a chain, and
+    every task that reads a pending task joins its producer's chain (in plan order)."""
     chain_of, grouped = {}, []
-    for run in runs:
-        if run.state != "pending":
+    for task in tasks:
+        if task.state != "pending":
             continue
-        producer = runs[run.needs] if run.needs is not None else None
+        producer = tasks[task.needs] if task.needs is not None else None
         if producer is not None and producer.index in chain_of:
-            chain_of[run.index] = chain_of[producer.index]
-            grouped[chain_of[run.index]].append(run)
+            chain_of[task.index] = chain_of[producer.index]
+            grouped[chain_of[task.index]].append(task)
         else:
-            chain_of[run.index] = len(grouped)
-            grouped.append([run])
+            chain_of[task.index] = len(grouped)
+            grouped.append([task])
     return grouped
 
 
 def chain_arguments(chain):
-    position = {run.index: i for i, run in enumerate(chain)}
-    return [(run.train_args, position.get(run.needs)) for run in chain]
+    position = {task.index: i for i, task in enumerate(chain)}
+    return [(task.args, position.get(task.needs)) for task in chain]
 
 
 def failure_line(job):
@@ -363,14 +490,12 @@ def make_executor(folder):
     return executor, slurm
 
 
-def run_plan_submitit(runs, jobs=0, folder=None, stream=sys.stdout, relative_to=None, executor=None):
-    """Run the plan's pending runs as submitit jobs, one per chain, at most ``jobs`` at a time (0: all
-    at once). Returns the runs (with their states), as ``run_plan``."""
-    relative_to = relative_to or common_folder(runs)
-    for run in runs:
-        if run.finished:
-            run.state, run.message = "skipped", "results.json exists"
-    todo = chains(runs)
+def run_plan_submitit(runs, jobs=0, folder=None, stream=None, relative_to=None, executor=None):
+    """Run the pending runs as submitit jobs, one per chain, at most ``jobs`` at a time (0: all at
+    once). Returns their tasks (with their states), as ``run_plan``."""
+    tasks, stream = schedule(runs), stream or sys.stdout
+    relative_to = relative_to or common_folder(tasks)
+    todo = chains(tasks)
     count = sum(len(chain) for chain in todo)
     folder = folder or osp.join(relative_to, ".submitit")
     if executor is None and todo:
@@ -379,19 +504,18 @@ def run_plan_submitit(runs, jobs=0, folder=None, stream=sys.stdout, relative_to=
         slurm = False
     progress = Progress(count, stream)
     print(f"Sweep in {relative_to}: {count} run(s) to do in {len(todo)} job(s) ({'Slurm' if slurm else 'local'} "
-          f"submitit, logs in {folder}), {len(runs) - count} already done; "
+          f"submitit, logs in {folder}), {len(tasks) - count} already done; "
           f"{jobs or 'all'} job(s) at a time", file=stream, flush=True)
     if not todo:
-        return runs
-    repo = osp.dirname(osp.abspath(todo[0][0].command[1]))
+        return tasks
     in_flight = {}
     try:
         while todo or in_flight:
             while todo and (not jobs or len(in_flight) < jobs):
                 chain = todo.pop(0)
-                for run in chain:
-                    run.state, run.started = "running", time.time()
-                in_flight[executor.submit(run_chain, repo, chain_arguments(chain))] = chain
+                for task in chain:
+                    task.state, task.started = "running", time.time()
+                in_flight[executor.submit(run_chain, chain_arguments(chain))] = chain
             done = [job for job in in_flight if job.done()]
             if not done:
                 time.sleep(15.0 if slurm else 0.2)
@@ -402,47 +526,231 @@ def run_plan_submitit(runs, jobs=0, folder=None, stream=sys.stdout, relative_to=
                     outcomes = job.result()
                 except Exception:  # the job died (killed, out of time or memory): its runs failed
                     outcomes = [(False, failure_line(job))] * len(chain)
-                for run, (ok, message) in zip(chain, outcomes):
-                    finish_run(run, ok, message)
-                    progress.report(run, relative_to)
+                for task, (ok, message) in zip(chain, outcomes):
+                    finish_run(task, ok, message)
+                    progress.report(task, relative_to)
     finally:
         for job in in_flight:  # interrupted: a rerun of the same command continues the sweep
             job.cancel(check=False)
-    return runs
+    return tasks
 
 
-def finish_run(run, ok, message):
-    """Record how a run ended: done only if it says so and wrote its results.json."""
-    run.seconds = time.time() - run.started
-    if ok and not run.finished:
+def finish_run(task, ok, message, worker_died=False):
+    """Record how a run ended: done only if it says so and wrote its results.json. A failed run's
+    message is the last line of its log, unless its worker died (then the log stops mid-run)."""
+    task.seconds = time.time() - task.started
+    if ok and not task.finished:
         ok, message = False, "finished without writing results.json"
     if not ok and message.startswith("not run:"):
-        run.state, run.message = "blocked", message
+        task.state, task.message = "blocked", message
         return
-    run.state = "done" if ok else "failed"
-    run.message = "" if ok else (last_log_line(run.output_dir) or message)
+    task.state = "done" if ok else "failed"
+    task.message = "" if ok else message if worker_died else (last_log_line(task.output_dir) or message)
 
 
-def common_folder(runs):
+def common_folder(tasks):
     """The folder holding every run's output (run names are printed relative to it)."""
-    return osp.commonpath([r.output_dir for r in runs]) if runs else os.getcwd()
+    return osp.commonpath([t.output_dir for t in tasks]) if tasks else os.getcwd()
 
 
-def summary(runs, stream=sys.stdout, relative_to=None):
+def summary(tasks, stream=None, relative_to=None):
     """Print which runs failed; returns the exit status (1 if any failed or was blocked)."""
-    relative_to = relative_to or common_folder(runs)
-    bad = [r for r in runs if r.state in ("failed", "blocked")]
-    done = sum(r.state == "done" for r in runs)
-    print(f"Sweep finished: {done} run(s) done, {sum(r.state == 'skipped' for r in runs)} skipped, "
+    stream = stream or sys.stdout
+    relative_to = relative_to or common_folder(tasks)
+    bad = [t for t in tasks if t.state in ("failed", "blocked")]
+    done = sum(t.state == "done" for t in tasks)
+    print(f"Sweep finished: {done} run(s) done, {sum(t.state == 'skipped' for t in tasks)} skipped, "
           f"{len(bad)} failed or not run", file=stream)
-    for run in bad:
-        print(f"  {run.state}: {osp.relpath(run.output_dir, relative_to)}: {run.message}", file=stream)
+    for task in bad:
+        print(f"  {task.state}: {osp.relpath(task.output_dir, relative_to)}: {task.message}", file=stream)
     return 1 if bad else 0
 
 
+def execute_plan(runs, launcher="local", jobs=None, submitit_folder=None):
+    """Run the runs with the launcher, print the summary; returns the exit status."""
+    if jobs is not None and jobs < (0 if launcher == "submitit" else 1):
+        raise UserError(f"--jobs (JOBS) must be at least {0 if launcher == 'submitit' else 1}, got {jobs}")
+    try:
+        if launcher == "submitit":
+            if jobs is None:
+                jobs = 0 if on_slurm() else (os.cpu_count() or 1)
+            tasks = run_plan_submitit(runs, jobs=jobs, folder=submitit_folder or None)
+        else:
+            tasks = run_plan(runs, jobs=jobs or 1)
+        return summary(tasks)
+    except (KeyboardInterrupt, Terminated) as e:
+        left = sum(not run.finished for run in runs)
+        raise type(e)(f"{left} run(s) not finished; finished runs keep their results, and the same command "
+                      f"continues the sweep") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# llu sweep NAME
+
+def print_tables(tree):
+    """Print the tables of ``tree`` (``llu report``); returns the report's exit status."""
+    if importlib.util.find_spec("llu.report") is None:  # until parse_results.py moves into llu.report
+        return subprocess.call([sys.executable, "parse_results.py", tree], cwd=REPO)
+    from llu.report import main
+    try:
+        return main([tree], prog="llu report") or 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def report_line(tree, environ=os.environ):
+    """``print_tables`` as a command line (what --dry-run prints last)."""
+    command = ["-m", "llu", "report"] if importlib.util.find_spec("llu.report") else ["parse_results.py"]
+    return shlex.join([python_name(environ), *command, tree])
+
+
+def python_name(environ=os.environ):
+    """The Python the printed commands name: $PYTHON (as the scripts run it), else python."""
+    python = environ.get("PYTHON") or "python"
+    return osp.abspath(python) if "/" in python else python
+
+
+def command_line(args, environ=os.environ):
+    """A runnable command line: ``python -m llu train ...`` (``llu train ...`` where it is installed)."""
+    return shlex.join([python_name(environ), "-m", "llu", "train", *args])
+
+
+def words(text):
+    return text.split()
+
+
+def whole_numbers(name):
+    def read(text):
+        try:
+            return [int(word) for word in text.split()]
+        except ValueError:
+            raise UserError(f"{name} must be whole numbers, got {text!r}") from None
+    return read
+
+
+# Settings of the protocols: flag -> (environment variable, how its text is read). A setting given
+# neither way is the protocol's default (llu/protocols.py).
+PROTOCOL_SETTINGS = {
+    "datasets": ("DATASETS", words),
+    "trainers": ("TRAINERS", words),
+    "cfg": ("CFG", str),
+    "cfgs": ("CFGS", words),
+    "seeds": ("SEEDS", whole_numbers("SEEDS")),
+    "shots": ("SHOTS", whole_numbers("SHOTS")),
+    "source": ("SOURCE", str),
+    "targets": ("TARGETS", words),
+}
+
+
+def build_parser(prog=None):
+    names = "\n".join(f"  {name:<10} {fn.__doc__.splitlines()[0]}" for name, fn in protocols.PROTOCOLS.items())
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a protocol's runs (llu/protocols.py), --jobs at a time, then print its tables.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"protocols:\n{names}\n\nEach setting is also read from the environment variable in capitals "
+               f"(DATASETS=\"imagenet caltech101\", DRY_RUN=1, ...), as scripts/*.sh pass them; a flag wins.")
+    parser.add_argument("protocol", choices=list(protocols.PROTOCOLS), help="which sweep")
+    parser.add_argument("--data", help="folder holding the datasets (default: the built-in world's, "
+                                       "$LLU_CACHE/world or ~/.cache/llu/world)")
+    parser.add_argument("--output", help="results tree root (default: output)")
+    parser.add_argument("--datasets", nargs="+", help="datasets (config names; default shapes)")
+    parser.add_argument("--trainers", nargs="+", help=f"trainers (default {' '.join(protocols.TRAINERS)})")
+    parser.add_argument("--cfg", help="trainer config name (default toy)")
+    parser.add_argument("--cfgs", nargs="+", help="ablation: LLU configs (default CFG and CFG_<ablation>)")
+    parser.add_argument("--seeds", nargs="+", help="seeds (default 1 2 3)")
+    parser.add_argument("--shots", nargs="+", help="shots per class (default 16; fewshot 1 2 4 8 16)")
+    parser.add_argument("--source", help="xd, dg: the dataset trained on (default shapes)")
+    parser.add_argument("--targets", nargs="+", help="xd, dg: the datasets evaluated (default patterns; "
+                                                     "dg shapes_sketch shapes_noisy)")
+    parser.add_argument("--jobs", type=int, help="local: worker processes (default 1); submitit: jobs at once "
+                                                 "(default all on Slurm, one per core on the local executor)")
+    parser.add_argument("--launcher", choices=("local", "submitit"), help="local workers (default), or submitit "
+                                                                          "jobs (Slurm, else its local executor)")
+    parser.add_argument("--submitit-folder", help="submitit's job files and logs (default OUTPUT/<tree>/.submitit)")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs as runnable command lines, in an "
+                                                               "order that works line by line; run nothing")
+    parser.add_argument("--opts", nargs="+", metavar="KEY VALUE",
+                        help="options for every run, e.g. --opts FEATURES.CACHE_DIR /scratch (default $OPTS); "
+                             "not part of the folder names")
+    return parser
+
+
+def setting(args, name, environ):
+    """A setting from its flag, else its environment variable, else None."""
+    variable, read = PROTOCOL_SETTINGS[name]
+    given = getattr(args, name)
+    if given is not None:
+        return read(" ".join(given) if isinstance(given, list) else given)
+    text = environ.get(variable, "")
+    return read(text) if text.strip() else None
+
+
+def plan_runs(args, environ=os.environ):
+    """The protocol's runs and its results tree, from the flags and the environment."""
+    fn = protocols.PROTOCOLS[args.protocol]
+    accepted = inspect.signature(fn).parameters
+    kwargs = {}
+    for name, (variable, _) in PROTOCOL_SETTINGS.items():
+        value = setting(args, name, environ)
+        if value is None:
+            continue
+        if name not in accepted:
+            if getattr(args, name) is not None:
+                raise UserError(f"--{name} does not apply to {args.protocol}")
+            continue  # an environment variable of another protocol
+        kwargs[name] = value
+    data = args.data or environ.get("DATA") or user_cache_dir("world")
+    output = args.output or environ.get("OUTPUT") or "output"
+    opts = " ".join(args.opts).split() if args.opts else environ.get("OPTS", "").split()
+    where = protocols.Sweep(osp.abspath(data), osp.abspath(output), tuple(opts))
+    return list(fn(where, **kwargs)), osp.join(where.output, fn.tree)
+
+
+def sweep(argv=None, prog=None, environ=os.environ):
+    """Plan the protocol's runs; print them (dry run), or run them and print the tables; returns the
+    exit status."""
+    args = build_parser(prog).parse_args(argv)
+    runs, tree = plan_runs(args, environ)
+    dry_run = args.dry_run or environ.get("DRY_RUN") == "1"
+    for run in runs:
+        if run.finished:
+            print(f"skip {run.output_dir} (results.json exists)", flush=True)
+        elif dry_run:
+            print(f"+ {command_line(run.args, environ)}")
+    if dry_run:
+        print(f"+ {report_line(tree, environ)}")
+        return 0
+    jobs = args.jobs
+    if jobs is None and environ.get("JOBS", "").strip():
+        jobs = whole_numbers("JOBS")(environ["JOBS"])
+        if len(jobs) != 1:
+            raise UserError(f"JOBS must be a whole number, got {environ['JOBS']!r}")
+        jobs = jobs[0]
+    launcher = args.launcher or environ.get("LAUNCHER") or "local"
+    if launcher not in ("local", "submitit"):
+        raise UserError(f"LAUNCHER must be local or submitit, got {launcher!r}")
+    status = execute_plan(runs, launcher, jobs, args.submitit_folder or environ.get("SUBMITIT_FOLDER"))
+    sys.stdout.flush()
+    if status == 0 or has_results(tree):  # the tables of what finished
+        tables_status = print_tables(tree)
+        status = status or tables_status
+    return status
+
+
+def has_results(tree):
+    return any("results.json" in files for _, _, files in os.walk(tree))
+
+
+def cli(argv=None, prog="llu sweep"):
+    """``llu sweep NAME``: user errors are one line (exit status 2)."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    return exit_on_user_error(sweep, argv, prog)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m llu.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("plan", help="file of 'python train.py ...' lines ('-': standard input)")
+    """``python -m llu.sweep PLAN``: a plan file of ``llu train`` lines, run as ``llu sweep`` runs its own."""
+    parser = argparse.ArgumentParser(prog="python -m llu.sweep", description="Run a plan of llu train runs.")
+    parser.add_argument("plan", help="file of 'llu train ...' lines ('-': standard input)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="local: worker processes at once (default: $JOBS or 1); submitit: jobs at once "
                              "(default: $JOBS, else all on Slurm and one per core on the local executor)")
@@ -453,20 +761,9 @@ def main(argv=None):
                         help="where submitit keeps its job files and logs (default: OUTPUT/.submitit)")
     args = parser.parse_args(argv)
     jobs = args.jobs if args.jobs is not None else (int(os.environ["JOBS"]) if os.environ.get("JOBS") else None)
-    if jobs is not None and jobs < (0 if args.launcher == "submitit" else 1):
-        raise UserError(f"--jobs (JOBS) must be at least 1, got {jobs}")
     runs = parse_plan(sys.stdin.readlines()) if args.plan == "-" else read_plan(args.plan)
     signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        if args.launcher == "submitit":
-            if jobs is None:
-                jobs = 0 if on_slurm() else (os.cpu_count() or 1)
-            return summary(run_plan_submitit(runs, jobs=jobs, folder=args.submitit_folder or None))
-        return summary(run_plan(runs, jobs=jobs or 1))
-    except (KeyboardInterrupt, Terminated) as e:
-        left = sum(r.state not in ("done", "skipped", "failed", "blocked") for r in runs)
-        raise type(e)(f"{left} run(s) not finished; finished runs keep their results, and the same command "
-                      f"continues the sweep") from None
+    return execute_plan(runs, args.launcher, jobs, args.submitit_folder)
 
 
 if __name__ == "__main__":

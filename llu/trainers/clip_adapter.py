@@ -23,6 +23,7 @@ from llu.engine import CN, config_extension
 
 from . import trainer
 from .clip_common import ClipTrainer
+from .coop import coop_epochs
 
 
 @config_extension
@@ -55,6 +56,7 @@ def adapted_features(adapter, image_features, ratio):
 
 @trainer
 class CLIP_Adapter(ClipTrainer):
+    published_epochs = staticmethod(coop_epochs)  # the LLU paper runs it with CoOp's epochs by shots
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER
         self.ratio = settings.RATIO

@@ -308,9 +308,19 @@ class PromptTrainer(ClipTrainer):
         learner.load_state_dict(learned)
 
 
+def coop_epochs(dataset, shots):
+    """OPTIM.MAX_EPOCH of CoOp's published runs (its scripts) on ``dataset`` (a dataset config name,
+    e.g. ``imagenet``) with ``shots`` per class: 50 for 1 shot, 100 for 2 to 4, 200 for 8 and more;
+    50 on ImageNet whatever the shots. The trainers that follow CoOp's schedule point to it."""
+    if dataset == "imagenet" or shots <= 1:
+        return 50
+    return 100 if shots <= 4 else 200
+
+
 @trainer
 class CoOp(PromptTrainer):
     keeps_n_ctx = False  # CTX_INIT's words are the whole context (upstream CoOp)
+    published_epochs = staticmethod(coop_epochs)  # the sweeps' epochs by shots (None on a trainer: its config's)
 
     def template(self):
         """The dataset's hand-made template (CTX_INIT "template" starts from its words)."""

@@ -16,6 +16,7 @@ from llu.utils import UserError
 
 from . import trainer
 from .clip_common import ClipTrainer
+from .coop import coop_epochs
 from .llu_adapter import LocalizedLinearAdapter
 
 
@@ -54,6 +55,9 @@ def check_llu_config(llu):
 
 @trainer
 class LLU(ClipTrainer):
+    published_epochs = staticmethod(coop_epochs)  # the paper trains with CoOp's epochs by shots
+    # The paper's Table 4, in its order: configs/trainers/LLU/<CFG>_<ablation>.yaml beside each <CFG>.
+    ablations = ("no_cluster", "no_damp", "no_mask", "dirac_mask", "no_reg", "rand_init", "linear")
     def check_cfg(self, cfg):
         check_llu_config(cfg.TRAINER.LLU)
 

@@ -67,6 +67,14 @@ PROGRAD_TEMPLATES = {
 @trainer
 class ProGrad(CoOp):
     keeps_n_ctx = True  # upstream: the template's words fill the last of N_CTX vectors
+    # lambda where ProGrad's README publishes another than its config's 1.0: these datasets, 8 shots or more
+    published_lambda = {"oxford_flowers": 0.8, "dtd": 0.8, "eurosat": 0.8}
+
+    @classmethod
+    def published_options(cls, dataset, shots):
+        """The trailing KEY VALUE options of the published run on ``dataset`` with ``shots``, beyond its epochs."""
+        lam = cls.published_lambda.get(dataset) if shots >= 8 else None
+        return [] if lam is None else ["TRAINER.PROGRAD.LAMBDA", str(lam)]
 
     def template(self):
         return PROGRAD_TEMPLATES.get(self.cfg.DATASET.NAME, dataset_template(self.cfg.DATASET.NAME))
