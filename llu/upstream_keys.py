@@ -90,3 +90,8 @@ def translate_opts(opts):
 # KgCoOp (htyao89/KgCoOp) keeps its lambda in CoOp's node; its boolean CTX_INIT means "a photo of a",
 # which KgCoOp's CTX_INIT "template" is (trainers/kgcoop.py), so the mapping above serves it too.
 ALIASES["TRAINER.COOP.W"] = "TRAINER.KGCOOP.W"
+
+# MaPLe and PromptSRC (muzairkhattak/multimodal-prompt-learning, muzairkhattak/PromptSRC) keep their
+# precision in their own nodes; their other keys have the same names here (trainers/maple.py, promptsrc.py).
+ALIASES["TRAINER.MAPLE.PREC"] = "TRAINER.PREC"
+ALIASES["TRAINER.PROMPTSRC.PREC"] = "TRAINER.PREC"
