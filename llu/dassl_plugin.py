@@ -17,6 +17,7 @@ import dassl.config
 from llu import engine
 
 PLUGIN_TRAINERS = ("ProGrad", "CLIP_Adapter", "TipAdapter", "TipAdapterF", "LLU", "KgCoOp", "LinearProbe")
+PLUGIN_TRAINERS += ("CLIP_LoRA", "WiSEFT")
 PLUGIN_DATASETS = ("ImageFolder", "Shapes", "ShapesSketch", "ShapesNoisy", "Patterns")
 
 engine.select_backend("dassl")

@@ -8,6 +8,7 @@ Importing one module alone (for example the standalone ``llu.trainers.llu_adapte
 import importlib
 
 TRAINER_MODULES = ("zsclip", "coop", "cocoop", "prograd", "clip_adapter", "tip_adapter", "llu", "kgcoop", "linear_probe")
+TRAINER_MODULES += ("clip_lora", "wiseft")  # trainers that change the encoders
 TRAINERS = {}  # name -> trainer class, filled by @trainer as the modules are imported
 
 
