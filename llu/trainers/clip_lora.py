@@ -234,7 +234,8 @@ class CLIP_LoRA(EncoderTrainer):
     def forward_backward(self, batch):
         images, label = self.parse_batch_train(batch)
         with self.autocast():
-            logits = self.logits(self.tuned.encode_images(images), self.text_features())
+            text_features = self.text_features()  # before the images, as upstream (the same dropout draws)
+            logits = self.logits(self.tuned.encode_images(images), text_features)
             loss = F.cross_entropy(logits, label)
         self.model_backward_and_update(loss)
         return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
