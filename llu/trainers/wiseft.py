@@ -237,6 +237,8 @@ def main(argv=None):
     if not curve:
         print(f"no WiSE-FT results with wiseft_alpha_curve under {argv[0]} (set TRAINER.WISEFT.ALPHA_CURVE)")
         return 1
+    curve = {split: curve[split] for split in sorted(curve, key=lambda s: ("base", "new", "H", s).index(s) if s in
+                                                             ("base", "new", "H") else 3)}
     alphas = sorted({alpha for values in curve.values() for alpha in values})
     print("| alpha | " + " | ".join(curve) + " |")
     print("| --- |" + " --- |" * len(curve))
