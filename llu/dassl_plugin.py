@@ -16,7 +16,8 @@ import dassl.config
 
 from llu import engine
 
-PLUGIN_TRAINERS = ("ProGrad", "CLIP_Adapter", "TipAdapter", "TipAdapterF", "LLU", "KgCoOp", "LinearProbe", "MaPLe", "PromptSRC")
+PLUGIN_TRAINERS = ("ProGrad", "CLIP_Adapter", "TipAdapter", "TipAdapterF", "LLU", "KgCoOp", "LinearProbe", "MaPLe",
+                   "PromptSRC", "CLIP_LoRA", "WiSEFT")
 PLUGIN_DATASETS = ("ImageFolder", "Shapes", "ShapesSketch", "ShapesNoisy", "Patterns")
 
 engine.select_backend("dassl")

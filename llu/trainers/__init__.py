@@ -7,7 +7,8 @@ Importing one module alone (for example the standalone ``llu.trainers.llu_adapte
 """
 import importlib
 
-TRAINER_MODULES = ("zsclip", "coop", "cocoop", "prograd", "clip_adapter", "tip_adapter", "llu", "kgcoop", "linear_probe", "maple", "promptsrc")
+TRAINER_MODULES = ("zsclip", "coop", "cocoop", "prograd", "clip_adapter", "tip_adapter", "llu", "kgcoop", "linear_probe",
+                   "maple", "promptsrc", "clip_lora", "wiseft")
 TRAINERS = {}  # name -> trainer class, filled by @trainer as the modules are imported
 
 
