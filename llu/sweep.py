@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import ctypes
 import datetime
-import importlib.util
 import inspect
 import io
 import multiprocessing
@@ -38,7 +37,6 @@ import os.path as osp
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -46,7 +44,7 @@ from dataclasses import dataclass, field
 
 from llu import protocols
 from llu.protocols import Run
-from llu.utils import REPO, Terminated, UserError, exit_on_user_error, raise_terminated, user_cache_dir
+from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated, user_cache_dir
 
 
 @dataclass
@@ -589,8 +587,6 @@ def execute_plan(runs, launcher="local", jobs=None, submitit_folder=None):
 
 def print_tables(tree):
     """Print the tables of ``tree`` (``llu report``); returns the report's exit status."""
-    if importlib.util.find_spec("llu.report") is None:  # until parse_results.py moves into llu.report
-        return subprocess.call([sys.executable, "parse_results.py", tree], cwd=REPO)
     from llu.report import main
     try:
         return main([tree], prog="llu report") or 0
@@ -600,8 +596,7 @@ def print_tables(tree):
 
 def report_line(tree, environ=os.environ):
     """``print_tables`` as a command line (what --dry-run prints last)."""
-    command = ["-m", "llu", "report"] if importlib.util.find_spec("llu.report") else ["parse_results.py"]
-    return shlex.join([python_name(environ), *command, tree])
+    return shlex.join([python_name(environ), "-m", "llu", "report", tree])
 
 
 def python_name(environ=os.environ):

@@ -152,6 +152,7 @@ class ClipTrainer(TrainerX):
 
     learns = True  # False: nothing is learned, so evaluating without --model-dir is the method itself
     trains_epochs = True  # False: ``train`` runs no epoch loop, so OPTIM.MAX_EPOCH is not read
+    names_new_classes = True  # False: a trained model scores its training classes only (no new-class evaluation)
 
     @classmethod
     def check_run(cls, cfg, eval_only, model_dir):

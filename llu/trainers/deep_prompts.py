@@ -173,7 +173,7 @@ class DeepPromptTrainer(PromptTrainer):
     (they do not depend on the image), checkpoints holding every learned tensor and nothing of the
     classes, so that a model trained on base classes is evaluated on new ones."""
 
-    follows_coop_schedule = False  # the published epochs stand whatever the shots
+    published_epochs = None  # the published epochs stand whatever the shots
 
     def trains_on_features(self):
         return False

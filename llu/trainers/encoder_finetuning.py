@@ -93,7 +93,7 @@ class EncoderTrainer(ClipTrainer):
     register what they learn with ``step_schedule``, set ``self.total_steps`` and implement
     ``logits(image_features, text_features)``, ``eval_text_features`` and ``tuned_image_state``."""
 
-    follows_coop_schedule = False
+    published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
     max_grad_norm = 0.0  # > 0: the gradients' global norm is clipped to it before each step
 
     @classmethod

@@ -19,7 +19,6 @@ starts as that very sentence, so w_i = w_i^clip and L_kg = 0 at initialisation; 
 template (Pets' "a photo of a {}, a type of pet.") it does not. Inference is CoOp's: w^clip is
 used by the loss only, so a checkpoint (the context) is evaluated on new classes as CoOp's is.
 """
-import torch
 import torch.nn.functional as F
 
 from llu.engine import CN, compute_accuracy, config_extension
@@ -53,7 +52,7 @@ def knowledge_guided_loss(text_features, hand_made_text_features):
 class KgCoOp(CoOp):
     # The published runs train 100 epochs at batch 128 whatever the shots (vit_b16_ep100_ctxv1.yaml),
     # not CoOp's epochs by shots: the config's MAX_EPOCH stands.
-    follows_coop_schedule = False
+    published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
 
     def template(self):
         """CTX_INIT "template" (upstream's ``True``) starts from "a photo of a" on every dataset."""

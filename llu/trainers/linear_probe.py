@@ -104,7 +104,7 @@ class LinearClassifier(nn.Module):
 @trainer
 class LinearProbe(ClipTrainer):
     trains_epochs = False  # one fit per C; no epochs
-    follows_coop_schedule = False
+    published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
     names_new_classes = False  # one row per training class: evaluating on other classes is refused
 
     def build_model(self):
@@ -151,6 +151,8 @@ class LinearProbe(ClipTrainer):
             raise UserError(f"the probe's weights have shape {tuple(state_dict['weight'].shape)}, this backbone's "
                             f"features need {tuple(self.probe.weight.shape)}; it was fitted with another backbone")
         self.probe.load_state_dict({key: state_dict[key] for key in ("weight", "bias", "C")})
+
+    RESULT_EXTRAS = {"linear_probe_C": float}
 
     def extra_results(self):
         return {"linear_probe_C": float(self.probe.C)}

@@ -117,6 +117,7 @@ class TipAdapter(ClipTrainer):
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
     published_epochs = None  # Tip-Adapter-F: its config's epochs for any shots, as published
+    names_new_classes = False  # the cache holds the training classes' images only
 
     def templates(self):
         return text_templates(self.cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES, self.cfg.DATASET.NAME)
