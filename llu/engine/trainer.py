@@ -1,4 +1,10 @@
-"""Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
+"""Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``.
+
+What the project adds to Dassl's trainer is written once, in two mixins that both engines' trainer
+classes take: ``ModelCheckpoints`` (with ``TrainerBase``) and ``ProjectRun`` (with ``SimpleTrainer``).
+The classes below hold only Dassl's own lifecycle; ``dassl_backend.py`` puts the same mixins over
+Dassl's classes (tests/test_engine_backend.py keeps it that way).
+"""
 import contextlib
 import datetime
 import math
