@@ -1,10 +1,11 @@
-"""The built-in engine: registry, config, schedules, evaluator lines, checkpoints."""
+"""The built-in engine: registry, config, schedules, evaluator lines, checkpoints (its own modules, so
+these run on it whatever LLU_ENGINE chooses for the trainers)."""
 import math
 
 import pytest
 import torch
 
-from llu.engine import Registry, build_lr_scheduler, build_optimizer, get_cfg_default
+from llu.engine.builtin import Datum, Registry, build_lr_scheduler, build_optimizer, get_cfg_default
 from llu.utils import UserError
 from llu.engine.data import DataManager, build_data_loader
 from llu.engine.evaluation import Classification
@@ -87,7 +88,6 @@ def test_evaluator_prints_dassls_lines(capsys):
 
 def test_small_fewshot_set_is_not_dropped():
     cfg = get_cfg_default()
-    from llu.engine import Datum
     data = [Datum(impath=f"x{i}.png", label=i % 2) for i in range(5)]
     loader = build_data_loader(cfg, "RandomSampler", data, batch_size=32, is_train=True)
     assert len(loader) == 1

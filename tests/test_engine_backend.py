@@ -48,35 +48,6 @@ def module_tree(relative_path):
         return ast.parse(f.read())
 
 
-def imported_names(nodes):
-    return {alias.asname or alias.name for node in nodes if isinstance(node, ast.ImportFrom) for alias in node.names}
-
-
-def module_all(relative_path):
-    tree = module_tree(relative_path)
-    assignment = next(node for node in tree.body if isinstance(node, ast.Assign)
-                      and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets))
-    return ast.literal_eval(assignment.value)
-
-
-def builtin_exports():
-    """The names llu/engine/builtin.py imports, which must be its ``__all__``."""
-    names = imported_names(module_tree("llu/engine/builtin.py").body)
-    assert set(module_all("llu/engine/builtin.py")) == names
-    return names
-
-
-def dassl_backend_all():
-    return module_all("llu/engine/dassl_backend.py")
-
-
-def test_dassl_backend_exports_the_builtin_names():
-    from llu import engine
-    exports = dassl_backend_all()
-    assert len(exports) == len(set(exports))
-    assert set(exports) == builtin_exports() == engine.NAMES
-
-
 def top_level_statements(tree):
     for node in tree.body:
         yield node
@@ -84,16 +55,59 @@ def top_level_statements(tree):
             yield from node.body
 
 
-def test_every_name_in_the_dassl_backend_all_is_bound_there():
+def bound_names(relative_path):
+    """The names a module binds at its top level (imports, functions, classes, assignments)."""
     bound = set()
-    for node in top_level_statements(module_tree("llu/engine/dassl_backend.py")):
+    for node in top_level_statements(module_tree(relative_path)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             bound |= {alias.asname or alias.name for alias in node.names}
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             bound.add(node.name)
         elif isinstance(node, ast.Assign):
             bound |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-    assert set(dassl_backend_all()) <= bound
+    return bound
+
+
+BACKEND_FILES = ("llu/engine/builtin.py", "llu/engine/dassl_backend.py")
+
+
+def test_the_engine_names_are_listed_once_and_bound_by_each_backend():
+    from llu import engine
+    assert len(engine.__all__) == len(set(engine.__all__))
+    for path in BACKEND_FILES:
+        assert "__all__" not in bound_names(path), f"{path}: the names are listed once, in llu/engine/__init__.py"
+        missing = set(engine.__all__) - bound_names(path)
+        assert not missing, f"{path} binds no {sorted(missing)}"
+
+
+def test_a_chosen_backend_binds_the_names_as_module_attributes():
+    from llu import engine
+    assert engine._backend is not None  # conftest chose it
+    for name in engine.__all__:
+        assert engine.__dict__[name] is getattr(engine._backend, name)
+
+
+# A fresh interpreter that reads a name without choosing a backend, then tries to choose Dassl.
+READ_BEFORE_CHOOSING = """
+from llu.engine import TrainerX
+from llu import engine
+print(TrainerX.__module__, engine._backend.__name__)
+try:
+    engine.select_backend("dassl")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_the_first_name_read_without_a_choice_chooses_the_builtin_engine():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("LLU_ENGINE", None)
+    result = subprocess.run([sys.executable, "-c", READ_BEFORE_CHOOSING], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    first, second = result.stdout.splitlines()
+    assert first == "llu.engine.trainer llu.engine.builtin"
+    assert second.startswith("UserError: ") and ("already runs on llu.engine.builtin" in second
+                                                 or "Dassl is not installed" in second)
 
 
 # Dassl 0.6.3's methods of TrainerBase, SimpleTrainer and TrainerX (dassl/engine/trainer.py).
@@ -104,8 +118,8 @@ DASSL_TRAINER_METHODS = {
     "model_zero_grad", "parse_batch_test", "parse_batch_train", "register_model", "resume_model_if_exist",
     "run_epoch", "save_model", "set_model_mode", "test", "train", "update_lr", "write_scalar",
 }
-# Used only by the built-in run_epoch, which Dassl's run_epoch replaces.
-BUILTIN_LOOP_HELPERS = {"log_batch", "log_epoch"}  # run_epoch's, which Dassl has its own of
+BUILTIN_LOOP_HELPERS = {"log_batch", "log_epoch"}  # the built-in run_epoch's, which Dassl's run_epoch replaces
+PROJECT_MIXINS = ("ProjectRun", "ModelCheckpoints")  # llu/engine/trainer.py, used by both engines' trainers
 
 
 def class_members(relative_path, class_names):
@@ -120,8 +134,25 @@ def class_members(relative_path, class_names):
     return members
 
 
-def test_the_dassl_trainer_has_every_method_the_builtin_trainer_adds_to_dassl():
+def test_the_builtin_trainer_classes_add_nothing_to_dassls_but_through_the_shared_mixins():
+    # What the project adds to Dassl's trainer lives in the mixins, so the Dassl backend has it too.
     builtin = class_members("llu/engine/trainer.py", ("TrainerBase", "SimpleTrainer", "TrainerX"))
-    mixin = class_members("llu/engine/dassl_backend.py", ("ProjectTrainerMixin",))
-    missing = builtin - DASSL_TRAINER_METHODS - BUILTIN_LOOP_HELPERS - mixin
-    assert not missing, f"add {sorted(missing)} to ProjectTrainerMixin in engine/dassl_backend.py"
+    extra = builtin - DASSL_TRAINER_METHODS - BUILTIN_LOOP_HELPERS
+    assert not extra, f"move {sorted(extra)} into ProjectRun or ModelCheckpoints (llu/engine/trainer.py)"
+
+
+def test_the_dassl_trainers_are_dassls_under_the_shared_mixins():
+    classes = {node.name: node for node in module_tree("llu/engine/dassl_backend.py").body
+               if isinstance(node, ast.ClassDef)}
+    bases = [ast.unparse(base) for base in classes["SimpleTrainer"].bases]
+    assert bases == [*PROJECT_MIXINS, "_DasslSimpleTrainer"]
+    assert [ast.unparse(base) for base in classes["TrainerX"].bases] == ["SimpleTrainer", "_DasslTrainerX"]
+    # Nothing copied from the built-in classes: the Dassl trainers only override Dassl's own methods.
+    added = class_members("llu/engine/dassl_backend.py", ("SimpleTrainer", "TrainerX"))
+    assert added - DASSL_TRAINER_METHODS <= {"TENSORBOARD_EVENTS"}
+
+
+def test_the_builtin_trainer_classes_are_made_of_the_mixins():
+    from llu.engine import trainer
+    for mixin in PROJECT_MIXINS:
+        assert getattr(trainer, mixin) in trainer.TrainerX.__mro__

@@ -1,7 +1,9 @@
 """Default configuration with the Dassl keys that CoOp-family code reads.
 
-Trainer-specific keys are not declared here: each trainer declares its own
-``cfg.TRAINER.<NAME>`` node next to its code (see ``llu/trainers/__init__.py``).
+Each key has Dassl's default (``dassl/config/defaults.py``) except the few in ``DASSL_DEFAULTS``,
+where the project deliberately starts from CLIP's settings instead. Trainer-specific keys are not
+declared here: each trainer declares its own ``cfg.TRAINER.<NAME>`` node next to its code (see
+``llu/trainers/__init__.py``).
 """
 from yacs.config import CfgNode as CN
 
@@ -94,6 +96,28 @@ _C.SOURCE_FILES.TRAINER = ""
 
 def get_cfg_default():
     return _C.clone()
+
+
+# Dassl's defaults (0.6.3) for the keys above whose default here differs: a CoOp checkout's train.py
+# starts from Dassl's (llu.dassl_plugin only adds the keys Dassl lacks; CoOp's own TRAINER.COOP and
+# TRAINER.COCOOP keys have the defaults of llu/trainers/coop.py and cocoop.py), so a shipped config must
+# set each of these keys that its trainer reads to give the same run there. tests/test_config_defaults.py
+# checks the shipped configs against this table, and the table against Dassl where Dassl is installed.
+DASSL_DEFAULTS = {
+    "INPUT.INTERPOLATION": "bilinear",
+    "INPUT.TRANSFORMS": (),  # no normalisation at all
+    "INPUT.PIXEL_MEAN": [0.485, 0.456, 0.406],  # ImageNet's statistics
+    "INPUT.PIXEL_STD": [0.229, 0.224, 0.225],
+    "DATALOADER.NUM_WORKERS": 4,
+    "DATALOADER.TEST.BATCH_SIZE": 32,
+    "MODEL.BACKBONE.NAME": "",
+    "OPTIM.NAME": "adam",
+    "OPTIM.LR": 0.0003,
+    "OPTIM.LR_SCHEDULER": "single_step",
+    "OPTIM.MAX_EPOCH": 10,
+    "OPTIM.WARMUP_TYPE": "linear",
+    "TRAIN.PRINT_FREQ": 10,
+}
 
 
 # Each trainer or dataset module declares its own keys with ``@config_extension`` next to the

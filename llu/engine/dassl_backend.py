@@ -2,12 +2,16 @@
 
 Trainers and datasets then register into Dassl's registries, read Dassl's ``Datum`` and
 ``DataManager``, and train in Dassl's ``TrainerX`` loop with its hooks and tensorboard writer.
-What the project relies on beyond Dassl comes from the built-in engine, written once there:
+What the project relies on beyond Dassl is written once, in the built-in engine's modules:
 
-- ``SimpleTrainer`` / ``TrainerX``: Dassl's classes under ``ProjectTrainerMixin``, which adds the
-  built-in trainer's checkpoint hooks (``checkpoint_state``, ``load_checkpoint_state``, the
-  last-checkpoint fallback of ``load_model``), ``evaluation_batches``, ``results.json`` written by
-  ``test``, ``--resume`` only when asked, and ``(input, label)`` from ``parse_batch_train``;
+- ``SimpleTrainer`` / ``TrainerX``: Dassl's classes under the project's ``ProjectRun`` and
+  ``ModelCheckpoints`` (llu/engine/trainer.py, the same mixins the built-in classes are made of):
+  the config written before the data, ``--resume`` only when asked, checkpoints of the learned
+  tensors and the last-checkpoint fallback of ``load_model``, ``evaluation_batches``,
+  ``results.json`` and ``metrics.jsonl`` written by ``test``, ``(input, label)`` from
+  ``parse_batch_train``;
+- ``Classification`` / ``build_evaluator``: Dassl's evaluator, also keeping the per-class accuracy
+  and naming the error ``error`` as the built-in one does;
 - ``DatasetBase``: Dassl's, plus CoOp's ``subsample_classes`` and an error for an empty train split;
 - ``DataManager``: Dassl's, also keeping ``tfm_train`` / ``tfm_test`` (the feature cache reads them);
 - ``get_cfg_default``: Dassl's tree with the project's defaults and keys (``DATASET.SUBSAMPLE_CLASSES``,
@@ -16,11 +20,14 @@ What the project relies on beyond Dassl comes from the built-in engine, written 
   ``LRScheduler`` and fail on torch 2.x; the built-in schedule gives Dassl's learning rates.
 - ``read_image``, ``read_json``, ``write_json``, ``load_checkpoint``, ``setup_logger``: the built-in
   ones (errors as ``UserError``, atomic writes, ``weights_only`` loads, stderr in log.txt).
+
+Every name of ``llu.engine.__all__`` is bound here (tests/test_engine_backend.py checks).
 """
 import difflib
 import importlib.util
 import os.path as osp
 import time
+from collections import OrderedDict, defaultdict
 
 from llu.utils import UserError
 
@@ -32,11 +39,11 @@ if importlib.util.find_spec("dassl") is None:
                     "engine")
 
 from . import config as _builtin_config  # noqa: E402
-from . import trainer as _builtin_trainer  # noqa: E402
 from .config import CN, config_extension, extend_cfg  # noqa: E402
 from .data import DatasetBase as _BuiltinDatasetBase  # noqa: E402
 from .data import read_image  # noqa: E402
 from .optim import build_lr_scheduler  # noqa: E402
+from .trainer import ModelCheckpoints, ProjectRun  # noqa: E402
 from .utils import load_checkpoint, read_json, setup_logger, write_json  # noqa: E402
 
 try:
@@ -52,7 +59,9 @@ try:
     from dassl.engine import SimpleTrainer as _DasslSimpleTrainer
     from dassl.engine import TrainerX as _DasslTrainerX
     from dassl.engine import build_trainer as _dassl_build_trainer
-    from dassl.evaluation import EVALUATOR_REGISTRY, Classification, build_evaluator
+    from dassl.evaluation import EVALUATOR_REGISTRY
+    from dassl.evaluation import Classification as _DasslClassification
+    from dassl.evaluation import build_evaluator as _dassl_build_evaluator
     from dassl.metrics import compute_accuracy
     from dassl.optim import build_optimizer
     from dassl.utils import (Registry, collect_env_info, count_num_param, listdir_nohidden, load_pretrained_weights,
@@ -62,18 +71,6 @@ except ImportError as e:
     raise UserError(f"LLU_ENGINE=dassl: Dassl is installed but cannot be imported ({type(e).__name__}: {e}); "
                     f"install what its import needs (pip install gdown tensorboard pandas wilds==1.2.2, see "
                     f"docs/dassl.md) or a current Dassl.pytorch") from None
-
-__all__ = [
-    "get_cfg_default", "CN", "config_extension", "extend_cfg",
-    "DATASET_REGISTRY", "DataManager", "DatasetBase", "DatasetWrapper", "Datum", "build_data_loader",
-    "build_dataset", "build_transform", "read_image",
-    "EVALUATOR_REGISTRY", "Classification", "build_evaluator",
-    "build_lr_scheduler", "build_optimizer",
-    "TRAINER_REGISTRY", "SimpleTrainer", "TrainerBase", "TrainerX", "build_trainer",
-    "collect_env_info", "compute_accuracy", "count_num_param", "listdir_nohidden", "load_checkpoint",
-    "load_pretrained_weights", "mkdir_if_missing", "read_json", "set_random_seed", "setup_logger", "write_json",
-    "UserError", "Registry",
-]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,55 +156,56 @@ class DataManager(_DasslDataManager):
 
 
 # ---------------------------------------------------------------------------------------------
-# Trainers
+# Evaluation
 
-def _per_class_accuracy(y_true, y_pred):
-    hits = {}
-    for label, pred in zip(y_true, y_pred):
-        hits.setdefault(label, []).append(label == pred)
-    return {label: 100.0 * sum(h) / len(h) for label, h in sorted(hits.items())}
+class Classification(_DasslClassification):
+    """Dassl's evaluator (its printed lines) that also keeps the per-class accuracy and names the
+    error ``error``, as the built-in one does: ``results.json`` and ``metrics.jsonl`` read both."""
+
+    def __init__(self, cfg, lab2cname=None, **kwargs):
+        super().__init__(cfg, lab2cname=lab2cname, **kwargs)
+        self._class_hits = defaultdict(list)
+
+    def reset(self):
+        super().reset()
+        self._class_hits = defaultdict(list)
+
+    def process(self, mo, gt):
+        super().process(mo, gt)
+        for label, hit in zip(gt.tolist(), mo.max(1)[1].eq(gt).tolist()):
+            self._class_hits[label].append(hit)
+
+    def evaluate(self):
+        results = super().evaluate()
+        self.per_class_accuracy = {label: 100.0 * sum(hits) / len(hits)
+                                   for label, hits in sorted(self._class_hits.items())}
+        return OrderedDict(("error" if key == "error_rate" else key, value) for key, value in results.items())
 
 
-class ProjectTrainerMixin:
-    """The built-in trainer's additions to Dassl's, on Dassl's loop and hooks (``train``, ``run_epoch``,
-    ``after_epoch``, ``after_train``, the tensorboard writer)."""
+def build_evaluator(cfg, **kwargs):
+    """The evaluator ``TEST.EVALUATOR`` names, from Dassl's registry; ``Classification`` is the one above."""
+    if cfg.TEST.EVALUATOR == "Classification":
+        return Classification(cfg, **kwargs)
+    return _dassl_build_evaluator(cfg, **kwargs)
 
-    # The built-in engine's methods, written once in llu/engine/trainer.py.
-    checkpoint_state = _builtin_trainer.TrainerBase.checkpoint_state
-    checkpoint_record = _builtin_trainer.TrainerBase.checkpoint_record
-    write_checkpoints = _builtin_trainer.TrainerBase.write_checkpoints
-    load_checkpoint_state = _builtin_trainer.TrainerBase.load_checkpoint_state
-    load_checkpoint_state_from = _builtin_trainer.TrainerBase.load_checkpoint_state_from
-    _note_kept_learning_rate = _builtin_trainer.TrainerBase._note_kept_learning_rate
-    _checkpoint_path = staticmethod(_builtin_trainer.TrainerBase._checkpoint_path)
-    save_model = _builtin_trainer.TrainerBase.save_model
-    load_model = _builtin_trainer.TrainerBase.load_model
-    resume_model_if_exist = _builtin_trainer.TrainerBase.resume_model_if_exist
-    save_config = _builtin_trainer.SimpleTrainer.save_config
-    evaluation_batches = _builtin_trainer.SimpleTrainer.evaluation_batches
-    test = _builtin_trainer.SimpleTrainer.test
-    _test = _builtin_trainer.SimpleTrainer._test
-    timed = _builtin_trainer.SimpleTrainer.timed
-    extraction_seconds = _builtin_trainer.SimpleTrainer.extraction_seconds
-    timing_record = _builtin_trainer.SimpleTrainer.timing_record
-    training_source = _builtin_trainer.SimpleTrainer.training_source
-    dataset_label = _builtin_trainer.SimpleTrainer.dataset_label
-    record_metrics = _builtin_trainer.SimpleTrainer.record_metrics
+
+# ---------------------------------------------------------------------------------------------
+# Trainers: Dassl's classes under the project's two mixins (llu/engine/trainer.py), which the
+# built-in classes use as well; Dassl's loop and hooks (train, run_epoch, after_epoch, after_train,
+# the tensorboard writer) do the rest.
+
+class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
+    """Dassl's ``SimpleTrainer`` with the project's checkpoints, run records and evaluator."""
+
     TENSORBOARD_EVENTS = False  # Dassl's own writer has them; metrics.jsonl gets the evaluations
-    extra_results = _builtin_trainer.SimpleTrainer.extra_results
-    RESULT_EXTRAS = _builtin_trainer.SimpleTrainer.RESULT_EXTRAS
-    ablation_name = _builtin_trainer.SimpleTrainer.ablation_name
-    provenance = _builtin_trainer.SimpleTrainer.provenance
-    parse_batch_train = _builtin_trainer.TrainerX.parse_batch_train  # (input, label), not Dassl's (.., domain)
 
     def __init__(self, cfg):
-        # As the built-in SimpleTrainer: check the config, write it, then let Dassl build the data and
-        # model (it checks again, harmlessly); an --eval-only run also needs time_start.
+        # As the built-in SimpleTrainer: check the config and write it before the data are built;
+        # Dassl's __init__ then builds data, model and its evaluator (and checks the config again).
         self.check_cfg(cfg)
-        self.cfg, self.output_dir, self.time_start = cfg, cfg.OUTPUT_DIR, time.time()
-        self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
-        self.save_config()
+        self.begin_run(cfg)
         super().__init__(cfg)
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.timing["setup_seconds"] = time.time() - self.time_start - self.extraction_seconds()
 
     def build_data_loader(self):
@@ -216,23 +214,12 @@ class ProjectTrainerMixin:
         _keep_transforms(self.dm)
 
     def before_train(self):
-        # The built-in hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
+        # The project's hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
         # holds checkpoints), then Dassl's tensorboard writer.
-        _builtin_trainer.SimpleTrainer.before_train(self)
+        super().before_train()
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
-
-    def save_results(self, results, split):
-        # Dassl's evaluator names the error "error_rate" and keeps per-class results only with
-        # TEST.PER_CLASS_RESULT; results.json has both always.
-        results = dict(results, error=results.get("error_rate", 100.0 - results["accuracy"]))
-        self.evaluator.per_class_accuracy = _per_class_accuracy(self.evaluator._y_true, self.evaluator._y_pred)
-        _builtin_trainer.SimpleTrainer.save_results(self, results, split)
-
-
-class SimpleTrainer(ProjectTrainerMixin, _DasslSimpleTrainer):
-    """Dassl's ``SimpleTrainer`` with the project's additions."""
 
 
 class TrainerX(SimpleTrainer, _DasslTrainerX):

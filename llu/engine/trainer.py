@@ -1,4 +1,10 @@
-"""Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``."""
+"""Trainer lifecycle with Dassl's hooks: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``.
+
+What the project adds to Dassl's trainer is written once, in two mixins that both engines' trainer
+classes take: ``ModelCheckpoints`` (with ``TrainerBase``) and ``ProjectRun`` (with ``SimpleTrainer``).
+The classes below hold only Dassl's own lifecycle; ``dassl_backend.py`` puts the same mixins over
+Dassl's classes (tests/test_engine_backend.py keeps it that way).
+"""
 import contextlib
 import datetime
 import math
@@ -59,30 +65,11 @@ def build_trainer(cfg):
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
 
 
-class TrainerBase:
-    """Holds the registered models with their optimisers and schedulers; runs the epoch loop."""
-
-    def __init__(self):
-        self._models = OrderedDict()
-        self._optims = OrderedDict()
-        self._scheds = OrderedDict()
-
-    def register_model(self, name="model", model=None, optim=None, sched=None):
-        if self.__dict__.get("_models") is None:
-            raise AttributeError("Cannot assign model before super().__init__() call")
-        self._models[name] = model
-        self._optims[name] = optim
-        self._scheds[name] = sched
-
-    def get_model_names(self, names=None):
-        names_real = list(self._models.keys())
-        if names is None:
-            return names_real
-        names = [names] if isinstance(names, str) else names
-        for name in names:
-            if name not in names_real:
-                raise KeyError(f"no model registered as {name!r}")
-        return names
+class ModelCheckpoints:
+    """What a checkpoint holds, where it is found, and resuming from it: the project's versions of
+    Dassl's ``save_model``, ``load_model`` and ``resume_model_if_exist``, for the built-in
+    ``TrainerBase`` and for Dassl's (``dassl_backend.py``) alike. Reads ``_models``, ``_optims``,
+    ``_scheds`` and ``cfg``, which both engines' trainers have."""
 
     def checkpoint_state(self, name):
         """What is saved for model ``name``; trainers override to drop non-learned buffers."""
@@ -184,114 +171,23 @@ class TrainerBase:
         """Load exactly what ``checkpoint_state`` saved: other keys or shapes are a user error."""
         load_state_dict_strictly(self._models[name], state_dict, f"{self.cfg.TRAINER.NAME}'s {name}")
 
-    def set_model_mode(self, mode="train", names=None):
-        for name in self.get_model_names(names):
-            self._models[name].train(mode == "train")
 
-    def update_lr(self, names=None):
-        for name in self.get_model_names(names):
-            if self._scheds[name] is not None:
-                self._scheds[name].step()
-
-    def detect_anomaly(self, loss):
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
-
-    def model_zero_grad(self, names=None):
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self._optims[name].zero_grad()
-
-    def model_backward(self, loss):
-        self.detect_anomaly(loss)
-        loss.backward()
-
-    def model_update(self, names=None):
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self._optims[name].step()
-
-    def model_backward_and_update(self, loss, names=None):
-        self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.model_update(names)
-
-    def train(self, start_epoch, max_epoch):
-        self.start_epoch = start_epoch
-        self.max_epoch = max_epoch
-        self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
-            self.before_epoch()
-            self.run_epoch()
-            self.after_epoch()
-        self.after_train()
-
-    def before_train(self):
-        pass
-
-    def after_train(self):
-        pass
-
-    def before_epoch(self):
-        pass
-
-    def after_epoch(self):
-        pass
-
-    def run_epoch(self):
-        raise NotImplementedError
-
-    def test(self):
-        raise NotImplementedError
-
-    def parse_batch_train(self, batch):
-        raise NotImplementedError
-
-    def parse_batch_test(self, batch):
-        raise NotImplementedError
-
-    def forward_backward(self, batch):
-        raise NotImplementedError
-
-    def model_inference(self, input):
-        raise NotImplementedError
-
-    def write_scalar(self, tag, scalar_value, global_step=None):
-        """Dassl's call: one scalar to the run's TensorBoard events (``record_metrics`` writes them)."""
-        writer = self.metrics.writer() if getattr(self, "metrics", None) else None
-        if writer is not None:
-            writer.add_scalar(tag, scalar_value, global_step)
-
-
-class SimpleTrainer(TrainerBase):
-    """Builds data, model and evaluator from a config; trains and tests."""
+class ProjectRun:
+    """What a run of this project adds to Dassl's ``SimpleTrainer``, for both engines: the config
+    written before the data are built, resuming only from ``--resume``, evaluation over
+    ``evaluation_batches`` (feature trainers override it), ``results.json``, ``metrics.jsonl`` and
+    the run's timing. The engine's own loop, hooks and evaluator do the rest."""
 
     TENSORBOARD_EVENTS = True  # record_metrics also writes TensorBoard events (OUTPUT_DIR/tensorboard)
 
-    def __init__(self, cfg):
-        super().__init__()
-        built = time.time()
-        self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
-        self.check_cfg(cfg)
-        if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda")
-        else:
-            self.device = torch.device("cpu")
-        self.start_epoch = self.epoch = 0
-        self.max_epoch = cfg.OPTIM.MAX_EPOCH
-        self.output_dir = cfg.OUTPUT_DIR
-        self.cfg = cfg
+    def begin_run(self, cfg):
+        """What a trainer's ``__init__`` sets before the data are built: the config (written to
+        OUTPUT_DIR), the clock and the timing of the run's parts."""
+        self.cfg, self.output_dir = cfg, cfg.OUTPUT_DIR
         self.time_start = time.time()
+        self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
         self.metrics = None  # RunMetrics, opened by the first record
         self.save_config()
-        self.build_data_loader()
-        self.build_model()
-        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
-        self.best_result = -float("inf")
-        self.timing["setup_seconds"] = time.time() - built - self.extraction_seconds()
-
-    def check_cfg(self, cfg):
-        pass
 
     def save_config(self):
         """The run's config next to its checkpoints; an eval-only run reads it back from --model-dir."""
@@ -299,23 +195,6 @@ class SimpleTrainer(TrainerBase):
         with atomic_path(osp.join(self.output_dir, "config.yaml")) as tmp:
             with open(tmp, "w") as f:
                 f.write(self.cfg.dump())
-
-    def build_data_loader(self):
-        dm = DataManager(self.cfg)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
-
-    def build_model(self):
-        raise NotImplementedError
-
-    def train(self):
-        super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self):
         if self.cfg.RESUME:
@@ -326,34 +205,6 @@ class SimpleTrainer(TrainerBase):
         if self.output_dir:
             self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS)
         self.time_start = time.time()
-
-    def after_train(self):
-        print("Finish training")
-        if not self.cfg.TEST.NO_TEST:
-            if self.cfg.TEST.FINAL_MODEL == "best_val":
-                print("Deploy the model with the best val performance")
-                self.load_model(self.output_dir)
-            else:
-                print("Deploy the last-epoch model")
-            self.test()
-        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
-        print(f"Elapsed: {elapsed}")
-        if self.metrics is not None:
-            self.metrics.close()
-
-    def after_epoch(self):
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        do_test = not self.cfg.TEST.NO_TEST
-        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
-        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
-            curr_result = self.test(split="val")
-            if curr_result > self.best_result:
-                self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result,
-                                model_name="model-best.pth.tar")
-        if meet_checkpoint_freq or last_epoch:
-            self.save_model(self.epoch, self.output_dir)
 
     def evaluation_batches(self, split):
         """(input, label) pairs of ``split``; feature-based trainers override this."""
@@ -468,6 +319,182 @@ class SimpleTrainer(TrainerBase):
         """results.json's record of what produced the numbers (trainers add their weights' hash)."""
         return run_provenance(self.device)
 
+    def parse_batch_train(self, batch):
+        """(input, label); Dassl's TrainerX also returns the domain, which no trainer here reads."""
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+
+class TrainerBase(ModelCheckpoints):
+    """Holds the registered models with their optimisers and schedulers; runs the epoch loop."""
+
+    def __init__(self):
+        self._models = OrderedDict()
+        self._optims = OrderedDict()
+        self._scheds = OrderedDict()
+
+    def register_model(self, name="model", model=None, optim=None, sched=None):
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names=None):
+        names_real = list(self._models.keys())
+        if names is None:
+            return names_real
+        names = [names] if isinstance(names, str) else names
+        for name in names:
+            if name not in names_real:
+                raise KeyError(f"no model registered as {name!r}")
+        return names
+
+    def set_model_mode(self, mode="train", names=None):
+        for name in self.get_model_names(names):
+            self._models[name].train(mode == "train")
+
+    def update_lr(self, names=None):
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss):
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def model_zero_grad(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss):
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss, names=None):
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+    def train(self, start_epoch, max_epoch):
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_epoch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+    def run_epoch(self):
+        raise NotImplementedError
+
+    def test(self):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        """Dassl's call: one scalar to the run's TensorBoard events (``record_metrics`` writes them)."""
+        writer = self.metrics.writer() if getattr(self, "metrics", None) else None
+        if writer is not None:
+            writer.add_scalar(tag, scalar_value, global_step)
+
+
+class SimpleTrainer(ProjectRun, TrainerBase):
+    """Builds data, model and evaluator from a config; trains and tests."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.begin_run(cfg)
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -float("inf")
+        self.timing["setup_seconds"] = time.time() - self.time_start - self.extraction_seconds()
+
+    def check_cfg(self, cfg):
+        pass
+
+    def build_data_loader(self):
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def train(self):
+        super().train(self.start_epoch, self.max_epoch)
+
+    def after_train(self):
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        print(f"Elapsed: {elapsed}")
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def after_epoch(self):
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result,
+                                model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
 
@@ -519,6 +546,3 @@ class TrainerX(SimpleTrainer):
             print(line)
         else:
             log_only(line)
-
-    def parse_batch_train(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
