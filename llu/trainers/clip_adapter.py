@@ -55,6 +55,9 @@ def adapted_features(adapter, image_features, ratio):
 
 @trainer
 class CLIP_Adapter(ClipTrainer):
+    display_name = "CLIP Adapter"
+    table_order = 5
+
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER
         self.ratio = settings.RATIO

@@ -60,6 +60,8 @@ class CoCoOpCLIP(CoOpCLIP):
 
 @trainer
 class CoCoOp(PromptTrainer):
+    table_order = 3
+
     def build_model(self):
         cocoop = self.cfg.TRAINER.COCOOP
         prompt_learner = CoCoOpPromptLearner(self.clip_model, self.classnames, cocoop.N_CTX, cocoop.CTX_INIT)

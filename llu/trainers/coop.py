@@ -285,6 +285,7 @@ class PromptTrainer(ClipTrainer):
 
 @trainer
 class CoOp(PromptTrainer):
+    table_order = 2
     keeps_n_ctx = False  # CTX_INIT's words are the whole context (upstream CoOp)
 
     def template(self):
