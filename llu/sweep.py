@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated
+from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated, require
 
 
 @dataclass
@@ -350,10 +350,7 @@ def failure_line(job):
 
 def make_executor(folder):
     """submitit's executor: Slurm when it is there (with SLURM_SETTINGS), else the local executor."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("LAUNCHER=submitit needs submitit: pip install submitit") from None
+    submitit = require("submitit", "slurm", "LAUNCHER=submitit")
     slurm = on_slurm()
     executor = submitit.AutoExecutor(folder=folder, cluster=None if slurm else "local")
     parameters = slurm_parameters()

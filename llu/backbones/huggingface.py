@@ -11,7 +11,7 @@ import os.path as osp
 
 import torch
 
-from llu.utils import UserError
+from llu.utils import UserError, require
 
 from .base import ClipBackbone, Preprocess, combined_sha256
 
@@ -21,11 +21,7 @@ SUPPORTED = ("CLIPModel", "SiglipModel")
 
 
 def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("hf: backbones need transformers: pip install transformers") from None
-    return transformers
+    return require("transformers", "hf", "MODEL.BACKBONE.NAME hf:<folder>")
 
 
 def folder_sha256(folder):
