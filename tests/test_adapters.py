@@ -324,6 +324,7 @@ def toy_zero_shot(request, tmp_path_factory, features_dir):
 
 
 @pytest.mark.parametrize("name", ["CLIP_Adapter", "TipAdapter", "TipAdapterF"])
+@pytest.mark.slow
 def test_toy_training_beats_zero_shot_on_base_classes(name, toy_zero_shot, tmp_path, features_dir):
     root, zero_shot = toy_zero_shot
     assert _toy_base_accuracy(root, name, tmp_path / name, features_dir) > zero_shot

@@ -177,6 +177,7 @@ def test_finished_runs_are_skipped_crashed_ones_rerun(tmp_path):
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.slow
 def test_sweep_runs_then_skips_everything(fake_checkout, tmp_path, jobs):
     env = dict(TRAINERS="ZeroshotCLIP LLU", SEEDS="1", JOBS=jobs)
     first, calls = run_fake_sweep(fake_checkout, tmp_path, **env)
@@ -189,6 +190,7 @@ def test_sweep_runs_then_skips_everything(fake_checkout, tmp_path, jobs):
     assert calls == [f"parse_results.py {tmp_path / 'out' / 'base2new'}"]
 
 
+@pytest.mark.slow
 def test_an_evaluation_runs_after_the_training_run_it_reads(fake_checkout, tmp_path):
     result, calls = run_fake_sweep(fake_checkout, tmp_path, TRAINERS="LLU", SEEDS="1 2 3", JOBS="2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -203,6 +205,7 @@ def test_an_evaluation_runs_after_the_training_run_it_reads(fake_checkout, tmp_p
     ({"FAIL_ON": "LLU/toy/seed1"}, "error: simulated failure"),
     ({"NO_RESULTS": "1"}, "finished without writing results.json"),
 ])
+@pytest.mark.slow
 def test_a_failed_run_leaves_the_others_running_and_is_named_at_the_end(fake_checkout, tmp_path, env, message):
     result, calls = run_fake_sweep(fake_checkout, tmp_path, TRAINERS="LLU", SEEDS="1 2", **env)
     assert result.returncode != 0
@@ -253,6 +256,7 @@ def test_ablation_plan_covers_the_llu_configs_that_exist(tmp_path):
     assert all("/base2new/" in option(c, "--output-dir") for c in commands)
 
 
+@pytest.mark.slow
 def test_base2new_end_to_end_with_a_tiny_clip(tmp_path, image_folder, tiny_clip_file):
     """The real train.py through the script: zero-shot CLIP and CoOp on a generated image folder."""
     opts = f"MODEL.BACKBONE.NAME {tiny_clip_file} DATALOADER.NUM_WORKERS 0 OPTIM.MAX_EPOCH 2 TRAINER.COOP.N_CTX 4"

@@ -106,6 +106,7 @@ def results(folder):
     return record["accuracy"], record.get("llu_regularizer"), record["per_class_accuracy"]
 
 
+@pytest.mark.slow
 def test_runs_in_workers_give_the_numbers_of_runs_in_their_own_processes(tmp_path, image_folder, tiny_clip_file):
     common = ["--root", os.path.dirname(image_folder), "--dataset-config-file", "configs/datasets/imagefolder.yaml",
               "--config-file", "configs/trainers/LLU/vit_b16.yaml", "--backbone", tiny_clip_file, "--seed", "1",
