@@ -1,4 +1,5 @@
-# `make demo` runs the base-to-new benchmark on the built-in world; `make test` runs the tests.
+# `make demo` runs the base-to-new benchmark on the built-in world; `make test` runs every test,
+# `make test-fast` the unit tier (about a minute: no end-to-end runs, pytest -m "not slow").
 # Both create .venv on first use. The scripts themselves use whatever Python is active.
 PYTHON ?= python3
 VENV := .venv
@@ -18,7 +19,10 @@ venv: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
+
 demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" JOBS=$(JOBS) bash scripts/base2new.sh
 
-.PHONY: venv test demo
+.PHONY: venv test test-fast demo

@@ -9,15 +9,10 @@ dataset readers, your own image folders, the built-in world's), ``llu.trainers``
 module and one file per method), ``llu.world`` (the built-in world: rendering, generation, ToyCLIP),
 ``llu.utils`` (the project's torch-free utilities). Importing ``llu`` imports none of them.
 """
-import warnings
-
 __version__ = "0.3.0"
 
-# clip-anytorch imports pkg_resources, which warns on every start; the pinned setuptools has it.
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-
-_ADAPTER_NAMES = ("LocalizedLinearAdapter", "interpolation_weight", "localized_update", "identity_regularizer",
-                  "cluster_anchors", "complete_linkage")
+_ADAPTER_NAMES = ("LocalizedLinearAdapter", "interpolation_weight", "localized_update", "identity_regularizer")
+_CLUSTERING_NAMES = ("cluster_anchors", "complete_linkage")
 
 
 def __getattr__(name):
@@ -27,4 +22,7 @@ def __getattr__(name):
     if name == "load":
         from .model import load
         return load
+    if name in _CLUSTERING_NAMES:
+        from .trainers import clustering
+        return getattr(clustering, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 from llu import protocols
 from llu.protocols import Run
-from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated, user_cache_dir
+from llu.utils import Terminated, UserError, exit_on_user_error, raise_terminated, require, user_cache_dir
 
 
 @dataclass
@@ -475,10 +475,7 @@ def failure_line(job):
 
 def make_executor(folder):
     """submitit's executor: Slurm when it is there (with SLURM_SETTINGS), else the local executor."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError("LAUNCHER=submitit needs submitit: pip install submitit") from None
+    submitit = require("submitit", "slurm", "LAUNCHER=submitit")
     slurm = on_slurm()
     executor = submitit.AutoExecutor(folder=folder, cluster=None if slurm else "local")
     parameters = slurm_parameters()

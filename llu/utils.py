@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))  # the checkout (or site-packages when installed)
@@ -85,6 +86,41 @@ def exit_on_user_error(fn, *args, **kwargs):
     except Terminated as e:
         print(f"terminated; {str(e) or 'no results written'}", file=sys.stderr)
         sys.exit(143)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optional dependencies
+
+DISTRIBUTION = "llu-clip"  # the name pip installs the project by
+
+
+def install_command(extra):
+    """How to install the optional dependencies of ``extra`` (pyproject.toml's optional-dependencies)."""
+    return f"pip install '{DISTRIBUTION}[{extra}]'"
+
+
+def require(module, extra, needed_by):
+    """Import and return ``module``, which the project's extra ``extra`` installs; if it is not
+    installed, a one-line ``UserError``: "<needed_by> needs <module>: pip install 'llu-clip[<extra>]'".
+    A module that is installed but fails to import raises as it is."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.partition(".")[0]
+        if e.name not in (module, top):
+            raise
+        raise UserError(f"{needed_by} needs {top}, which is not installed: {install_command(extra)}") from None
+
+
+def import_clip():
+    """clip-anytorch's ``clip`` (with ``clip.model``), without the warning its import raises: it runs
+    ``from pkg_resources import packaging``, which setuptools 67-81 marks deprecated on import (and 82
+    removed, hence setuptools<82 in the requirements). The filter holds for this import only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import clip
+        import clip.model  # noqa: F401
+    return clip
 
 
 def mkdir_if_missing(dirname):
@@ -324,7 +360,7 @@ def run_log(output_dir):
             elif isinstance(e, KeyboardInterrupt):
                 f.write("interrupted\n")
             elif not isinstance(e, SystemExit):
-                f.write("".join(traceback.format_exception(e)))
+                f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
         raise
     finally:
         sys.stdout, sys.stderr = saved

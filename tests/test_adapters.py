@@ -14,7 +14,8 @@ from numerics import assert_close
 from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint
 from llu.utils import UserError
 from llu.trainers.clip_adapter import Adapter, adapted_features
-from llu.trainers.clip_common import ENSEMBLE_TEMPLATES, encode_class_texts
+from llu.datasets import ENSEMBLE_TEMPLATES
+from llu.trainers.clip_common import encode_class_texts
 from llu.trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid, text_templates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -323,6 +324,7 @@ def toy_zero_shot(request, tmp_path_factory, features_dir):
 
 
 @pytest.mark.parametrize("name", ["CLIP_Adapter", "TipAdapter", "TipAdapterF"])
+@pytest.mark.slow
 def test_toy_training_beats_zero_shot_on_base_classes(name, toy_zero_shot, tmp_path, features_dir):
     root, zero_shot = toy_zero_shot
     assert _toy_base_accuracy(root, name, tmp_path / name, features_dir) > zero_shot

@@ -174,6 +174,7 @@ def run_train(root, out, backbone, *opts, trainer="LLU", config="configs/trainer
 
 
 @pytest.mark.parametrize("which", ["openclip", "hf_clip", "hf_siglip"])
+@pytest.mark.slow
 def test_llu_trains_and_evaluates_base_to_new_on_other_backbones(which, image_folder, openclip_files, hf_folders,
                                                                   tmp_path):
     root = os.path.dirname(image_folder)
@@ -192,6 +193,7 @@ def test_llu_trains_and_evaluates_base_to_new_on_other_backbones(which, image_fo
     assert len(results["provenance"]["backbone_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_coop_trains_on_an_openclip_text_tower_and_is_refused_on_siglip(image_folder, openclip_files, hf_folders,
                                                                          tmp_path):
     root = os.path.dirname(image_folder)
@@ -206,6 +208,7 @@ def test_coop_trains_on_an_openclip_text_tower_and_is_refused_on_siglip(image_fo
     assert refused.stderr.strip().splitlines()[-1].startswith("error: prompt learners (CoOp, CoCoOp, ProGrad) cannot")
 
 
+@pytest.mark.slow
 def test_the_feature_cache_keeps_each_backbone_apart(image_folder, openclip_files, hf_folders, tmp_path):
     root, cache = os.path.dirname(image_folder), tmp_path / "cache"
     for name, backbone, extra in (("hf", f"hf:{hf_folders['clip']}", []),
@@ -290,6 +293,7 @@ def folder_trainer(image_folder, tiny_clip_file, tmp_path, monkeypatch):
 
 @builtin_engine_only
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+@pytest.mark.slow
 def test_stored_embeddings_give_the_image_folder_runs_numbers(folder_trainer, image_folder, tiny_clip_file, tmp_path,
                                                               fmt):
     """The same features, split and seed through the embeddings dataset: the same LLU model and accuracy."""
@@ -351,6 +355,7 @@ def test_an_embeddings_file_holding_pickles_is_refused(tmp_path):
 
 
 @builtin_engine_only
+@pytest.mark.slow
 def test_a_file_of_embeddings_runs_through_the_base_to_new_sweep(folder_trainer, tmp_path):
     store = store_trainer_features(folder_trainer, tmp_path / "data" / "colours.npz")
     opts = ("DATASET.EMBEDDINGS.FILE colours.npz MODEL.BACKBONE.NAME embeddings DATALOADER.NUM_WORKERS 0 "
@@ -367,6 +372,7 @@ def test_a_file_of_embeddings_runs_through_the_base_to_new_sweep(folder_trainer,
     assert tables["num_records"] == 4 and tables["notes"] == []
 
 
+@pytest.mark.slow
 def test_coop_trains_on_a_hugging_face_clip(image_folder, hf_folders, tmp_path):
     run = run_train(os.path.dirname(image_folder), tmp_path / "coop", f"hf:{hf_folders['clip']}",
                     "DATASET.IMAGEFOLDER.DIR", "my_images", "TRAINER.COOP.N_CTX", "4", "INPUT.TRANSFORMS",

@@ -55,6 +55,7 @@ def test_sine_wave_is_sine_shaped():
     assert np.array_equal(render.sine_wave(t + 1), wave)
 
 
+@pytest.mark.slow
 def test_the_world_holds_the_reference_images(shapes_world):
     # The same datasets on every machine: the renderer uses no transcendental array functions (whose
     # SIMD code paths differ between CPUs). If this fails on your machine, the world differs there.
@@ -64,6 +65,7 @@ def test_the_world_holds_the_reference_images(shapes_world):
             assert json.load(f)["content_sha256"] == generate.REFERENCE_CONTENT_SHA256[name], name
 
 
+@pytest.mark.slow
 def test_same_settings_give_identical_files(tmp_path):
     first = generate.ensure_dataset(tmp_path / "a", "Patterns", **SMALL)
     second = generate.ensure_dataset(tmp_path / "b", "Patterns", **SMALL)
@@ -73,6 +75,7 @@ def test_same_settings_give_identical_files(tmp_path):
     assert mismatch == [] and errors == []
 
 
+@pytest.mark.slow
 def test_split_file_follows_coop_layout(tmp_path):
     dataset_dir = generate.ensure_dataset(tmp_path, "Shapes", split_sizes=(3, 2, 1))
     assert dataset_dir == osp.join(str(tmp_path), "shapes")
@@ -96,6 +99,7 @@ def test_labels_put_the_base_colours_first():
     assert render.PATTERN_CLASSES[6 * 7 + 1] == "pink dots"
 
 
+@pytest.mark.slow
 def test_changed_settings_rebuild_and_unchanged_reuse(tmp_path):
     dataset_dir = generate.ensure_dataset(tmp_path, "ShapesSketch", **SMALL)
     image = osp.join(dataset_dir, "images", "red_circle", "0000.png")
@@ -118,6 +122,7 @@ def test_generator_version_is_part_of_the_stamp(monkeypatch):
     assert generate.settings_hash(generate.dataset_settings("Shapes")) != before
 
 
+@pytest.mark.slow
 def test_interrupted_generation_leaves_nothing_to_read(tmp_path, monkeypatch):
     real_render = generate.render_image
     calls = []
@@ -138,6 +143,7 @@ def test_interrupted_generation_leaves_nothing_to_read(tmp_path, monkeypatch):
     assert len(all_files(osp.join(dataset_dir, "images"))) == 64 * 4
 
 
+@pytest.mark.slow
 def test_folder_without_a_complete_stamp_is_rebuilt_or_refused(tmp_path):
     dataset_dir = generate.ensure_dataset(tmp_path, "Shapes", **SMALL)
     os.remove(osp.join(dataset_dir, "split_zhou_Shapes.json"))  # stamped but incomplete: ours, rebuilt
@@ -156,6 +162,7 @@ def test_unwritable_root_is_one_user_error_naming_it(tmp_path):
         generate.ensure_dataset(blocker / "data", "Patterns", **SMALL)
 
 
+@pytest.mark.slow
 def test_readers_load_through_the_registry_like_coop_datasets(tmp_path, monkeypatch):
     for name in ("Shapes", "Patterns"):
         small = dataclasses.replace(generate.DATASETS[name], split_sizes=(4, 2, 1))
@@ -210,6 +217,7 @@ def test_pretraining_covers_every_class_of_every_dataset():
         assert set(render.class_names(spec.kind)) <= names
 
 
+@pytest.mark.slow
 def test_weights_round_trip_through_clip_build_model(tiny_toyclip):
     import clip.model
     path, pretrained = tiny_toyclip
@@ -261,6 +269,7 @@ def test_a_weights_file_holding_objects_is_refused_without_unpickling(tmp_path, 
         toyclip.read_weights(path)
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic_and_leaves_global_state_alone():
     threads = torch.get_num_threads()
     rng_state = torch.get_rng_state()
@@ -271,6 +280,7 @@ def test_pretraining_is_deterministic_and_leaves_global_state_alone():
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng_state)
 
 
+@pytest.mark.slow
 def test_pretraining_trains_the_caption_token_embeddings_only():
     import clip
     settings = toyclip.pretrain_settings(**TINY_PRETRAINING)

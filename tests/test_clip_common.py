@@ -156,6 +156,7 @@ def test_a_damaged_shard_is_removed_and_its_images_encoded_again(cache_setup, da
     assert shard not in shards(cfg.FEATURES.CACHE_DIR)
 
 
+@pytest.mark.slow
 def test_the_cache_is_shared_between_processes(cache_setup, tmp_path):
     """The key must not hold anything that changes per process (it once held a function's address)."""
     cfg, model, data = cache_setup

@@ -10,8 +10,8 @@ from numerics import assert_close
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from llu.trainers import llu_adapter
-from llu.trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, cluster_anchors,
-                                  complete_linkage, identity_regularizer, interpolation_weight)
+from llu.trainers.clustering import cluster_anchors, complete_linkage
+from llu.trainers.llu_adapter import DIRAC_THRESHOLD, LocalizedLinearAdapter, identity_regularizer, interpolation_weight
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -261,15 +261,15 @@ def test_the_scalable_path_finds_the_clusters_the_exact_one_finds():
 
 
 def test_the_scalable_path_is_chosen_above_the_exact_limit_and_keeps_the_anchor_contract():
-    from llu.trainers import llu_adapter
+    from llu.trainers import clustering
     x, _ = clustered_points(10, 30, seed=1)
     calls = []
-    original = llu_adapter.micro_cluster_linkage
+    original = clustering.micro_cluster_linkage
     try:
-        llu_adapter.micro_cluster_linkage = lambda *a, **k: calls.append(1) or original(*a, **k)
+        clustering.micro_cluster_linkage = lambda *a, **k: calls.append(1) or original(*a, **k)
         anchors, assignment = cluster_anchors(x, 16, exact_limit=299)
     finally:
-        llu_adapter.micro_cluster_linkage = original
+        clustering.micro_cluster_linkage = original
     assert calls == [1] and anchors.shape == (16, 32) and sorted(set(assignment.tolist())) == list(range(16))
     assert assignment[0] == 0 and all(assignment[:i].max() + 1 >= assignment[i] for i in range(1, 300))  # numbered
     for c in range(16):  # by first member, each anchor the normalised mean of its members
@@ -282,7 +282,7 @@ def test_micro_cluster_distances_bound_the_farthest_members():
     """The scalable path's distance between micro-clusters, (chord between centroids + both radii)^2 / 2,
     is never below the farthest members' 1 - cos (complete linkage's measure); 1 - cos itself, added
     up the same way, would be (it is no metric)."""
-    from llu.trainers.llu_adapter import spherical_kmeans
+    from llu.trainers.clustering import spherical_kmeans
     x, _ = clustered_points(6, 20, seed=2)
     centres = spherical_kmeans(x, 12)
     labels = (x @ centres.t()).argmax(1)

@@ -126,6 +126,7 @@ def _shapes_trainer(root, out, trainer, cfg_name, *opts):
     return build_trainer(cfg)
 
 
+@pytest.mark.slow
 def test_on_the_built_in_world_llu_lowers_the_loss_and_beats_zero_shot_on_base(shapes_world, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     zero_shot = _shapes_trainer(shapes_world, tmp_path / "zs", "ZeroshotCLIP", "toy", "DATASET.SUBSAMPLE_CLASSES", "base")

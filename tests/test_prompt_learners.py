@@ -336,6 +336,7 @@ def toy_zero_shot(toy_run):
     return toy_run("ZeroshotCLIP")
 
 
+@pytest.mark.slow
 def test_toy_class_specific_contexts_beat_zero_shot_on_base_classes(toy_run, toy_zero_shot):
     # One context per class can move each class text toward its colour-cast images.
     assert toy_run("CoOp", "TRAINER.COOP.CSC", "True", "OPTIM.NAME", "adam") > toy_zero_shot + 5
@@ -344,5 +345,6 @@ def test_toy_class_specific_contexts_beat_zero_shot_on_base_classes(toy_run, toy
 # ToyCLIP's captions name the conditions an image was drawn under (toyclip.caption), so its text
 # encoder reads context words; a context learned on the base classes then moves their text features.
 @pytest.mark.parametrize("name", ["CoOp", "CoCoOp", "ProGrad"])
+@pytest.mark.slow
 def test_toy_training_beats_zero_shot_on_base_classes(name, toy_run, toy_zero_shot):
     assert toy_run(name) > toy_zero_shot + 5

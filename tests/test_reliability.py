@@ -279,6 +279,7 @@ def _long_run_args(image_folder, tiny_clip_file, out):
 
 @pytest.mark.parametrize("signum, status, word", [(signal.SIGINT, 130, "interrupted"),
                                                   (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.slow
 def test_a_signal_is_one_line_and_sigterm_leaves_a_checkpoint_to_resume(image_folder, tiny_clip_file, tmp_path,
                                                                         signum, status, word):
     out = tmp_path / "out"
@@ -476,6 +477,7 @@ print(json.dumps({"renames": renames, "killed": killed, "reruns": reruns}))
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_file_rename_reruns_to_the_uninterrupted_numbers(image_folder, tiny_clip_file, tmp_path):
     driver = tmp_path / "killing_driver.py"
     driver.write_text(KILLING_DRIVER)

@@ -28,6 +28,7 @@ def toy_run(tmp_path_factory, shapes_world):
     return out, result
 
 
+@pytest.mark.slow
 def test_the_console_shows_a_few_lines_and_the_log_keeps_everything(toy_run):
     out, result = toy_run
     console = (result.stdout + result.stderr).splitlines()
@@ -44,6 +45,7 @@ def test_the_console_shows_a_few_lines_and_the_log_keeps_everything(toy_run):
     assert [line.split("]")[0] for line in epoch_lines] == [f"epoch [{e}/12" for e in (1, 2, 4, 6, 8, 10, 12)]
 
 
+@pytest.mark.slow
 def test_an_epoch_with_fewer_batches_than_print_freq_logs_one_line(tmp_path, shapes_world):
     result = toy_llu(tmp_path / "llu", shapes_world, "TRAIN.PRINT_FREQ", "50", epochs=3)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -52,6 +54,7 @@ def test_an_epoch_with_fewer_batches_than_print_freq_logs_one_line(tmp_path, sha
     assert [line.split(" time")[0] for line in batch_lines] == [f"epoch [{e}/3] batch [4/4]" for e in (1, 2, 3)]
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_has_each_epoch_and_the_evaluation(toy_run):
     out, _ = toy_run
     records = read_metrics(out / "metrics.jsonl")
@@ -64,6 +67,7 @@ def test_metrics_jsonl_has_each_epoch_and_the_evaluation(toy_run):
     assert test["epoch"] == 12 and test["accuracy"] == pytest.approx(results["accuracy"])
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_epoch_scalars(toy_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out, _ = toy_run
@@ -76,6 +80,7 @@ def test_tensorboard_events_hold_the_epoch_scalars(toy_run):
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in records], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_metrics_of_the_epochs_before(tmp_path, shapes_world):
     out = tmp_path / "llu"
     first = toy_llu(out, shapes_world, "TRAIN.CHECKPOINT_FREQ", "2", epochs=4)

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from llu.utils import UserError
+from llu.utils import UserError, require
 
 from .base import ClipBackbone, Preprocess, combined_sha256
 
@@ -33,11 +33,7 @@ NO_REMOTE_CODE = dict(local_files_only=True, trust_remote_code=False)  # every f
 
 
 def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("hf: backbones need transformers: pip install transformers") from None
-    return transformers
+    return require("transformers", "hf", "MODEL.BACKBONE.NAME hf:<folder>")
 
 
 def folder_sha256(folder):

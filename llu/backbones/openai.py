@@ -5,16 +5,15 @@ import os
 import os.path as osp
 import zipfile
 
-import clip
-import clip.model
 import torch
 
-from llu.utils import UserError, load_torch
+from llu.utils import UserError, import_clip, load_torch
 from llu.world import toyclip
 
 from . import torchscript
 from .base import CLIP_PREPROCESS, ClipBackbone, Preprocess
 
+clip = import_clip()
 TOY_BACKBONE = "toy"  # the built-in world's ToyCLIP, shipped with the project
 # The input resolution of each of OpenAI's models (clip.load's preprocessing), so that a run's config
 # can be resolved before the weights are read (or downloaded).

@@ -10,17 +10,13 @@ import os.path as osp
 
 import torch
 
-from llu.utils import UserError
+from llu.utils import UserError, require
 
 from .base import ClipBackbone, Preprocess, combined_sha256
 
 
 def _open_clip():
-    try:
-        import open_clip
-    except ImportError:
-        raise UserError("openclip: backbones need open_clip: pip install open_clip_torch") from None
-    return open_clip
+    return require("open_clip", "openclip", "MODEL.BACKBONE.NAME openclip:<model>")
 
 
 @contextlib.contextmanager

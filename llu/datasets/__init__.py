@@ -1,13 +1,15 @@
 """Dataset readers: CoOp's 11 datasets and 4 ImageNet variants, your own image folders, your own
-precomputed embeddings, and the built-in world's datasets. Each reader class is marked with ``@dataset``; ``register_all()``
-registers them in the engine's ``DATASET_REGISTRY`` (``train.py`` calls it).
+precomputed embeddings, and the built-in world's datasets. Each reader class is marked with
+``@dataset``, which puts it in ``DATASETS``; ``load_all()`` imports every reader module and
+``register_all()`` registers the classes in the engine's ``DATASET_REGISTRY`` (``llu.train`` calls
+it, once the engine's backend is chosen). Importing this package loads no reader.
+
+What the trainers and the tables need to know about a dataset (its prompt template, its name in the
+tables, ...) is a class attribute of its reader, declared with the reader (``DatasetFacts``), and
+read through the registry: ``dataset_facts(cfg.DATASET.NAME).template``.
 """
-import importlib
 import os
 
-READER_MODULES = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-                  "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch",
-                  "imagenet_a", "imagenet_r", "imagefolder", "embeddings", "world")
 DATASETS = {}  # name -> reader class, filled by @dataset as the modules are imported
 
 
@@ -16,15 +18,62 @@ def dataset(cls):
     return cls
 
 
+def load_all():
+    """Import every reader module, so that ``DATASETS`` holds every reader and each has declared its
+    config keys. Not done at import: the readers derive from the engine's backend, chosen before."""
+    from . import (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,  # noqa: F401
+                   fgvc_aircraft, sun397, dtd, eurosat, ucf101, imagenetv2, imagenet_sketch, imagenet_a,
+                   imagenet_r, imagefolder, embeddings, world)
+    return DATASETS
+
+
 def register_all(names=None, keep_existing=False):
     """Register the readers (all, or ``names``); returns the names skipped because another class of
     that name was registered already (``keep_existing``; otherwise that is an error)."""
     from llu.engine import DATASET_REGISTRY
     from llu.utils import register_classes
-    for module in READER_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+    load_all()
     chosen = [DATASETS[name] for name in (names or DATASETS)]
     return register_classes(DATASET_REGISTRY, chosen, keep_existing)
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts about a dataset, as class attributes of its reader
+
+# The seven ImageNet templates CLIP's authors selected for prompt ensembling (CoOp's
+# IMAGENET_TEMPLATES_SELECT): ZeroshotCLIP2's ensemble, and Tip-Adapter's class texts on ImageNet.
+ENSEMBLE_TEMPLATES = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+
+class DatasetFacts:
+    """A base of every reader: the defaults of the facts a reader states as class attributes where
+    its dataset differs."""
+
+    template = "a photo of a {}."  # the hand-made prompt of zero-shot CLIP (CoOp/CoCoOp's table)
+    imagenet_classes = False  # its classes are ImageNet's (ImageNet and its variants), on which CLIP's
+    # ensemble templates were selected (Tip-Adapter's class texts there)
+    display_name = ""  # its name in the paper's tables ("": the reader's name)
+    table_order = None  # its place in the tables (CoOp's order); None: after those that have one, by name
+    shifted_from = ""  # the dataset whose classes it shows under a domain shift (Table 3), if any
+
+    @classmethod
+    def ensemble_templates(cls):
+        """ZeroshotCLIP2's templates: the dataset's own, then CLIP's seven selected ImageNet templates."""
+        return [cls.template, *ENSEMBLE_TEMPLATES]
+
+
+def dataset_facts(name):
+    """The reader registered as DATASET.NAME ``name`` (its facts are class attributes), or the defaults
+    for a dataset that has no reader here (a CoOp checkout's own)."""
+    return load_all().get(name, DatasetFacts)
 
 
 # Readers of a user's own data, named in results and tables after the folder or file they read

@@ -13,4 +13,5 @@ class Caltech101(SplitFileDataset):
     image_dir = "101_ObjectCategories"
     split_file = "split_zhou_Caltech101.json"
     ignored_folders = ("BACKGROUND_Google", "Faces_easy")
+    table_order = 1
     new_cnames = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}

@@ -10,6 +10,8 @@ from collections import OrderedDict
 from llu.engine import DatasetBase, Datum
 from llu.utils import UserError, listdir_nohidden
 
+from . import DatasetFacts
+
 from .splits import (dataset_file_path, fewshot_and_subsample, list_images, read_and_split_data, read_split,
                      require_dir, require_file, save_split)
 
@@ -37,7 +39,7 @@ def images_of(folder, label, classname):
     return [Datum(impath=osp.join(folder, name), label=label, classname=classname) for name in list_images(folder)]
 
 
-class SplitFileDataset(DatasetBase):
+class SplitFileDataset(DatasetFacts, DatasetBase):
     """A CoOp reader: images under ``<ROOT>/<dataset_dir>/<image_dir>/``, and the train/val/test split in
     ``<ROOT>/<dataset_dir>/<split_file>`` (CoOp's split_zhou JSON, paths relative to the image folder).
 
@@ -102,7 +104,7 @@ def class_name_of(classnames, wnid, folder, classnames_path):
     return classnames[wnid]
 
 
-class ImageNetVariant(DatasetBase):
+class ImageNetVariant(DatasetFacts, DatasetBase):
     """A test-only ImageNet variant: ``<ROOT>/<dataset_dir>/<image_dir>/<wnid>/*`` read with ImageNet's
     ``classnames.txt``, which CoOp copies into the variant's folder (``<ROOT>/imagenet/classnames.txt``
     is used when there is none). ``train_x`` is the test set, as in CoOp; there is no few-shot sampling.
@@ -110,6 +112,8 @@ class ImageNetVariant(DatasetBase):
 
     dataset_dir = ""
     image_dir = ""
+    imagenet_classes = True
+    shifted_from = "ImageNet"
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, self.dataset_dir)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from llu.engine import CN, DatasetBase, Datum, config_extension
 from llu.utils import UserError, file_sha256
 
-from . import dataset
+from . import DatasetFacts, dataset
 from .splits import fewshot_and_subsample, refuse_twin_classes, split_by_proportions
 
 SPLIT_CODES = {0: "train", 1: "val", 2: "test"}
@@ -190,7 +190,7 @@ def embeddings_path(cfg):
 
 
 @dataset
-class Embeddings(DatasetBase):
+class Embeddings(DatasetFacts, DatasetBase):
     """Items are the rows of an embeddings file; ``self.embeddings`` holds the file."""
 
     def __init__(self, cfg):

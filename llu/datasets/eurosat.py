@@ -12,6 +12,8 @@ class EuroSAT(SplitFileDataset):
     dataset_dir = "eurosat"
     image_dir = "2750"
     split_file = "split_zhou_EuroSAT.json"
+    template = "a centered satellite photo of {}."
+    table_order = 9
     new_cnames = {
         "AnnualCrop": "Annual Crop Land",
         "Forest": "Forest",

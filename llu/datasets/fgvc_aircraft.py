@@ -6,7 +6,7 @@ import os.path as osp
 from llu.engine import DatasetBase, Datum
 from llu.utils import UserError
 
-from . import dataset
+from . import DatasetFacts, dataset
 from .coop_common import dataset_folder, read_lines
 from .splits import fewshot_and_subsample, require_dir
 
@@ -15,8 +15,10 @@ LAYOUT = ("DATASET.ROOT/fgvc_aircraft/ holding images/, variants.txt and images_
 
 
 @dataset
-class FGVCAircraft(DatasetBase):
+class FGVCAircraft(DatasetFacts, DatasetBase):
     dataset_dir = "fgvc_aircraft"
+    template = "a photo of a {}, a type of aircraft."
+    table_order = 6
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, self.dataset_dir)

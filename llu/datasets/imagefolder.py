@@ -9,7 +9,7 @@ import os.path as osp
 from llu.engine import CN, DatasetBase, config_extension
 from llu.utils import UserError, listdir_nohidden
 
-from . import dataset
+from . import DatasetFacts, dataset
 from .coop_common import dataset_folder
 from .splits import (dataset_file_path, fewshot_and_subsample, read_and_split_data, read_split, refuse_twin_classes,
                      require_dir, require_file, save_split)
@@ -27,7 +27,7 @@ def add_imagefolder_config(cfg):
 
 
 @dataset
-class ImageFolder(DatasetBase):
+class ImageFolder(DatasetFacts, DatasetBase):
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, cfg.DATASET.IMAGEFOLDER.DIR)

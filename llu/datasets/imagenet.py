@@ -8,7 +8,7 @@ import os.path as osp
 from llu.engine import DatasetBase
 from llu.utils import UserError, listdir_nohidden
 
-from . import dataset
+from . import ENSEMBLE_TEMPLATES, DatasetFacts, dataset
 from .coop_common import class_name_of, dataset_folder, images_of, read_imagenet_classnames
 from .splits import fewshot_and_subsample, require_dir
 
@@ -17,8 +17,14 @@ LAYOUT = "DATASET.ROOT/imagenet/ holding images/train/<wnid>/, images/val/<wnid>
 
 
 @dataset
-class ImageNet(DatasetBase):
+class ImageNet(DatasetFacts, DatasetBase):
     dataset_dir = "imagenet"
+    imagenet_classes = True
+    table_order = 0
+
+    @classmethod
+    def ensemble_templates(cls):
+        return list(ENSEMBLE_TEMPLATES)  # as upstream: the seven alone on ImageNet, where they were chosen
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, self.dataset_dir)

@@ -9,3 +9,5 @@ from .coop_common import ImageNetVariant
 class ImageNetA(ImageNetVariant):
     dataset_dir = "imagenet-adversarial"
     image_dir = "imagenet-a"
+    display_name = "ImageNet-A"
+    table_order = 13

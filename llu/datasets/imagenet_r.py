@@ -9,3 +9,5 @@ from .coop_common import ImageNetVariant
 class ImageNetR(ImageNetVariant):
     dataset_dir = "imagenet-rendition"
     image_dir = "imagenet-r"
+    display_name = "ImageNet-R"
+    table_order = 14

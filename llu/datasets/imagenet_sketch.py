@@ -8,3 +8,5 @@ from .coop_common import ImageNetVariant
 class ImageNetSketch(ImageNetVariant):
     dataset_dir = "imagenet-sketch"
     image_dir = "images"
+    display_name = "ImageNet-Sketch"
+    table_order = 12

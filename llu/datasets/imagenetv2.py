@@ -12,6 +12,7 @@ from .splits import require_dir
 class ImageNetV2(ImageNetVariant):
     dataset_dir = "imagenetv2"
     image_dir = "imagenetv2-matched-frequency-format-val"
+    table_order = 11
 
     def class_folders(self, classnames, classnames_path, layout):
         folders = [osp.join(self.image_dir, str(label)) for label in range(len(classnames))]

@@ -21,6 +21,9 @@ class OxfordFlowers(SplitFileDataset):
     image_dir = "jpg"
     split_file = "split_zhou_OxfordFlowers.json"
     rebuild_from = ("imagelabels.mat", "cat_to_name.json")
+    template = "a photo of a {}, a type of flower."
+    display_name = "Flowers102"
+    table_order = 4
 
     def make_split(self):
         from scipy.io import loadmat

@@ -20,6 +20,8 @@ class OxfordPets(SplitFileDataset):
     image_dir = "images"
     split_file = "split_zhou_OxfordPets.json"
     rebuild_from = ("annotations/trainval.txt", "annotations/test.txt")
+    template = "a photo of a {}, a type of pet."
+    table_order = 2
 
     def make_split(self):
         trainval = self.read_annotations("annotations/trainval.txt")

@@ -26,6 +26,7 @@ class StanfordCars(SplitFileDataset):
     split_file = "split_zhou_StanfordCars.json"  # image paths are relative to stanford_cars/
     layout_contents = "cars_train/, cars_test/ and split_zhou_StanfordCars.json"
     rebuild_from = ("devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", "devkit/cars_meta.mat")
+    table_order = 3
 
     def make_split(self):
         from scipy.io import loadmat

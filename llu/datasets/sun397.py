@@ -26,6 +26,7 @@ class SUN397(SplitFileDataset):
     image_dir = "SUN397"
     split_file = "split_zhou_SUN397.json"
     rebuild_from = ("ClassName.txt", "Training_01.txt", "Testing_01.txt")
+    table_order = 7
 
     def make_split(self):
         folders = [line.lstrip("/") for line in read_lines(osp.join(self.dataset_dir, "ClassName.txt"),

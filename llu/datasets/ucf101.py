@@ -23,6 +23,8 @@ class UCF101(SplitFileDataset):
     split_file = "split_zhou_UCF101.json"
     rebuild_from = ("ucfTrainTestlist/classInd.txt", "ucfTrainTestlist/trainlist01.txt",
                     "ucfTrainTestlist/testlist01.txt")
+    template = "a photo of a person doing {}."
+    table_order = 10
 
     def make_split(self):
         cname2lab = {}

@@ -12,11 +12,11 @@ from llu.engine import DatasetBase
 
 from llu.world.generate import DATASETS, locate_dataset, split_file_name
 
-from . import dataset
+from . import DatasetFacts, dataset
 from .splits import fewshot_and_subsample, read_split
 
 
-class WorldDataset(DatasetBase):
+class WorldDataset(DatasetFacts, DatasetBase):
     """Reader for ``DATASETS[type(self).__name__]``."""
 
     image_dir = "images"
@@ -34,21 +34,27 @@ class WorldDataset(DatasetBase):
 class Shapes(WorldDataset):
     """64 classes, "red circle" ... "pink heart", in the downstream domain: the world's ImageNet."""
     dataset_dir = DATASETS["Shapes"].folder
+    table_order = 15
 
 
 @dataset
 class ShapesSketch(WorldDataset):
     """Shapes' classes drawn as coloured outlines (domain generalisation target)."""
     dataset_dir = DATASETS["ShapesSketch"].folder
+    table_order = 16
+    shifted_from = "Shapes"
 
 
 @dataset
 class ShapesNoisy(WorldDataset):
     """Shapes' classes under heavy noise, blur and occlusion (domain generalisation target)."""
     dataset_dir = DATASETS["ShapesNoisy"].folder
+    table_order = 17
+    shifted_from = "Shapes"
 
 
 @dataset
 class Patterns(WorldDataset):
     """48 classes, "red stripes" ... "pink zigzag", in the downstream domain (cross-dataset target)."""
     dataset_dir = DATASETS["Patterns"].folder
+    table_order = 18

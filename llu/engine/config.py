@@ -121,18 +121,41 @@ DASSL_DEFAULTS = {
 
 
 # Each trainer or dataset module declares its own keys with ``@config_extension`` next to the
-# code that reads them; ``extend_cfg`` applies all of them (train.py calls it before merging files).
-CONFIG_EXTENSIONS = []
+# code that reads them; ``extend_cfg`` applies all of them (``llu.train`` calls it before merging files).
+CONFIG_EXTENSIONS = {}  # "module.function" -> the function (a module imported twice declares once)
+_UNSET = object()
 
 
 def config_extension(fn):
-    CONFIG_EXTENSIONS.append(fn)
+    CONFIG_EXTENSIONS[f"{fn.__module__}.{fn.__qualname__}"] = fn
     return fn
 
 
+def _leaves(cfg, prefix=""):
+    for key, value in cfg.items():
+        if isinstance(value, CN):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def extend_cfg(cfg):
-    for fn in CONFIG_EXTENSIONS:
-        fn(cfg)
+    """``cfg`` with every key the project's trainers and datasets declare, the same whatever was imported
+    before and in whichever order: every declaring module is imported first, and no two declarations
+    may set the same key (each key has one place)."""
+    from llu import datasets, trainers
+    datasets.load_all()
+    trainers.load_all()
+    declared_by = {}
+    for name in sorted(CONFIG_EXTENSIONS):
+        before = dict(_leaves(cfg))
+        CONFIG_EXTENSIONS[name](cfg)
+        after = dict(_leaves(cfg))
+        for key in set(before) | set(after):
+            if before.get(key, _UNSET) is after.get(key, _UNSET):
+                continue  # untouched
+            assert key not in declared_by, f"config key {key} is declared by both {declared_by[key]} and {name}"
+            declared_by[key] = name
     return cfg
 
 

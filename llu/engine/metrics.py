@@ -6,7 +6,7 @@ sees half a line; a resumed run keeps the records of the epochs it resumes after
 import json
 import os.path as osp
 
-from llu.utils import log_only, signals_deferred, write_text
+from llu.utils import install_command, log_only, signals_deferred, write_text
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -45,7 +45,8 @@ class RunMetrics:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is not installed: metrics.jsonl only
-                log_only("Note: tensorboard is not installed; metrics go to metrics.jsonl only")
+                log_only(f"Note: tensorboard is not installed ({install_command('tensorboard')}); metrics go to "
+                         f"metrics.jsonl only")
                 self._writer = False
                 return None
             with signals_deferred():  # its constructor already hands an event to its thread

@@ -1,14 +1,14 @@
 """Trainers, one module per method, plus the shared CLIP module (``clip_common``).
 
-Each trainer class is marked with ``@trainer``; ``register_all()`` imports every trainer module (which
-also declares its config keys) and registers the classes in the engine's ``TRAINER_REGISTRY``;
-``train.py`` calls it. A CoOp checkout registers only the trainers it lacks (``llu.dassl_plugin``).
-Importing one module alone (for example the standalone ``llu.trainers.llu_adapter``) loads nothing else.
-"""
-import importlib
+Each trainer class is marked with ``@trainer``, which puts it in ``TRAINERS``; ``load_all()`` imports
+every trainer module (each also declares its config keys), and ``register_all()`` then registers the
+classes in the engine's ``TRAINER_REGISTRY`` (``llu.train`` calls it, once the engine's backend is
+chosen). A CoOp checkout registers only the trainers it lacks (``llu.dassl_plugin``). Importing this
+package, or one module alone (the standalone ``llu.trainers.llu_adapter``), loads nothing else.
 
-TRAINER_MODULES = ("zsclip", "coop", "cocoop", "prograd", "clip_adapter", "tip_adapter", "llu", "kgcoop", "linear_probe",
-                   "maple", "promptsrc", "clip_lora", "wiseft")
+What the tables need to know about a trainer is an attribute of its class (``ClipTrainer``):
+``display_name``, ``learns``, ``trains_epochs``.
+"""
 TRAINERS = {}  # name -> trainer class, filled by @trainer as the modules are imported
 
 
@@ -17,12 +17,19 @@ def trainer(cls):
     return cls
 
 
+def load_all():
+    """Import every trainer module, so that ``TRAINERS`` holds every trainer and each has declared its
+    config keys. Not done at import: the classes derive from the engine's backend, chosen before."""
+    from . import zsclip, coop, cocoop, prograd, clip_adapter, tip_adapter, llu  # noqa: F401  (the tables' order)
+    from . import kgcoop, maple, promptsrc, clip_lora, linear_probe, wiseft  # noqa: F401
+    return TRAINERS
+
+
 def register_all(names=None, keep_existing=False):
     """Register the trainers (all, or ``names``); returns the names skipped because another class of
     that name was registered already (``keep_existing``; otherwise that is an error)."""
     from llu.engine import TRAINER_REGISTRY
     from llu.utils import register_classes
-    for module in TRAINER_MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+    load_all()
     chosen = [TRAINERS[name] for name in (names or TRAINERS)]
     return register_classes(TRAINER_REGISTRY, chosen, keep_existing)

@@ -57,6 +57,9 @@ def adapted_features(adapter, image_features, ratio):
 @trainer
 class CLIP_Adapter(ClipTrainer):
     published_epochs = staticmethod(coop_epochs)  # the LLU paper runs it with CoOp's epochs by shots
+    display_name = "CLIP Adapter"
+    table_order = 5
+
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER
         self.ratio = settings.RATIO

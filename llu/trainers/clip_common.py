@@ -2,7 +2,8 @@
 
 - the backbone (``llu.backbones``: OpenAI's CLIP, OpenCLIP, Hugging Face, or stored embeddings),
   loaded before the data so that the images are prepared as the model expects;
-- the per-dataset prompt templates and class-text encoding;
+- class-text encoding, with the prompt templates that are facts of each dataset's reader
+  (``llu.datasets.DatasetFacts``: ``template``, ``ensemble_templates``);
 - ``ClipTrainer``, the base of every trainer: the class texts, Eq. 1's logits, training on cached
   image features (``feature_cache.py``) or on images, when the learning rate steps, and whether a
   trainer trains at all.
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from llu.backbones import EMBEDDINGS_BACKBONE, load_backbone, preprocessing
 from llu.backbones.embeddings import EmbeddingsBackbone
-from llu.datasets import dataset_label
+from llu.datasets import dataset_facts, dataset_label
 from llu.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
 from llu.utils import Terminated, UserError
 
@@ -69,40 +70,9 @@ def match_preprocessing(cfg, clip_model=None):
 # ---------------------------------------------------------------------------------------------
 # Prompts and text encoding
 
-# The hand-made template of each dataset (CoOp/CoCoOp's zero-shot table); built-in world included.
-DATASET_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
-    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
-    "DescribableTextures": "{} texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
-    "Food101": "a photo of {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
-}
-DEFAULT_TEMPLATE = "a photo of a {}."
-
-# The seven ImageNet templates CLIP's authors selected for ensembling (used by ZeroshotCLIP2).
-ENSEMBLE_TEMPLATES = [
-    "itap of a {}.",
-    "a bad photo of the {}.",
-    "a origami {}.",
-    "a photo of the large {}.",
-    "a {} in a video game.",
-    "art of the {}.",
-    "a photo of the small {}.",
-]
-
-
 def dataset_template(dataset_name):
-    return DATASET_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
+    """The hand-made template of DATASET.NAME ``dataset_name``: its reader's ``template``."""
+    return dataset_facts(dataset_name).template
 
 
 def encode_class_texts(backbone, classnames, template):
@@ -153,6 +123,8 @@ class ClipTrainer(TrainerX):
     learns = True  # False: nothing is learned, so evaluating without --model-dir is the method itself
     trains_epochs = True  # False: ``train`` runs no epoch loop, so OPTIM.MAX_EPOCH is not read
     names_new_classes = True  # False: a trained model scores its training classes only (no new-class evaluation)
+    display_name = ""  # its name in the paper's tables ("": the class name)
+    table_order = None  # its place in the tables (the paper's order); None: after those that have one, by name
 
     @classmethod
     def check_run(cls, cfg, eval_only, model_dir):

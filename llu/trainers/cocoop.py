@@ -61,6 +61,8 @@ class CoCoOpCLIP(CoOpCLIP):
 @trainer
 class CoCoOp(PromptTrainer):
     published_epochs = None  # its config's 10 epochs for any shots, as published (not CoOp's schedule)
+    table_order = 3
+
     def build_model(self):
         cocoop = self.cfg.TRAINER.COCOOP
         prompt_learner = CoCoOpPromptLearner(self.clip_model, self.classnames, cocoop.N_CTX, cocoop.CTX_INIT)

@@ -319,6 +319,7 @@ def coop_epochs(dataset, shots):
 
 @trainer
 class CoOp(PromptTrainer):
+    table_order = 2
     keeps_n_ctx = False  # CTX_INIT's words are the whole context (upstream CoOp)
     published_epochs = staticmethod(coop_epochs)  # the sweeps' epochs by shots (None on a trainer: its config's)
 

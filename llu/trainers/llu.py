@@ -17,7 +17,7 @@ from llu.utils import UserError
 from . import trainer
 from .clip_common import ClipTrainer
 from .coop import coop_epochs
-from .llu_adapter import LocalizedLinearAdapter
+from .llu_adapter import SETTINGS, InvalidSetting, LocalizedLinearAdapter, check_settings
 
 
 @config_extension
@@ -40,17 +40,12 @@ def add_llu_config(cfg):
 
 
 def check_llu_config(llu):
-    """The LLU keys' ranges, as one line naming the key (before any work)."""
-    choices = {"MASK": ("exp", "dirac"), "REG_FORM": ("mse", "norm"), "INIT": ("identity", "random"),
-               "ADAPT": ("both", "image", "text")}
-    for key, allowed in choices.items():
-        if llu[key] not in allowed:
-            raise UserError(f"TRAINER.LLU.{key} must be {' or '.join(allowed)}, got {llu[key]!r}")
-    if not 0.0 <= llu.BETA <= 1.0:
-        raise UserError(f"TRAINER.LLU.BETA must be in [0, 1] (the largest interpolation weight), got {llu.BETA}")
-    for key in ("GAMMA", "LAMBDA", "EXACT_CLUSTER_LIMIT"):
-        if llu[key] < 0:
-            raise UserError(f"TRAINER.LLU.{key} must be >= 0, got {llu[key]}")
+    """The LLU keys' ranges (the adapter's own check, ``SETTINGS``), as one line naming the key (before
+    any work)."""
+    try:
+        check_settings(**{argument: llu[key] for argument, (key, _, _) in SETTINGS.items()})
+    except InvalidSetting as e:
+        raise UserError(f"TRAINER.LLU.{e.key} {e.problem}") from None
 
 
 @trainer
@@ -58,6 +53,8 @@ class LLU(ClipTrainer):
     published_epochs = staticmethod(coop_epochs)  # the paper trains with CoOp's epochs by shots
     # The paper's Table 4, in its order: configs/trainers/LLU/<CFG>_<ablation>.yaml beside each <CFG>.
     ablations = ("no_cluster", "no_damp", "no_mask", "dirac_mask", "no_reg", "rand_init", "linear")
+    table_order = 8
+
     def check_cfg(self, cfg):
         check_llu_config(cfg.TRAINER.LLU)
 

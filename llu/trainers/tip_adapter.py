@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llu.datasets import ENSEMBLE_TEMPLATES, dataset_facts
 from llu.engine import CN, build_optimizer, config_extension
 from llu.utils import UserError
 
 from . import trainer
-from .clip_common import ENSEMBLE_TEMPLATES, ClipTrainer, dataset_template
+from .clip_common import ClipTrainer
 
 
 @config_extension
@@ -46,7 +47,8 @@ def add_tip_adapter_config(cfg):
     cfg.TRAINER.TIP_ADAPTER.SEARCH_SPLIT = "full_val"
     cfg.TRAINER.TIP_ADAPTER.ADAM_EPS = 1e-4  # Tip-Adapter-F's AdamW epsilon (official main.py)
     # Class texts: "dataset" (the dataset's template), "ensemble" (CLIP's seven ImageNet templates,
-    # averaged), or "auto": the ensemble on ImageNet and its variants, the dataset template elsewhere.
+    # averaged), or "auto": the ensemble on ImageNet and its variants (the readers' ``imagenet_classes``),
+    # the dataset template elsewhere.
     cfg.TRAINER.TIP_ADAPTER.TEXT_TEMPLATES = "auto"
 
 
@@ -57,9 +59,10 @@ def text_templates(choice, dataset_name):
     """The templates whose class texts Tip-Adapter averages, by TRAINER.TIP_ADAPTER.TEXT_TEMPLATES."""
     if choice not in ("auto", "dataset", "ensemble"):
         raise UserError(f"TRAINER.TIP_ADAPTER.TEXT_TEMPLATES must be auto, dataset or ensemble, got {choice!r}")
-    if choice == "ensemble" or (choice == "auto" and dataset_name.startswith("ImageNet")):
+    facts = dataset_facts(dataset_name)
+    if choice == "ensemble" or (choice == "auto" and facts.imagenet_classes):
         return ENSEMBLE_TEMPLATES
-    return [dataset_template(dataset_name)]
+    return [facts.template]
 
 
 def search_grid(largest, steps):
@@ -114,6 +117,8 @@ def _some(names, shown=5):
 
 @trainer
 class TipAdapter(ClipTrainer):
+    display_name = "Tip-Adapter"
+    table_order = 6
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
     published_epochs = None  # Tip-Adapter-F: its config's epochs for any shots, as published
@@ -269,6 +274,8 @@ class TipAdapter(ClipTrainer):
 class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the keys are fine-tuned (AdamW, cosine schedule), alpha and beta searched after."""
 
+    display_name = "Tip-Adapter-F"
+    table_order = 7
     learn_keys = True
     trains_epochs = True
 

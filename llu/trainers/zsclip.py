@@ -2,16 +2,22 @@
 
 Class texts come from the dataset's hand-made template (``ZeroshotCLIP``) or from the average of
 that template and CLIP's seven selected ImageNet templates (``ZeroshotCLIP2``); logits are Eq. 1.
+Both are facts of the dataset's reader (``template``, ``ensemble_templates``).
 """
 
+from llu.datasets import dataset_facts
+
 from . import trainer
-from .clip_common import ENSEMBLE_TEMPLATES, ClipTrainer, dataset_template
+from .clip_common import ClipTrainer, dataset_template
 
 
 @trainer
 class ZeroshotCLIP(ClipTrainer):
     learns = False
     trains_epochs = False
+    display_name = "CLIP"
+    table_order = 0
+
     def templates(self):
         return [dataset_template(self.cfg.DATASET.NAME)]
 
@@ -28,10 +34,11 @@ class ZeroshotCLIP(ClipTrainer):
 
 @trainer
 class ZeroshotCLIP2(ZeroshotCLIP):
-    """Prompt ensembling over the dataset template and CLIP's selected ImageNet templates."""
+    """Prompt ensembling over the dataset template and CLIP's selected ImageNet templates (on
+    ImageNet the seven alone, as upstream: they were chosen on it)."""
+
+    display_name = "CLIP (ensemble)"
+    table_order = 1
 
     def templates(self):
-        # As upstream: on ImageNet the seven templates alone (they were chosen on it).
-        if self.cfg.DATASET.NAME == "ImageNet":
-            return list(ENSEMBLE_TEMPLATES)
-        return [dataset_template(self.cfg.DATASET.NAME)] + ENSEMBLE_TEMPLATES
+        return dataset_facts(self.cfg.DATASET.NAME).ensemble_templates()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from llu.utils import UserError
-from llu.utils import atomic_path, file_sha256
+from llu.utils import atomic_path, file_sha256, import_clip
 
 from . import render
 
@@ -209,7 +209,7 @@ def _expected_shapes():
 
 def build_toy_clip(**dims):
     """A randomly initialised ToyCLIP (``dims`` override ``TOYCLIP_DIMS``)."""
-    import clip.model
+    clip = import_clip()
     return clip.model.CLIP(**{**TOYCLIP_DIMS, **dims})
 
 
@@ -259,7 +259,7 @@ def random_caption(name, conditions, rng):
 
 def caption_vocabulary():
     """Sorted ids of every token a caption can contain (with start, end and padding)."""
-    import clip
+    clip = import_clip()
     pieces = all_class_names() + CAPTION_TEMPLATES + [SMALL_WORD, BACKGROUND_PHRASE, CLUTTER_PHRASE]
     pieces += [LIGHT_PHRASE.format(light) for light in render.LIGHT_NAMES]
     return torch.unique(clip.tokenize(pieces, context_length=TOYCLIP_DIMS["context_length"]))
@@ -267,7 +267,7 @@ def caption_vocabulary():
 
 def tokenise_captions(captions, vocabulary):
     """Captions as ids into ``vocabulary`` (the pretraining model's renumbered token table)."""
-    import clip
+    clip = import_clip()
     tokens = clip.tokenize(captions, context_length=TOYCLIP_DIMS["context_length"])
     if not torch.isin(tokens, vocabulary).all():
         raise ValueError("a caption holds a token outside caption_vocabulary()")
@@ -379,7 +379,7 @@ def _pretrain(settings, log):
 @torch.no_grad()
 def pretrain_domain_accuracy(model, seed, per_class=4):
     """Zero-shot accuracy ("a photo of a {}.") over all classes, on images not in the pool."""
-    import clip
+    clip = import_clip()
     correct = total = 0
     for kind_index, kind in enumerate(KINDS):
         names = render.class_names(kind)
