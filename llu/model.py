@@ -28,7 +28,7 @@ import yaml
 from huggingface_hub import ModelHubMixin
 
 from llu import config_files, engine, upstream_keys
-from llu.utils import UserError, atomic_path, load_checkpoint_file, read_json, write_json
+from llu.utils import UserError, atomic_path, dotted_get, dotted_items, load_checkpoint_file, read_json, write_json
 
 EXPORT_FORMAT = "llu-model"  # config.json's "format" of an exported model
 EXPORT_VERSION = 1
@@ -62,25 +62,10 @@ class _ImageFile:
 
 
 # ---------------------------------------------------------------------------------------------
+_ABSENT = object()
+
 # Configs: a run's config.yaml (or the config section of its log.txt, also Dassl's), or an export's
 # settings, merged into this version's defaults.
-
-def _leaves(mapping, prefix=""):
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def _has_key(cfg, dotted_key):
-    node = cfg
-    for part in dotted_key.split("."):
-        if not hasattr(node, "items") or part not in node:
-            return False
-        node = node[part]
-    return not hasattr(node, "items")
-
 
 def _nested(dotted_key, value):
     tree = value
@@ -97,8 +82,8 @@ def config_from_mapping(content):
     load_project()
     cfg = engine.get_cfg_default()
     engine.extend_cfg(cfg)
-    for key, value in _leaves(upstream_keys.translate_mapping(content)):
-        if not _has_key(cfg, key):
+    for key, value in dotted_items(upstream_keys.translate_mapping(content)):
+        if dotted_get(cfg, key, _ABSENT) is _ABSENT:
             continue
         try:
             cfg.merge_from_other_cfg(cfg.__class__(_nested(key, value)))

@@ -17,7 +17,7 @@ import yaml
 
 from llu import config_files, configs, engine, upstream_keys
 from llu.engine.config import SCHEDULE_KEYS, config_differences, describe_differences
-from llu.utils import (UserError, exit_on_user_error, folder_lock, is_writable_dir, log_only, raise_terminated,
+from llu.utils import (UserError, dotted_get, dotted_items, exit_on_user_error, folder_lock, is_writable_dir, log_only, raise_terminated,
                        run_log)
 
 
@@ -39,14 +39,6 @@ def load_project(backend=None):
     _loaded = True
 
 
-def _all_keys(cfg, prefix=""):
-    for k, v in cfg.items():
-        if hasattr(v, "items"):
-            yield from _all_keys(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}"
-
-
 def _merge(cfg, what, merge):
     """Apply a yacs merge, turning its errors into one-line user errors with close key names."""
     try:
@@ -56,18 +48,9 @@ def _merge(cfg, what, merge):
         if "Non-existent" not in message:
             raise UserError(f"{what}: {message}") from None
         key = message.split(":")[-1].strip()
-        close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(key, [key for key, _ in dotted_items(cfg)], n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(f"{what}: unknown config key {key}{hint}") from None
-
-
-def _default(cfg, dotted_key):
-    node = cfg
-    for part in dotted_key.split("."):
-        if not hasattr(node, "items") or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _ints_as_floats(cfg, content, prefix=""):
@@ -78,7 +61,7 @@ def _ints_as_floats(cfg, content, prefix=""):
         full = f"{prefix}{key}"
         if isinstance(value, dict):
             out[key] = _ints_as_floats(cfg, value, full + ".")
-        elif isinstance(_default(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
+        elif isinstance(dotted_get(cfg, full), float) and isinstance(value, int) and not isinstance(value, bool):
             out[key] = float(value)
         else:
             out[key] = value
@@ -89,7 +72,7 @@ def _opts_ints_as_floats(cfg, opts):
     """The trailing KEY VALUE list, likewise: ``TRAINER.LLU.GAMMA 0`` is 0.0."""
     out = list(opts)
     for i in range(0, len(out) - 1, 2):
-        if isinstance(_default(cfg, out[i]), float):
+        if isinstance(dotted_get(cfg, out[i]), float):
             try:
                 value = ast.literal_eval(out[i + 1])
             except (ValueError, SyntaxError):

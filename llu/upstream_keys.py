@@ -4,7 +4,7 @@ place that maps them, so their config files and command lines work here unchange
 ``translate(key, value)`` gives the key and value this project reads, or None for a key that has no
 effect here (said once, with what it did upstream).
 """
-from llu.utils import UserError
+from llu.utils import UserError, dotted_items
 
 # Upstream key -> ours.
 ALIASES = {
@@ -48,7 +48,7 @@ def translate_mapping(content, source="a config file"):
     the one line that refuses a key given both as a value and as a section (``LOSS.T: 1`` beside
     ``TRAINER.PROGRAD.T: {...}``)."""
     out = {}
-    for key, value in _flatten(content):
+    for key, value in dotted_items(content):
         translated = translate(key, value)
         if translated is not None:
             _put(out, *translated, source)
@@ -66,14 +66,6 @@ def _put(tree, dotted_key, value, source):
     if isinstance(node.get(last), dict):
         raise UserError(f"{source}: key {dotted_key} is given both as a section and as a value")
     node[last] = value
-
-
-def _flatten(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def translate_opts(opts):

@@ -210,6 +210,25 @@ def read_json(path):
                         f"{' '.join(str(e).split())[:200]})") from None
 
 
+def dotted_items(mapping, prefix=""):
+    """(``A.B.C``, value) for every leaf of a nested mapping (a dict, or a yacs config, which is one)."""
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from dotted_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def dotted_get(mapping, dotted_key, default=None):
+    """The value at ``A.B.C`` of a nested mapping, or ``default`` where there is none (or it is a section)."""
+    node = mapping
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return default if isinstance(node, dict) else node
+
+
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,16 +16,15 @@ import pytest
 import yaml
 
 from llu import config_files, configs
-from llu.engine.config import CN, DASSL_DEFAULTS, extend_cfg, get_cfg_default
+from llu.utils import dotted_items
+from llu.engine.config import DASSL_DEFAULTS, extend_cfg, get_cfg_default
 
 TRAINER_CONFIGS = sorted(glob.glob(osp.join(configs.ROOT, "trainers", "*", "*.yaml")))
 
 
 def trainer_classes():
     import llu.trainers
-    for module in llu.trainers.TRAINER_MODULES:  # imported for their classes and @config_extension keys
-        importlib.import_module(f"llu.trainers.{module}")
-    return llu.trainers.TRAINERS
+    return llu.trainers.load_all()  # every trainer module: their classes and @config_extension keys
 
 
 def project_defaults():
@@ -86,19 +85,11 @@ def test_a_shipped_config_resolves_alike_on_dassls_defaults(path):
                            f"default differs (built-in, under CoOp's train.py): {differing}; set them in the file")
 
 
-def flat_items(cfg, prefix=""):
-    for key, item in cfg.items():
-        if isinstance(item, CN):
-            yield from flat_items(item, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", item
-
-
 @pytest.mark.skipif(importlib.util.find_spec("dassl") is None, reason="needs Dassl (docs/dassl.md)")
 def test_the_table_holds_exactly_dassls_differing_defaults():
     from dassl.config import get_cfg_default as dassl_cfg_default  # only yacs: no torch, no wilds
-    dassl = dict(flat_items(dassl_cfg_default()))
-    project = dict(flat_items(project_defaults()))
+    dassl = dict(dotted_items(dassl_cfg_default()))
+    project = dict(dotted_items(project_defaults()))
     assert set(DASSL_DEFAULTS) <= set(project) & set(dassl)
     differing = {key: dassl[key] for key in set(project) & set(dassl) if dassl[key] != project[key]}
     assert differing == DASSL_DEFAULTS

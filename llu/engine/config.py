@@ -7,6 +7,8 @@ declared here: each trainer declares its own ``cfg.TRAINER.<NAME>`` node next to
 """
 from yacs.config import CfgNode as CN
 
+from llu.utils import dotted_items
+
 _C = CN()
 _C.VERSION = 1
 _C.OUTPUT_DIR = "./output"
@@ -131,14 +133,6 @@ def config_extension(fn):
     return fn
 
 
-def _leaves(cfg, prefix=""):
-    for key, value in cfg.items():
-        if isinstance(value, CN):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def extend_cfg(cfg):
     """``cfg`` with every key the project's trainers and datasets declare, the same whatever was imported
     before and in whichever order: every declaring module is imported first, and no two declarations
@@ -148,9 +142,9 @@ def extend_cfg(cfg):
     trainers.load_all()
     declared_by = {}
     for name in sorted(CONFIG_EXTENSIONS):
-        before = dict(_leaves(cfg))
+        before = dict(dotted_items(cfg))
         CONFIG_EXTENSIONS[name](cfg)
-        after = dict(_leaves(cfg))
+        after = dict(dotted_items(cfg))
         for key in set(before) | set(after):
             if before.get(key, _UNSET) is after.get(key, _UNSET):
                 continue  # untouched
@@ -180,18 +174,10 @@ SCHEDULE_KEYS = frozenset({
 _ABSENT = object()
 
 
-def _flat(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def config_differences(before, after, ignored=RESULT_NEUTRAL_KEYS):
     """``[(key, value before, value after)]`` where two configs (as the dicts their yaml reads back to)
     differ, keys sorted, ``ignored`` left out; a key one of them lacks has the value ``None``."""
-    before, after = dict(_flat(before)), dict(_flat(after))
+    before, after = dict(dotted_items(before)), dict(dotted_items(after))
     keys = sorted((set(before) | set(after)) - set(ignored))
     return [(key, before.get(key), after.get(key)) for key in keys
             if before.get(key, _ABSENT) != after.get(key, _ABSENT)]

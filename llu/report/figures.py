@@ -9,7 +9,7 @@ import os.path as osp
 
 from llu.utils import atomic_path
 
-from .tables import DISPLAY_NAMES, TRAINER_ORDER, method_labels, ordered, ordered_methods
+from .tables import display_name, method_labels, ordered, ordered_methods, trainer_order
 
 # Paper colours (Figures 2 and 3).
 COLOURS = {"ZeroshotCLIP": "tab:blue", "CoOp": "tab:green", "CoCoOp": "gold", "ProGrad": "tab:cyan",
@@ -82,13 +82,13 @@ def plot_bench(bench, path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     times, spread = bench["step_time_ms"], bench.get("step_time_std_ms", {})
-    for t in ordered(times, TRAINER_ORDER):
+    for t in ordered(times, trainer_order()):
         sizes = sorted(int(b) for b in times[t])
         style = "o" if len(sizes) == 1 else ".-"
         colour = "tab:orange" if t == "CoCoOp" else COLOURS.get(t)
         errors = [spread.get(t, {}).get(str(b), 0.0) for b in sizes]
         ax.errorbar(sizes, [times[t][str(b)] for b in sizes], yerr=errors if any(errors) else None, fmt=style,
-                    color=colour, capsize=2, label=DISPLAY_NAMES.get(t, t))
+                    color=colour, capsize=2, label=display_name(t))
     log2_axis(ax, sorted({int(b) for per_batch in times.values() for b in per_batch}), "batch size")
     ax.set_yscale("log")
     ax.set_ylabel("forward + backward (ms)")

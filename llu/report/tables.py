@@ -11,6 +11,7 @@ Table 4 (ablations): a config whose records declare an ``ablation`` (``TRAINER.L
 in ``configs/trainers/LLU/toy_no_mask.yaml``) is a column of Table 4 beside its default config, not a
 row of Table 1; see ``variant_base``.
 """
+import functools
 import statistics
 from collections import defaultdict
 
@@ -19,13 +20,34 @@ from .render import Row, Stat, Table
 # ---------------------------------------------------------------------------------------------
 # Names and orders used in the tables
 
-DISPLAY_NAMES = {"ZeroshotCLIP": "CLIP", "ZeroshotCLIP2": "CLIP (ensemble)", "CLIP_Adapter": "CLIP Adapter",
-                 "TipAdapter": "Tip-Adapter", "TipAdapterF": "Tip-Adapter-F"}
-TRAINER_ORDER = ["ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "ProGrad", "CLIP_Adapter", "TipAdapter",
-                 "TipAdapterF", "LLU"]
-DATASET_ORDER = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101", "FGVCAircraft",
-                 "SUN397", "DescribableTextures", "EuroSAT", "UCF101", "ImageNetV2", "ImageNetSketch", "ImageNetA",
-                 "ImageNetR", "Shapes", "ShapesSketch", "ShapesNoisy", "Patterns"]
+
+
+@functools.lru_cache(maxsize=None)
+def _registered():
+    """The trainer and dataset classes, whose attributes say each one's name and place in the tables
+    (``display_name``, ``table_order``); imported when a table is built, not with the report."""
+    import llu.datasets
+    import llu.trainers
+    return llu.trainers.load_all(), llu.datasets.load_all()
+
+
+def _in_table_order(classes):
+    placed = sorted((cls.table_order, name) for name, cls in classes.items() if cls.table_order is not None)
+    return [name for _, name in placed]
+
+
+def display_name(trainer):
+    """A trainer's name in the tables (its class's ``display_name``, else its registered name)."""
+    cls = _registered()[0].get(trainer)
+    return (cls.display_name if cls is not None else "") or trainer
+
+
+def trainer_order():
+    return _in_table_order(_registered()[0])
+
+
+def dataset_order():
+    return _in_table_order(_registered()[1])
 # Table 4's column names for the paper's ablations (TRAINER.LLU.ABLATION); others: the name itself.
 ABLATION_LABELS = {"no_cluster": "no cluster", "no_damp": "no damp.", "no_mask": "no mask",
                    "dirac_mask": "Dirac mask", "no_reg": "no reg", "rand_init": "rand. init", "linear": "Linear"}
@@ -85,7 +107,7 @@ def method_labels(methods):
     labels = {}
     for m in methods:
         same_trainer = [o for o in methods if o.trainer == m.trainer]
-        label = DISPLAY_NAMES.get(m.trainer, m.trainer)
+        label = display_name(m.trainer)
         if len({o.cfg for o in same_trainer}) > 1:
             label += f" ({m.cfg})"
         if len({o.backbone for o in same_trainer}) > 1:
@@ -95,8 +117,9 @@ def method_labels(methods):
 
 
 def ordered_methods(methods):
-    rank = {name: i for i, name in enumerate(TRAINER_ORDER)}
-    return sorted(set(methods), key=lambda m: (rank.get(m.trainer, len(TRAINER_ORDER)), m.trainer, m.cfg, m.backbone))
+    order = trainer_order()
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(set(methods), key=lambda m: (rank.get(m.trainer, len(order)), m.trainer, m.cfg, m.backbone))
 
 
 def ablation_name(variant, default):
@@ -161,7 +184,7 @@ def table1(by_dataset, shots):
     methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
     main = [m for m in ordered_methods(methods) if not is_ablation(m, methods)]
     labels = method_labels(main)
-    datasets = ordered(by_dataset, DATASET_ORDER)
+    datasets = ordered(by_dataset, dataset_order())
     cells = {d: {m: base2new_cells(by_dataset[d][m]) for m in main if m in by_dataset[d]} for d in datasets}
     tables = []
     if len(datasets) > 1:
@@ -196,13 +219,13 @@ def table4(by_dataset, shots):
     defaults = {variant_base(m, methods) for m in methods} - {None}
     tables = []
     for default in ordered_methods(defaults):
-        datasets = ordered([d for d in by_dataset if default in by_dataset[d]], DATASET_ORDER)
+        datasets = ordered([d for d in by_dataset if default in by_dataset[d]], dataset_order())
         rows = []
         for label, m in ablation_columns(default, methods):
             pairs = [by_dataset[d].get(m) for d in datasets]
             cells = average_cells([base2new_cells(p) for p in pairs]) if all(pairs) else {}
             rows.append(Row(label, cells, method_json(m, label)))
-        trainer = DISPLAY_NAMES.get(default.trainer, default.trainer)
+        trainer = display_name(default.trainer)
         tables.append(Table("table4", f"{trainer}, config {default.cfg}; average over {len(datasets)} dataset(s), "
                             f"{shots} shots", [("base", "Base"), ("new", "New"), ("h", "Mean (H)"),
                                                ("regularizer", "Regularization")], rows,
@@ -221,7 +244,7 @@ def transfer_tables(transfers, sources, kind, with_average):
         source_accuracy[(r.dataset, r.shots, r.method)].append(r.accuracy)
     tables = []
     for (source, shots), by_method in sorted(grouped.items(), key=lambda item: str(item[0])):
-        targets = ordered({t for per_target in by_method.values() for t in per_target}, DATASET_ORDER)
+        targets = ordered({t for per_target in by_method.values() for t in per_target}, dataset_order())
         labels = method_labels(list(by_method))
         rows = []
         for m in ordered_methods(by_method):
@@ -248,7 +271,7 @@ def all_classes_tables(sources):
         grouped[r.shots][r.method][r.dataset].append(r.accuracy)
     tables = []
     for shots, by_method in sorted(grouped.items()):
-        datasets = ordered({d for per in by_method.values() for d in per}, DATASET_ORDER)
+        datasets = ordered({d for per in by_method.values() for d in per}, dataset_order())
         labels = method_labels(list(by_method))
         rows = [Row(labels[m], {**{d: stat(by_method[m][d]) for d in datasets if d in by_method[m]},
                                 "seeds": max(len(v) for v in by_method[m].values())}, method_json(m, labels[m]))
@@ -283,7 +306,7 @@ def fewshot_table(curves, panel):
 def step_time_table(bench):
     """Figure 3's data: ms per training step by batch size, with the ratio to LLU's."""
     times = bench["step_time_ms"]
-    trainers = ordered(times, TRAINER_ORDER)
+    trainers = ordered(times, trainer_order())
     reference = times.get("LLU", {})
     rows = []
     for b in sorted({int(b) for per_batch in times.values() for b in per_batch}):
@@ -297,5 +320,5 @@ def step_time_table(bench):
                                           f"from {bench['inputs']}" if bench.get("inputs") else "") if part)
     return Table("step_time", f"one training step (forward + backward), ms; ratio to LLU "
                  f"({bench.get('backbone', '?')} on {bench.get('device', '?')}{', ' + setting if setting else ''})",
-                 [(t, DISPLAY_NAMES.get(t, t)) for t in trainers], rows, {"path": bench.get("path")}, best=None)
+                 [(t, display_name(t)) for t in trainers], rows, {"path": bench.get("path")}, best=None)
 

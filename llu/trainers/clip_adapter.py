@@ -58,7 +58,7 @@ def adapted_features(adapter, image_features, ratio):
 class CLIP_Adapter(ClipTrainer):
     published_epochs = staticmethod(coop_epochs)  # the LLU paper runs it with CoOp's epochs by shots
     display_name = "CLIP Adapter"
-    table_order = 5
+    table_order = 11
 
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_ADAPTER

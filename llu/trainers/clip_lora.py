@@ -206,6 +206,8 @@ def lora_problem(backbone):
 
 @trainer
 class CLIP_LoRA(EncoderTrainer):
+    table_order = 8
+    display_name = "CLIP-LoRA"
 
     def build_model(self):
         settings = self.cfg.TRAINER.CLIP_LORA

@@ -50,6 +50,7 @@ def knowledge_guided_loss(text_features, hand_made_text_features):
 
 @trainer
 class KgCoOp(CoOp):
+    table_order = 5
     # The published runs train 100 epochs at batch 128 whatever the shots (vit_b16_ep100_ctxv1.yaml),
     # not CoOp's epochs by shots: the config's MAX_EPOCH stands.
     published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)

@@ -103,6 +103,8 @@ class LinearClassifier(nn.Module):
 
 @trainer
 class LinearProbe(ClipTrainer):
+    table_order = 9
+    display_name = "Linear probe"
     trains_epochs = False  # one fit per C; no epochs
     published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
     names_new_classes = False  # one row per training class: evaluating on other classes is refused

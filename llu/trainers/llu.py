@@ -53,7 +53,7 @@ class LLU(ClipTrainer):
     published_epochs = staticmethod(coop_epochs)  # the paper trains with CoOp's epochs by shots
     # The paper's Table 4, in its order: configs/trainers/LLU/<CFG>_<ablation>.yaml beside each <CFG>.
     ablations = ("no_cluster", "no_damp", "no_mask", "dirac_mask", "no_reg", "rand_init", "linear")
-    table_order = 8
+    table_order = 14
 
     def check_cfg(self, cfg):
         check_llu_config(cfg.TRAINER.LLU)

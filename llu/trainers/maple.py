@@ -64,6 +64,7 @@ class MultiModalPromptLearner(LeadingContextLearner):
 
 @trainer
 class MaPLe(DeepPromptTrainer):
+    table_order = 6
     def build_model(self):
         maple = self.cfg.TRAINER.MAPLE
         learner = MultiModalPromptLearner(self.clip_model, self.classnames, maple.N_CTX, maple.CTX_INIT,

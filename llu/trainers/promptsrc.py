@@ -111,6 +111,7 @@ class VLPromptLearner(LeadingContextLearner):
 
 @trainer
 class PromptSRC(DeepPromptTrainer):
+    table_order = 7
     def build_model(self):
         src = self.cfg.TRAINER.PROMPTSRC
         learner = VLPromptLearner(self.clip_model, self.classnames, src.N_CTX_TEXT, src.N_CTX_VISION, src.CTX_INIT,

@@ -118,7 +118,7 @@ def _some(names, shown=5):
 @trainer
 class TipAdapter(ClipTrainer):
     display_name = "Tip-Adapter"
-    table_order = 6
+    table_order = 12
     learn_keys = False
     trains_epochs = False  # the cache is built and alpha, beta searched; no epochs
     published_epochs = None  # Tip-Adapter-F: its config's epochs for any shots, as published
@@ -275,7 +275,7 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter-F: the keys are fine-tuned (AdamW, cosine schedule), alpha and beta searched after."""
 
     display_name = "Tip-Adapter-F"
-    table_order = 7
+    table_order = 13
     learn_keys = True
     trains_epochs = True
 

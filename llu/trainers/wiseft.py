@@ -91,6 +91,8 @@ class FineTuned(nn.Module):
 
 @trainer
 class WiSEFT(EncoderTrainer):
+    table_order = 10
+    display_name = "WiSE-FT"
     RESULT_EXTRAS = {"wiseft_alpha": float, "wiseft_alpha_curve": dict}
 
     def build_model(self):
