@@ -554,3 +554,23 @@ def test_a_method_missing_some_new_halves_is_still_left_out_with_a_note(base_onl
     assert tip["seeds"] == [1] and tip["cells"]["new"]["mean"] == 60.0
     assert report.json["notes"] == [f"{lonely}: base half without its new half; left out"]
 
+
+def test_figure2_draws_only_the_base_curve_of_a_method_without_new_halves(tmp_path, monkeypatch):
+    from llu.report import figures
+    drawn = []  # (x, y, linestyle) of each line of the figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.extend(
+        (tuple(line.get_xdata()), tuple(line.get_ydata()), line.get_linestyle()) for ax in fig.axes for line in ax.lines))
+    root = str(tmp_path / "tree")
+    for shots, base in {1: 70.0, 16: 90.0}.items():
+        write_pair(root, "Shapes", "CoOp", 1, base - 5, 60.0, shots=shots)
+        write_base_half(root, "Shapes", "LinearProbe", 1, base, shots=shots)
+    report = build_report(root)
+    probe = rows(report, "fewshot", dataset="Shapes")["LinearProbe"]["cells"]
+    assert {shots: (cell["base"]["mean"], cell["new"]) for shots, cell in probe.items()} == \
+        {"1": (70.0, None), "16": (90.0, None)}
+    figure_data = report.markdown.split("## Figure 2 (data)")[1]
+    (line,) = [line for line in figure_data.splitlines() if line.startswith("| LinearProbe")]
+    assert [cell.strip() for cell in line.split("|")[2:-1]] == ["70.00 / -", "90.00 / -"]
+    report.figures["figure2_fewshot.png"](str(tmp_path / "figure2_fewshot.png"))
+    assert sorted(drawn) == sorted([((1, 16), (65.0, 85.0), "-"), ((1, 16), (60.0, 60.0), "--"),  # CoOp's curves
+                                    ((1, 16), (70.0, 90.0), "-")])  # the linear probe's base curve
