@@ -10,6 +10,7 @@ import pytest
 
 from llu.report import build_report, main, write_report
 from llu.report.records import classify, load_record, load_records
+from llu.report.render import csv_text
 from llu.results import ResultsError
 from llu.utils import write_text
 
@@ -478,3 +479,98 @@ def test_the_report_imports_neither_torch_nor_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and result.stdout == "[]\n", result.stderr
+
+
+def write_base_half(root, dataset, trainer, seed, accuracy, shots=16):
+    """The base half of a base-to-new run that has no new half (a trainer whose model names no new classes)."""
+    write_result(root, f"train_base/{dataset}/shots_{shots}/{trainer}/toy/seed{seed}", dataset=dataset,
+                 train_dataset=dataset, trainer=trainer, seed=seed, shots=shots, accuracy=accuracy,
+                 config_files=trainer_file(trainer, "toy"))
+
+
+# The linear probe's base accuracies per seed 1, 2, 3 in the synthetic tree; it has no new halves.
+LINEAR_PROBE = {"Shapes": [95.0, 96.0, 98.0], "Patterns": [75.0, 77.0, 76.0]}
+
+
+@pytest.fixture
+def base_only_tree(base2new_tree):
+    for dataset, accuracies in LINEAR_PROBE.items():
+        for seed, accuracy in enumerate(accuracies, start=1):
+            write_base_half(base2new_tree, dataset, "LinearProbe", seed, accuracy)
+    return base2new_tree
+
+
+def test_a_method_without_any_new_half_gets_its_base_and_no_new_nor_h(base_only_tree):
+    report = build_report(base_only_tree)
+    probe = rows(report, "table1", dataset="Shapes", shots=16)["LinearProbe"]
+    assert probe["cells"]["base"]["mean"] == pytest.approx(sum(LINEAR_PROBE["Shapes"]) / 3)
+    assert probe["cells"]["base"]["std"] == pytest.approx(pstdev(LINEAR_PROBE["Shapes"]))
+    assert probe["cells"]["new"] is None and probe["cells"]["h"] is None  # null in JSON: nothing to compute H of
+    assert probe["cells"]["seeds"] == 3 and probe["seeds"] == [1, 2, 3]  # its base runs
+    assert report.json["notes"] == []  # by design, not a missing evaluation
+    # The other rows are as without it.
+    assert rows(report, "table1", dataset="Shapes", shots=16)["LLU"]["cells"]["h"]["mean"] == \
+        pytest.approx(harmonic(82.0, 72.0))
+
+
+def test_a_method_without_any_new_half_is_a_dash_in_every_format(base_only_tree):
+    import csv
+    report = build_report(base_only_tree)
+    shapes = report.markdown.split("### Shapes (16 shots)")[1].split("###")[0]
+    (line,) = [line for line in shapes.splitlines() if line.startswith("| LinearProbe")]
+    assert [cell.strip() for cell in line.split("|")[2:-1]] == [f"96.33 ± {pstdev(LINEAR_PROBE['Shapes']):.2f}",
+                                                                "-", "-", "3"]
+    latex = report.text("latex").split("% Shapes (16 shots)")[1].split(r"\end{tabular}")[0]
+    (line,) = [line for line in latex.splitlines() if line.startswith("LinearProbe")]
+    assert line.endswith(r" & - & - & 3 \\") and r"\textbf{96.33" in line  # the best base is still bold
+    table = [r for r in csv.DictReader(csv_text(report.tables).splitlines())
+             if r["table"] == "table1" and r["dataset"] == "Shapes" and r["row"] == "LinearProbe"]
+    assert [(r["column"], r["mean"], r["text"]) for r in table[1:]] == [("New", "", "-"), ("H", "", "-"),
+                                                                        ("seeds", "3", "3")]
+    assert float(table[0]["mean"]) == pytest.approx(sum(LINEAR_PROBE["Shapes"]) / 3) and table[0]["n"] == "3"
+
+
+def test_a_method_without_any_new_half_has_a_base_average_over_datasets(base_only_tree):
+    report = build_report(base_only_tree)
+    probe = rows(report, "table1", dataset="Average", shots=16)["LinearProbe"]
+    assert probe["cells"]["base"]["mean"] == pytest.approx((sum(LINEAR_PROBE["Shapes"]) / 3 + 76.0) / 2)
+    assert probe["cells"]["new"] is None and probe["cells"]["h"] is None
+    assert probe["datasets"] == 2
+    # New and H of the average need every dataset's: with new halves in one dataset only, a dash.
+    write_pair(base_only_tree, "Shapes", "KgCoOp", 1, 85.0, 60.0)
+    write_base_half(base_only_tree, "Patterns", "KgCoOp", 1, 65.0)
+    kgcoop = rows(build_report(base_only_tree), "table1", dataset="Average", shots=16)["KgCoOp"]
+    assert kgcoop["cells"]["base"]["mean"] == pytest.approx(75.0)
+    assert kgcoop["cells"]["new"] is None and kgcoop["cells"]["h"] is None
+
+
+def test_a_method_missing_some_new_halves_is_still_left_out_with_a_note(base_only_tree):
+    # Seed 2's new-class evaluation failed: a dash would hide that, so its base half is left out, noted.
+    lonely = write_result(base_only_tree, "train_base/Shapes/shots_16/TipAdapter/toy/seed2", trainer="TipAdapter",
+                          seed=2, accuracy=90.0, config_files=trainer_file("TipAdapter", "toy"))
+    write_pair(base_only_tree, "Shapes", "TipAdapter", 1, 80.0, 60.0)
+    report = build_report(base_only_tree)
+    tip = rows(report, "table1", dataset="Shapes", shots=16)["Tip-Adapter"]
+    assert tip["seeds"] == [1] and tip["cells"]["new"]["mean"] == 60.0
+    assert report.json["notes"] == [f"{lonely}: base half without its new half; left out"]
+
+
+def test_figure2_draws_only_the_base_curve_of_a_method_without_new_halves(tmp_path, monkeypatch):
+    from llu.report import figures
+    drawn = []  # (x, y, linestyle) of each line of the figure
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.extend(
+        (tuple(line.get_xdata()), tuple(line.get_ydata()), line.get_linestyle()) for ax in fig.axes for line in ax.lines))
+    root = str(tmp_path / "tree")
+    for shots, base in {1: 70.0, 16: 90.0}.items():
+        write_pair(root, "Shapes", "CoOp", 1, base - 5, 60.0, shots=shots)
+        write_base_half(root, "Shapes", "LinearProbe", 1, base, shots=shots)
+    report = build_report(root)
+    probe = rows(report, "fewshot", dataset="Shapes")["LinearProbe"]["cells"]
+    assert {shots: (cell["base"]["mean"], cell["new"]) for shots, cell in probe.items()} == \
+        {"1": (70.0, None), "16": (90.0, None)}
+    figure_data = report.markdown.split("## Figure 2 (data)")[1]
+    (line,) = [line for line in figure_data.splitlines() if line.startswith("| LinearProbe")]
+    assert [cell.strip() for cell in line.split("|")[2:-1]] == ["70.00 / -", "90.00 / -"]
+    report.figures["figure2_fewshot.png"](str(tmp_path / "figure2_fewshot.png"))
+    assert sorted(drawn) == sorted([((1, 16), (65.0, 85.0), "-"), ((1, 16), (60.0, 60.0), "--"),  # CoOp's curves
+                                    ((1, 16), (70.0, 90.0), "-")])  # the linear probe's base curve

@@ -68,7 +68,7 @@ class Report:
 
 
 def add_base2new(report, classified):
-    by_shots = base2new_by_shots(classified.base2new)
+    by_shots = base2new_by_shots(classified.base2new, classified.base_only)
     if not by_shots:
         return
     top = max(by_shots)
@@ -83,7 +83,7 @@ def add_base2new(report, classified):
         panel = "Average" if "Average" in curves else next(iter(curves))
         report.add("Figure 2 (data)", [fewshot_table(curves, p) for p in curves], [fewshot_table(curves, panel)])
         report.warnings += uneven_seed_warnings(curves)
-        what = figures.describe([r for pair in classified.base2new for r in pair])
+        what = figures.describe(classified.base2new_records)
         report.figures["figure2_fewshot.png"] = lambda path: figures.plot_fewshot(curves, what, path)
 
 
@@ -138,7 +138,7 @@ def ablation_warnings(classified):
     """One warning per declared ablation whose default config is not clear (``tables.variant_base``): it is
     in no table."""
     warnings = []
-    for shots, by_dataset in sorted(base2new_by_shots(classified.base2new).items()):
+    for shots, by_dataset in sorted(base2new_by_shots(classified.base2new, classified.base_only).items()):
         methods = set().union(*(set(by_method) for by_method in by_dataset.values()))
         for m in sorted(methods, key=lambda m: (m.trainer, m.cfg, m.backbone)):
             if is_ablation(m, methods) and variant_base(m, methods) is None:
@@ -162,7 +162,7 @@ def build_report(root, bench=None):
     add_transfer(report, classified)
     add_bench(report, bench_paths)
     report.warnings += (
-        mixed_weights_warnings([r for pair in classified.base2new for r in pair], "the base-to-new tables")
+        mixed_weights_warnings(classified.base2new_records, "the base-to-new tables")
         + mixed_weights_warnings(classified.cross_dataset + classified.domain_generalization + classified.sources,
                                  "the transfer tables")
         + ablation_warnings(classified))

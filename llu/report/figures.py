@@ -40,7 +40,8 @@ def describe(records):
 
 def plot_fewshot(curves, what, path):
     """Figure 2: accuracy against shots; solid circles base classes, dashed crosses new classes, one
-    colour per method, error bars over seeds; the average over datasets first, then one panel each."""
+    colour per method, error bars over seeds; the average over datasets first, then one panel each.
+    A base-only method (no New) has its base curve only."""
     plt = pyplot()
     panels = list(curves)
     cols = min(3, len(panels))
@@ -55,9 +56,12 @@ def plot_fewshot(curves, what, path):
             seeds = {curves[panel][m][s]["base"].n for s in shots} - {None}
             label = labels[m] + (f" ({max(seeds)} seeds)" if seeds else "")
             for half, style in (("base", "o-"), ("new", "x--")):
-                stats = [curves[panel][m][s][half] for s in shots]
+                points = [s for s in shots if curves[panel][m][s][half] is not None]
+                if not points:
+                    continue
+                stats = [curves[panel][m][s][half] for s in points]
                 errors = [s.std or 0.0 for s in stats]
-                line = ax.errorbar(shots, [s.mean for s in stats], yerr=errors if any(errors) else None, fmt=style,
+                line = ax.errorbar(points, [s.mean for s in stats], yerr=errors if any(errors) else None, fmt=style,
                                    color=colour, capsize=2, markersize=4)
                 if half == "base":
                     handles.setdefault(label, line)

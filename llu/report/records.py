@@ -8,7 +8,11 @@ classified (``classify``):
   dataset by a model trained on that dataset's ``base`` classes, paired with the record on the
   ``new`` classes of the same (dataset, trainer, config, backbone, shots, seed). The ``new`` half
   must come from a model trained on ``base`` (``train_subsample_classes``), or from zero-shot CLIP
-  evaluated directly (no ``model_dir``). Unpaired halves are reported and left out.
+  evaluated directly (no ``model_dir``). A method with base halves and no new half at all at a
+  dataset and shots (a trainer whose model names no new classes by design: the linear probe,
+  Tip-Adapter) is **base-only** there: Table 1 shows its base accuracy and a dash for New and H.
+  Other unpaired halves (a new-class evaluation that failed or has not finished, say) are reported
+  and left out.
 - **transfer**: a record whose ``dataset`` differs from its ``train_dataset`` (a model trained on
   all classes of a source, evaluated on a target). It is **domain generalisation** (Table 3) when
   the target is a known domain-shifted variant of the source (``DOMAIN_VARIANTS``: ImageNetV2,
@@ -159,10 +163,16 @@ def load_records(root):
 @dataclass
 class Classified:
     base2new: list = field(default_factory=list)  # (base record, new record)
+    base_only: list = field(default_factory=list)  # base records of a method with no new half (dataset, shots)
     cross_dataset: list = field(default_factory=list)  # transfer records
     domain_generalization: list = field(default_factory=list)
     sources: list = field(default_factory=list)  # trained and evaluated on all classes of one dataset
     notes: list = field(default_factory=list)
+
+    @property
+    def base2new_records(self):
+        """Every record of the base-to-new tables."""
+        return [r for pair in self.base2new for r in pair] + self.base_only
 
 
 def is_base_half(r):
@@ -200,9 +210,14 @@ def pair_base_to_new(records, out):
     halves = defaultdict(dict)
     for r in records:
         halves[pair_key(r)]["base" if is_base_half(r) else "new"] = r
+    # (method, dataset, shots) with a new half for some seed; the others are base-only. Decided by the
+    # records alone: where only some seeds lack theirs, a dash would hide a failed evaluation.
+    with_new_halves = {key[:3] for key, pair in halves.items() if "new" in pair}
     for key, pair in sorted(halves.items(), key=lambda item: str(item[0])):
         if len(pair) == 2:
             out.base2new.append((pair["base"], pair["new"]))
+        elif key[:3] not in with_new_halves:
+            out.base_only.append(pair["base"])
         else:
             (half, r), = pair.items()
             out.notes.append(f"{r.path}: {half} half without its {'new' if half == 'base' else 'base'} half; left out")

@@ -7,6 +7,11 @@ the per-seed H. Averages over datasets use the per-dataset means and are given o
 that have every dataset of the table. Table 1 and Table 4 are printed for the largest shot count;
 ``tables.json`` holds every shot count.
 
+A base-only method (``records``: no new half at a dataset and shots, such as the linear probe, whose
+model names no new classes) has its Base, and no New nor H (None: "-" in the text formats, null in
+JSON), as CoOp's base-to-new table shows the linear probe; its seeds are its base runs. Its average
+over datasets has a Base where every dataset has it, and New and H only where every dataset has them.
+
 Table 4 (ablations): a config whose records declare an ``ablation`` (``TRAINER.LLU.ABLATION: no_mask``
 in ``configs/trainers/LLU/toy_no_mask.yaml``) is a column of Table 4 beside its default config, not a
 row of Table 1; see ``variant_base``.
@@ -153,25 +158,34 @@ def stat(values):
 
 def base2new_cells(pairs):
     """Base, New and H of one method on one dataset from its (base, new) pairs over seeds; H is of
-    the means, its spread that of the per-seed H."""
-    base, new = stat([b.accuracy for b, _ in pairs]), stat([n.accuracy for _, n in pairs])
+    the means, its spread that of the per-seed H. A base-only method's pairs are (base, None): no
+    New, no H."""
+    base = stat([b.accuracy for b, _ in pairs])
+    regularizer = mean_or_none([b.regularizer for b, _ in pairs])
+    if any(n is None for _, n in pairs):
+        return {"base": base, "new": None, "h": None, "regularizer": regularizer}
+    new = stat([n.accuracy for _, n in pairs])
     per_seed_h = [harmonic_mean(b.accuracy, n.accuracy) for b, n in pairs]
     h = Stat(harmonic_mean(base.mean, new.mean), statistics.pstdev(per_seed_h), len(pairs))
-    return {"base": base, "new": new, "h": h, "regularizer": mean_or_none([b.regularizer for b, _ in pairs])}
+    return {"base": base, "new": new, "h": h, "regularizer": regularizer}
 
 
 def average_cells(per_dataset):
-    """The average over datasets of per-dataset cells (H from the averaged Base and New)."""
+    """The average over datasets of per-dataset cells (H from the averaged Base and New); New and H
+    only where every dataset has a New."""
     base = statistics.fmean(c["base"].mean for c in per_dataset)
+    regularizer = mean_or_none([c["regularizer"] for c in per_dataset])
+    if any(c["new"] is None for c in per_dataset):
+        return {"base": Stat(base), "new": None, "h": None, "regularizer": regularizer}
     new = statistics.fmean(c["new"].mean for c in per_dataset)
-    return {"base": Stat(base), "new": Stat(new), "h": Stat(harmonic_mean(base, new)),
-            "regularizer": mean_or_none([c["regularizer"] for c in per_dataset])}
+    return {"base": Stat(base), "new": Stat(new), "h": Stat(harmonic_mean(base, new)), "regularizer": regularizer}
 
 
-def base2new_by_shots(pairs):
-    """{shots: {dataset: {method: [(base, new) over seeds]}}}."""
+def base2new_by_shots(pairs, base_only=()):
+    """{shots: {dataset: {method: [(base, new) over seeds]}}}; a base-only record (``base_only``) is
+    (base, None)."""
     grouped = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for base, new in pairs:
+    for base, new in list(pairs) + [(r, None) for r in base_only]:
         grouped[base.shots][base.dataset][base.method].append((base, new))
     return grouped
 
@@ -282,7 +296,8 @@ def all_classes_tables(sources):
 
 
 def fewshot_curves(by_shots):
-    """Figure 2's data: {panel ("Average" or a dataset): {method: {shots: {"base": Stat, "new": Stat}}}}."""
+    """Figure 2's data: {panel ("Average" or a dataset): {method: {shots: {"base": Stat, "new": Stat}}}};
+    "new" is None for a base-only method."""
     curves = defaultdict(lambda: defaultdict(dict))
     methods = {(m.trainer, m.cfg, m.backbone): m for by_dataset in by_shots.values() for by_method in
                by_dataset.values() for m in by_method}
