@@ -92,8 +92,8 @@ def read_run_config(path, what="the run's config", section="DATASET"):
             content = load_yaml(f, path)
     except OSError as e:
         raise UserError(f"{path}: {what} cannot be read ({e.strerror})") from None
-    except UserError as e:
-        raise UserError(f"{e} ({what})") from None
+    except UserError as e:  # "<path>: not valid YAML (...)"
+        raise UserError(f"{path}: {what} cannot be read ({str(e).removeprefix(f'{path}: ')})") from None
     if not isinstance(content, dict) or not isinstance(content.get(section), dict):
         raise UserError(f"{path}: not a run's config (no {section} section); is it the folder of an `llu train` run?")
     return content

@@ -502,7 +502,7 @@ def base_only_tree(base2new_tree):
 
 def test_a_method_without_any_new_half_gets_its_base_and_no_new_nor_h(base_only_tree):
     report = build_report(base_only_tree)
-    probe = rows(report, "table1", dataset="Shapes", shots=16)["LinearProbe"]
+    probe = rows(report, "table1", dataset="Shapes", shots=16)["Linear probe"]
     assert probe["cells"]["base"]["mean"] == pytest.approx(sum(LINEAR_PROBE["Shapes"]) / 3)
     assert probe["cells"]["base"]["std"] == pytest.approx(pstdev(LINEAR_PROBE["Shapes"]))
     assert probe["cells"]["new"] is None and probe["cells"]["h"] is None  # null in JSON: nothing to compute H of
@@ -517,14 +517,14 @@ def test_a_method_without_any_new_half_is_a_dash_in_every_format(base_only_tree)
     import csv
     report = build_report(base_only_tree)
     shapes = report.markdown.split("### Shapes (16 shots)")[1].split("###")[0]
-    (line,) = [line for line in shapes.splitlines() if line.startswith("| LinearProbe")]
+    (line,) = [line for line in shapes.splitlines() if line.startswith("| Linear probe")]
     assert [cell.strip() for cell in line.split("|")[2:-1]] == [f"96.33 ± {pstdev(LINEAR_PROBE['Shapes']):.2f}",
                                                                 "-", "-", "3"]
     latex = report.text("latex").split("% Shapes (16 shots)")[1].split(r"\end{tabular}")[0]
-    (line,) = [line for line in latex.splitlines() if line.startswith("LinearProbe")]
+    (line,) = [line for line in latex.splitlines() if line.startswith("Linear probe")]
     assert line.endswith(r" & - & - & 3 \\") and r"\textbf{96.33" in line  # the best base is still bold
     table = [r for r in csv.DictReader(csv_text(report.tables).splitlines())
-             if r["table"] == "table1" and r["dataset"] == "Shapes" and r["row"] == "LinearProbe"]
+             if r["table"] == "table1" and r["dataset"] == "Shapes" and r["row"] == "Linear probe"]
     assert [(r["column"], r["mean"], r["text"]) for r in table[1:]] == [("New", "", "-"), ("H", "", "-"),
                                                                         ("seeds", "3", "3")]
     assert float(table[0]["mean"]) == pytest.approx(sum(LINEAR_PROBE["Shapes"]) / 3) and table[0]["n"] == "3"
@@ -532,7 +532,7 @@ def test_a_method_without_any_new_half_is_a_dash_in_every_format(base_only_tree)
 
 def test_a_method_without_any_new_half_has_a_base_average_over_datasets(base_only_tree):
     report = build_report(base_only_tree)
-    probe = rows(report, "table1", dataset="Average", shots=16)["LinearProbe"]
+    probe = rows(report, "table1", dataset="Average", shots=16)["Linear probe"]
     assert probe["cells"]["base"]["mean"] == pytest.approx((sum(LINEAR_PROBE["Shapes"]) / 3 + 76.0) / 2)
     assert probe["cells"]["new"] is None and probe["cells"]["h"] is None
     assert probe["datasets"] == 2
@@ -565,11 +565,11 @@ def test_figure2_draws_only_the_base_curve_of_a_method_without_new_halves(tmp_pa
         write_pair(root, "Shapes", "CoOp", 1, base - 5, 60.0, shots=shots)
         write_base_half(root, "Shapes", "LinearProbe", 1, base, shots=shots)
     report = build_report(root)
-    probe = rows(report, "fewshot", dataset="Shapes")["LinearProbe"]["cells"]
+    probe = rows(report, "fewshot", dataset="Shapes")["Linear probe"]["cells"]
     assert {shots: (cell["base"]["mean"], cell["new"]) for shots, cell in probe.items()} == \
         {"1": (70.0, None), "16": (90.0, None)}
     figure_data = report.markdown.split("## Figure 2 (data)")[1]
-    (line,) = [line for line in figure_data.splitlines() if line.startswith("| LinearProbe")]
+    (line,) = [line for line in figure_data.splitlines() if line.startswith("| Linear probe")]
     assert [cell.strip() for cell in line.split("|")[2:-1]] == ["70.00 / -", "90.00 / -"]
     report.figures["figure2_fewshot.png"](str(tmp_path / "figure2_fewshot.png"))
     assert sorted(drawn) == sorted([((1, 16), (65.0, 85.0), "-"), ((1, 16), (60.0, 60.0), "--"),  # CoOp's curves
