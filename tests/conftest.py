@@ -60,6 +60,30 @@ def image_folder(tmp_path):
     return str(root)
 
 
+@engine.DATASET_REGISTRY.register(force=True)
+class TestColours(engine.DatasetBase):
+    """``ROOT/colours/<class>/*.png`` (``colours_root``): 4 training and 2 test images per class (val =
+    test); base = blue, green. The trainers' tests build their runs on it (``DATASET.NAME TestColours``)."""
+
+    def __init__(self, cfg):
+        folder = os.path.join(cfg.DATASET.ROOT, "colours")
+        train_x, test = [], []
+        for label, name in enumerate(sorted(os.listdir(folder))):
+            items = [engine.Datum(impath=os.path.join(folder, name, f), label=label, classname=name)
+                     for f in sorted(os.listdir(os.path.join(folder, name)))]
+            train_x += items[:4]
+            test += items[4:]
+        train_x, test = self.subsample_classes(train_x, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        super().__init__(train_x=train_x, val=test, test=test)
+
+
+@pytest.fixture(scope="session")
+def colours_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_image_folder(str(root / "colours"), per_class=6, size=36)
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def shapes_world():
     """The built-in world's data root (pass it as DATASET.ROOT; the backbone is "toy", ToyCLIP's

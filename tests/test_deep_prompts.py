@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from numerics import assert_close
 
-from conftest import TINY_CLIP_DIMS, write_image_folder
+from conftest import TINY_CLIP_DIMS
 from llu import train
 from llu.backbones import load_backbone
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint, set_random_seed
+from llu.engine import build_trainer, load_checkpoint, set_random_seed
 from llu.trainers.deep_prompts import encode_image_deep, encode_text_deep
 from llu.trainers.maple import MultiModalPromptLearner
 from llu.trainers.promptsrc import TEXT_DIVERSITY_TEMPLATES, gpa_weights
@@ -26,29 +26,6 @@ DEEP = {"MaPLe": ["TRAINER.MAPLE.PROMPT_DEPTH", "2"],
         "PromptSRC": ["TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "3", "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "2"]}
 
 
-@DATASET_REGISTRY.register(force=True)
-class DeepPromptColours(DatasetBase):
-    """``ROOT/colours/<class>/*.png``: 4 training and 2 test images per class; base = blue, green."""
-
-    def __init__(self, cfg):
-        folder = os.path.join(cfg.DATASET.ROOT, "colours")
-        train_x, test = [], []
-        for label, name in enumerate(sorted(os.listdir(folder))):
-            items = [Datum(impath=os.path.join(folder, name, f), label=label, classname=name)
-                     for f in sorted(os.listdir(os.path.join(folder, name)))]
-            train_x += items[:4]
-            test += items[4:]
-        train_x, test = self.subsample_classes(train_x, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=test, test=test)
-
-
-@pytest.fixture(scope="module")
-def colours_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_image_folder(str(root / "colours"), per_class=6, size=36)
-    return str(root)
-
-
 @pytest.fixture
 def build(colours_root, tmp_path):
     """A trainer built through train.py's command-line path on ToyCLIP (3 image, 2 text layers)."""
@@ -58,7 +35,7 @@ def build(colours_root, tmp_path):
         args = train.build_parser().parse_args([
             "--root", colours_root, "--trainer", trainer, "--backbone", backbone,
             "--output-dir", str(tmp_path / out), "--transforms", "normalize", "--seed", "1",
-            "DATASET.NAME", "DeepPromptColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
+            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
             "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
             "DATALOADER.TEST.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100", *opts])
         return build_trainer(train.setup_cfg(args))
@@ -309,7 +286,7 @@ def test_upstream_config_keys_load_unchanged(tmp_path, name):
     node = "MAPLE" if name == "MaPLe" else "PROMPTSRC"
     args = train.build_parser().parse_args([
         "--root", str(tmp_path), "--trainer", name, "--config-file", str(config), "--backbone", "toy",
-        "--output-dir", str(tmp_path / "cfg"), "DATASET.NAME", "DeepPromptColours",
+        "--output-dir", str(tmp_path / "cfg"), "DATASET.NAME", "TestColours",
         f"TRAINER.{node}.PREC", "fp32"])
     cfg = train.setup_cfg(args)
     assert cfg.TRAINER.PREC == "fp32" and "PREC" not in cfg.TRAINER[node]

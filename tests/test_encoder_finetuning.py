@@ -12,38 +12,15 @@ import torch.nn.functional as F
 from numerics import assert_close
 
 import clip.model
-from conftest import TINY_CLIP_DIMS, write_image_folder
+from conftest import TINY_CLIP_DIMS
 from llu import train
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint
+from llu.engine import build_trainer, load_checkpoint
 from llu.utils import UserError
 from llu.trainers.clip_lora import LoRAAttention
 from llu.trainers.encoder_finetuning import step_schedule
 from llu.trainers.wiseft import WiSEFT, image_tower_paths
 
 AUGMENTED = ("random_resized_crop", "random_flip", "normalize")
-
-
-@DATASET_REGISTRY.register(force=True)
-class EncoderTestColours(DatasetBase):
-    """``ROOT/colours/<class>/*.png``: 4 training and 2 test images per class; base = blue, green."""
-
-    def __init__(self, cfg):
-        folder = os.path.join(cfg.DATASET.ROOT, "colours")
-        train_x, test = [], []
-        for label, name in enumerate(sorted(os.listdir(folder))):
-            files = sorted(os.listdir(os.path.join(folder, name)))
-            items = [Datum(impath=os.path.join(folder, name, f), label=label, classname=name) for f in files]
-            train_x += items[:4]
-            test += items[4:]
-        train_x, test = self.subsample_classes(train_x, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=test, test=test)
-
-
-@pytest.fixture(scope="module")
-def colours_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_image_folder(str(root / "colours"), per_class=6, size=36)
-    return str(root)
 
 
 @pytest.fixture
@@ -53,7 +30,7 @@ def build(colours_root, tiny_clip_file, tmp_path):
         args = train.build_parser().parse_args([
             "--root", colours_root, "--trainer", trainer, "--backbone", backbone or tiny_clip_file,
             "--output-dir", str(tmp_path / out), "--transforms", *AUGMENTED, "--seed", "1",
-            "DATASET.NAME", "EncoderTestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
+            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
             "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
             "OPTIM.NAME", "adamw", "OPTIM.LR", "1e-2", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100", *opts])
         return build_trainer(train.setup_cfg(args))

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from numerics import assert_close
 
 from llu import train
-from conftest import write_image_folder
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint, set_random_seed
+from llu.engine import build_trainer, load_checkpoint, set_random_seed
 from llu.utils import UserError
 from llu.backbones import load_backbone
 from llu.trainers.coop import PromptLearner, template_context
@@ -19,29 +18,6 @@ from llu.trainers.prograd import project_conflicting_gradient
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHED = ("normalize",)
 AUGMENTED = ("random_resized_crop", "random_flip", "normalize")
-
-
-@DATASET_REGISTRY.register(force=True)
-class PromptTestColours(DatasetBase):
-    """``ROOT/colours/<class>/*.png``: 4 training and 2 test images per class; base = blue, green."""
-
-    def __init__(self, cfg):
-        folder = os.path.join(cfg.DATASET.ROOT, "colours")
-        train_x, test = [], []
-        for label, name in enumerate(sorted(os.listdir(folder))):
-            files = sorted(os.listdir(os.path.join(folder, name)))
-            items = [Datum(impath=os.path.join(folder, name, f), label=label, classname=name) for f in files]
-            train_x += items[:4]
-            test += items[4:]
-        train_x, test = self.subsample_classes(train_x, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=test, test=test)
-
-
-@pytest.fixture(scope="module")
-def colours_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_image_folder(str(root / "colours"), per_class=6, size=36)
-    return str(root)
 
 
 @pytest.fixture
@@ -53,7 +29,7 @@ def build(colours_root, tiny_clip_file, tmp_path):
         args = train.build_parser().parse_args([
             "--root", colours_root, "--trainer", trainer, "--backbone", tiny_clip_file,
             "--output-dir", str(tmp_path / out), "--transforms", *transforms, "--seed", "1",
-            "DATASET.NAME", "PromptTestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
+            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
             "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
             "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100",
             "TRAINER.COOP.N_CTX", "4", "TRAINER.COCOOP.N_CTX", "4", *opts])
