@@ -84,6 +84,35 @@ def colours_root(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture
+def run_train(image_folder, tiny_clip_file, tmp_path, monkeypatch, capsys):
+    """train.py in this process on the 4-colour image folder (``image_folder``), quick settings:
+    ``run_train(trainer, out, *opts, flags=(), config="vit_b16", backbone=tiny_clip_file)`` returns
+    (exit status, stderr, stdout)."""
+    from llu import train
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+
+    def _run(trainer, out, *opts, flags=(), config="vit_b16", backbone=None):
+        args = ["--root", os.path.dirname(image_folder), "--trainer", trainer,
+                "--dataset-config-file", "configs/datasets/imagefolder.yaml",
+                "--config-file", f"configs/trainers/{trainer}/{config}.yaml", "--backbone", backbone or tiny_clip_file,
+                "--output-dir", str(out), "--seed", "1", *flags, "DATASET.IMAGEFOLDER.DIR", os.path.basename(image_folder),
+                "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "FEATURES.AUG_VIEWS", "1",
+                "DATALOADER.NUM_WORKERS", "0", "TRAINER.COOP.N_CTX", "4", *opts]
+        capsys.readouterr()
+        try:
+            train.cli(args)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        captured = capsys.readouterr()
+        return code, captured.err, captured.out
+
+    return _run
+
+
 @pytest.fixture(scope="session")
 def shapes_world():
     """The built-in world's data root (pass it as DATASET.ROOT; the backbone is "toy", ToyCLIP's

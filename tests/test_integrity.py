@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 
-from llu import train
 from llu.trainers import clip_common
 from llu.utils import UserError
 
@@ -17,27 +16,10 @@ TINY_TOWERS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, n
 
 
 @pytest.fixture
-def run(image_folder, tmp_path, monkeypatch, capsys):
+def run(run_train):
     """train.py in this process on the 4-colour image folder: returns (exit status, stderr, stdout)."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
-
     def _run(out, *opts, backbone, trainer="LLU", flags=()):
-        args = ["--root", os.path.dirname(image_folder), "--trainer", trainer,
-                "--dataset-config-file", "configs/datasets/imagefolder.yaml",
-                "--config-file", f"configs/trainers/{trainer}/vit_b16.yaml", "--backbone", backbone,
-                "--output-dir", str(out), "--seed", "1", *flags, "DATASET.IMAGEFOLDER.DIR",
-                os.path.basename(image_folder), "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2",
-                "FEATURES.AUG_VIEWS", "1", "TRAINER.COOP.N_CTX", "4", "DATALOADER.NUM_WORKERS", "0", *opts]
-        capsys.readouterr()
-        try:
-            train.cli(args)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        return code, captured.err, captured.out
-
+        return run_train(trainer, out, *opts, flags=flags, backbone=backbone)
     return _run
 
 

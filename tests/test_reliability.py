@@ -11,35 +11,15 @@ import time
 import pytest
 import torch
 
-from llu import train
 from llu.utils import UserError, folder_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def run(image_folder, tiny_clip_file, tmp_path, monkeypatch, capsys):
+def run(run_train):
     """train.py in this process on the 4-colour image folder: returns (exit status, stderr, stdout)."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
-
-    def _run(trainer, out, *opts, flags=(), config="vit_b16"):
-        args = ["--root", os.path.dirname(image_folder), "--trainer", trainer,
-                "--dataset-config-file", "configs/datasets/imagefolder.yaml",
-                "--config-file", f"configs/trainers/{trainer}/{config}.yaml", "--backbone", tiny_clip_file,
-                "--output-dir", str(out), "--seed", "1", *flags, "DATASET.IMAGEFOLDER.DIR", os.path.basename(image_folder),
-                "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "FEATURES.AUG_VIEWS", "1",
-                "DATALOADER.NUM_WORKERS", "0", "TRAINER.COOP.N_CTX", "4", *opts]
-        capsys.readouterr()
-        try:
-            train.cli(args)
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        captured = capsys.readouterr()
-        return code, captured.err, captured.out
-
-    return _run
+    return run_train
 
 
 def one_error_line(err):
@@ -426,7 +406,6 @@ def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_c
 KILLING_DRIVER = """
 import json, os, shutil, signal, sys
 sys.path.insert(0, os.getcwd())
-from llu import train
 
 data, args_template = sys.argv[1], sys.argv[2:]
 real_replace = os.replace
