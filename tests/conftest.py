@@ -113,6 +113,19 @@ def run_train(image_folder, tiny_clip_file, tmp_path, monkeypatch, capsys):
     return _run
 
 
+def stop_after_epoch(monkeypatch, epoch):
+    """Make a run stop (as Ctrl-C does) right after its ``epoch``-th epoch, to be resumed."""
+    from llu.trainers import clip_common
+    after_epoch = clip_common.ClipTrainer.after_epoch
+
+    def stopping(self):
+        after_epoch(self)
+        if self.epoch + 1 == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(clip_common.ClipTrainer, "after_epoch", stopping)
+
+
 @pytest.fixture(scope="session")
 def shapes_world():
     """The built-in world's data root (pass it as DATASET.ROOT; the backbone is "toy", ToyCLIP's

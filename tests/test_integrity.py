@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import stop_after_epoch
 import torch
 import yaml
 
@@ -98,22 +99,13 @@ def test_the_saved_config_is_the_config_that_ran(which, odd_backbones, run, tmp_
 # ---------------------------------------------------------------------------------------------
 # A resumed run is the run it says it is
 
-def _stop_after_epoch(monkeypatch, epoch):
-    after_epoch = clip_common.ClipTrainer.after_epoch
-
-    def stopping(self):
-        after_epoch(self)
-        if self.epoch + 1 == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(clip_common.ClipTrainer, "after_epoch", stopping)
 
 
 @pytest.fixture
 def cut_run(run, tiny_clip_file, tmp_path, monkeypatch):
     """An LLU run of 4 epochs interrupted after its second (checkpointed): its folder."""
     with monkeypatch.context() as patch:
-        _stop_after_epoch(patch, 2)
+        stop_after_epoch(patch, 2)
         code, err, _ = run(tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2",
                            backbone=tiny_clip_file)
     assert code == 130, err

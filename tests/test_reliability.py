@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import stop_after_epoch
 import torch
 
 from llu.utils import UserError, folder_lock
@@ -99,16 +100,6 @@ def test_a_diverged_run_stops_with_one_line_and_records_nothing(run, tmp_path, t
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def _stop_after_epoch(monkeypatch, epoch):
-    from llu.trainers import clip_common
-    after_epoch = clip_common.ClipTrainer.after_epoch
-
-    def stopping(self):
-        after_epoch(self)
-        if self.epoch + 1 == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(clip_common.ClipTrainer, "after_epoch", stopping)
 
 
 @pytest.mark.parametrize("trainer", ["CoOp", "LLU"])
@@ -116,7 +107,7 @@ def test_a_resumed_run_gives_the_uninterrupted_runs_numbers(run, tmp_path, monke
     options = ("OPTIM.MAX_EPOCH", "6", "TRAIN.CHECKPOINT_FREQ", "2", "OPTIM.LR", "0.5")
     assert run(trainer, tmp_path / "whole", *options)[0] == 0
     with monkeypatch.context() as patch:
-        _stop_after_epoch(patch, 4)
+        stop_after_epoch(patch, 4)
         assert run(trainer, tmp_path / "cut", *options)[0] == 130
     assert not (tmp_path / "cut" / "results.json").exists()
     code, _, out = run(trainer, tmp_path / "cut", *options, flags=("--resume", str(tmp_path / "cut")))
@@ -128,7 +119,7 @@ def test_a_resumed_run_gives_the_uninterrupted_runs_numbers(run, tmp_path, monke
 
 def test_resuming_with_another_learning_rate_says_the_checkpoints_wins(run, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
-        _stop_after_epoch(patch, 2)
+        stop_after_epoch(patch, 2)
         run("LLU", tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "TRAIN.CHECKPOINT_FREQ", "2")
     _, _, out = run("LLU", tmp_path / "cut", "OPTIM.MAX_EPOCH", "4", "OPTIM.LR", "0.05",
                     flags=("--resume", str(tmp_path / "cut"), "--resume-with-new-schedule"))
