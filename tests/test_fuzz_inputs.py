@@ -321,3 +321,36 @@ def test_open_clip_model_configs_are_checked_or_refused_with_one_line(folder, da
     path = folder / "model.json"
     path.write_bytes(content)
     read_or_refuse(check_model_config, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json, as the report reads it
+
+VALID_RESULTS = {
+    "schema_version": 2, "ablation": "", "dataset": "Shapes", "trainer": "LLU", "backbone": "toy", "seed": 1,
+    "shots": 16, "subsample_classes": "base", "eval_split": "test", "accuracy": 50.0, "error": 50.0,
+    "macro_f1": 50.0, "num_classes": 2, "per_class_accuracy": {"circle": 50.0, "square": 50.0},
+    "config_files": {"dataset": "configs/datasets/shapes.yaml", "trainer": "configs/trainers/LLU/toy.yaml"},
+    "elapsed_seconds": 1.0, "train_dataset": "Shapes", "train_subsample_classes": "base", "model_dir": "",
+    "llu_regularizer": 1e-4, "provenance": {"gpu": None, "threads": 1}}
+
+results_bytes = st.one_of(
+    mutations(json.dumps(VALID_RESULTS).encode()),
+    one_field_replaced(VALID_RESULTS).map(lambda tree: json.dumps(tree).encode()),
+    st.integers(1, 200000).map(lambda depth: nested(depth).encode()),
+)
+
+
+@given(content=results_bytes)
+def test_results_files_are_read_or_refused_with_one_line(folder, content):
+    from llu.results import RunResults
+    path = folder / "results.json"
+    path.write_bytes(content)
+    read_or_refuse(RunResults.from_json, str(path))
+
+
+def test_the_valid_results_example_reads(folder):
+    from llu.results import RunResults
+    path = folder / "results.json"
+    path.write_text(json.dumps(VALID_RESULTS))
+    assert RunResults.from_json(str(path)).accuracy == 50.0
