@@ -91,6 +91,17 @@ def test_cache_second_get_runs_no_encoder_pass(cache_setup):
     assert torch.allclose(features.norm(dim=-1), torch.ones(len(data)))
 
 
+def test_features_cached_under_other_cpu_kernels_are_not_served(cache_setup, monkeypatch):
+    cfg, model, data = cache_setup
+    transform = build_transform(cfg, is_train=False)
+    FeatureCache(cfg, model, "cpu").get(data, transform)
+    other = torch.backends.cpu.get_cpu_capability() + "-other"  # as ATEN_CPU_CAPABILITY would choose
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: other)
+    elsewhere = FeatureCache(cfg, model, "cpu")
+    elsewhere.get(data, transform)
+    assert elsewhere.encoder_passes == len(data)
+
+
 def test_each_image_is_encoded_once_whatever_list_it_comes_in(cache_setup):
     cfg, model, data = cache_setup
     test_tf, train_tf = build_transform(cfg, is_train=False), build_transform(cfg, is_train=True)

@@ -98,7 +98,8 @@ class FeatureCache:
 
     def namespace(self, transform, view):
         description = {"version": VERSION, "weights_sha256": self.clip_model.identity,
-                       "dtype": str(self.clip_model.dtype), "transform": describe_transform(transform), "view": view}
+                       "dtype": str(self.clip_model.dtype), "transform": describe_transform(transform), "view": view,
+                       "kernels": kernel_family(self.device)}
         digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:24]
         return osp.join(self.directory, digest), description
 
@@ -249,6 +250,16 @@ def folder_bytes(folder):
         except OSError:
             pass
     return total
+
+
+def kernel_family(device):
+    """What computes the encoder's float bits: the GPU's name, or the CPU kernels torch dispatches to
+    (``ATEN_CPU_CAPABILITY`` can choose others on one machine). Features cached under other kernels
+    differ in the last bits, so they are not served: a run's features are those its own kernels give."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu:{torch.backends.cpu.get_cpu_capability()}"
 
 
 def namespaces(directory):
