@@ -165,6 +165,9 @@ def _trainer_class(name):
     if not (isinstance(trainer_class, type) and issubclass(trainer_class, ClipTrainer)):
         raise UserError(f"TRAINER.NAME {name!r}: not one of this project's trainers ({', '.join(TRAINERS)}); "
                         f"it cannot be loaded to predict")
+    if not trainer_class.predicts:
+        raise UserError(f"{name}: llu.load / llu predict / llu export do not support this trainer yet (its image "
+                        f"features or logits are its own); evaluate its runs with `llu train --eval-only --model-dir`")
     return trainer_class
 
 

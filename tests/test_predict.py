@@ -225,3 +225,14 @@ def test_every_trainer_predicts_what_its_evaluation_recorded(trainer, shapes_wor
         code, records = predict_cli(tmp_path, tmp_path / "base", paths, classnames)
         assert code == 0
         assert accuracy(records, truth) == recorded["accuracy"], (trainer, subsample)
+
+
+@pytest.mark.parametrize("trainer", ["LinearProbe", "MaPLe", "PromptSRC", "CLIP_LoRA", "WiSEFT"])
+def test_trainers_whose_prediction_is_not_written_are_refused_not_silently_zero_shot(trainer, tmp_path):
+    from llu.utils import UserError
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"TRAINER:\n  NAME: {trainer}\nMODEL:\n  BACKBONE:\n    NAME: toy\n"
+                                     f"DATASET:\n  NAME: Shapes\n")
+    with pytest.raises(UserError, match=f"{trainer}: llu.load / llu predict / llu export do not support"):
+        llu.load(str(run))

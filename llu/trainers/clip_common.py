@@ -123,6 +123,7 @@ class ClipTrainer(TrainerX):
     learns = True  # False: nothing is learned, so evaluating without --model-dir is the method itself
     trains_epochs = True  # False: ``train`` runs no epoch loop, so OPTIM.MAX_EPOCH is not read
     names_new_classes = True  # False: a trained model scores its training classes only (no new-class evaluation)
+    predicts = True  # False: llu.load cannot rebuild its prediction (class_features / class_logits) yet
     display_name = ""  # its name in the paper's tables ("": the class name)
     table_order = None  # its place in the tables (the paper's order); None: after those that have one, by name
 

@@ -174,6 +174,7 @@ class DeepPromptTrainer(PromptTrainer):
     classes, so that a model trained on base classes is evaluated on new ones."""
 
     published_epochs = None  # the published epochs stand whatever the shots
+    predicts = False  # the prompts change the image features: llu.load's cached-feature path would be wrong
 
     def trains_on_features(self):
         return False

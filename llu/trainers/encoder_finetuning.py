@@ -94,6 +94,7 @@ class EncoderTrainer(ClipTrainer):
     ``logits(image_features, text_features)``, ``eval_text_features`` and ``tuned_image_state``."""
 
     published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
+    predicts = False  # the encoder's weights change: llu.load's frozen-encoder path would be wrong
     max_grad_norm = 0.0  # > 0: the gradients' global norm is clipped to it before each step
 
     @classmethod

@@ -107,6 +107,7 @@ class LinearProbe(ClipTrainer):
     display_name = "Linear probe"
     trains_epochs = False  # one fit per C; no epochs
     published_epochs = None  # its config's epochs for any shots, as published (not CoOp's schedule)
+    predicts = False  # its logits are the probe's, not written for llu.load yet
     names_new_classes = False  # one row per training class: evaluating on other classes is refused
 
     def build_model(self):
