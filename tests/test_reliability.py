@@ -397,6 +397,7 @@ def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path, tiny_c
 KILLING_DRIVER = """
 import json, os, shutil, signal, sys
 sys.path.insert(0, os.getcwd())
+from llu import train
 
 data, args_template = sys.argv[1], sys.argv[2:]
 real_replace = os.replace
