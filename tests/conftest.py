@@ -62,19 +62,28 @@ def image_folder(tmp_path):
 
 @engine.DATASET_REGISTRY.register(force=True)
 class TestColours(engine.DatasetBase):
-    """``ROOT/colours/<class>/*.png`` (``colours_root``): 4 training and 2 test images per class (val =
-    test); base = blue, green. The trainers' tests build their runs on it (``DATASET.NAME TestColours``)."""
+    """``ROOT/colours/<class>/*.png`` (``colours_root``): 4 training images per class, then
+    ``val_images`` val images (0: the val split is the test split), the rest test; base = blue, green.
+    The trainers' tests build their runs on it (``DATASET.NAME TestColours``)."""
+    val_images = 0
+    __test__ = False  # a dataset, not a test class, where a test module imports it
 
     def __init__(self, cfg):
         folder = os.path.join(cfg.DATASET.ROOT, "colours")
-        train_x, test = [], []
+        train_x, val, test = [], [], []
         for label, name in enumerate(sorted(os.listdir(folder))):
             items = [engine.Datum(impath=os.path.join(folder, name, f), label=label, classname=name)
                      for f in sorted(os.listdir(os.path.join(folder, name)))]
             train_x += items[:4]
-            test += items[4:]
-        train_x, test = self.subsample_classes(train_x, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=test, test=test)
+            val += items[4:4 + self.val_images]
+            test += items[4 + self.val_images:]
+        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
+        if self.val_images:
+            train_x, val, test = self.subsample_classes(train_x, val, test, subsample=subsample)
+        else:
+            train_x, test = self.subsample_classes(train_x, test, subsample=subsample)
+            val = test
+        super().__init__(train_x=train_x, val=val, test=test)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_image_folder
+from conftest import TestColours, write_image_folder
 from numerics import assert_close
 
 from llu import train
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint
+from llu.engine import DATASET_REGISTRY, build_trainer, load_checkpoint
 from llu.trainers import coop, kgcoop
 from llu.trainers.kgcoop import knowledge_guided_loss
 
@@ -20,20 +20,9 @@ PETS_TEMPLATE = "a photo of a {}, a type of pet."
 
 
 @DATASET_REGISTRY.register(force=True)
-class SotaTestColours(DatasetBase):
-    """``ROOT/colours/<class>/*.png``: 4 training, 2 val and 2 test images per class; base = blue, green."""
-
-    def __init__(self, cfg):
-        folder = os.path.join(cfg.DATASET.ROOT, "colours")
-        train_x, val, test = [], [], []
-        for label, name in enumerate(sorted(os.listdir(folder))):
-            files = sorted(os.listdir(os.path.join(folder, name)))
-            items = [Datum(impath=os.path.join(folder, name, f), label=label, classname=name) for f in files]
-            train_x += items[:4]
-            val += items[4:6]
-            test += items[6:]
-        train_x, val, test = self.subsample_classes(train_x, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=val, test=test)
+class SotaTestColours(TestColours):
+    """4 training, 2 val and 2 test images per class (the linear probe searches C on val)."""
+    val_images = 2
 
 
 @pytest.fixture(scope="module")
