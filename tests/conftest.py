@@ -86,11 +86,41 @@ class TestColours(engine.DatasetBase):
         super().__init__(train_x=train_x, val=val, test=test)
 
 
+@engine.DATASET_REGISTRY.register(force=True)
+class TestColoursWithVal(TestColours):
+    """On ``colours_root_with_val``: 4 training, 2 val and 2 test images per class."""
+    val_images = 2
+
+
 @pytest.fixture(scope="session")
 def colours_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     write_image_folder(str(root / "colours"), per_class=6, size=36)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def colours_root_with_val(tmp_path_factory):
+    """As ``colours_root`` with 8 images per class: 4 training, 2 val (``val_images = 2``), 2 test."""
+    root = tmp_path_factory.mktemp("data")
+    write_image_folder(str(root / "colours"), per_class=8, size=36)
+    return str(root)
+
+
+def build_test_trainer(trainer, root, backbone, output_dir, *opts, dataset="TestColours", transforms=("normalize",),
+                       config_file=None):
+    """A trainer built through train.py's command-line path with the tests' quick settings (32-pixel
+    inputs, fp32, training batches of 4, seed 1); ``opts`` are trailing config overrides.
+    ``transforms=None`` and ``config_file=None`` leave those flags out."""
+    from llu import train
+    torch.manual_seed(0)
+    args = train.build_parser().parse_args([
+        "--root", root, "--trainer", trainer, "--backbone", backbone, "--output-dir", str(output_dir),
+        *(["--config-file", config_file] if config_file else []),
+        *(["--transforms", *transforms] if transforms else []), "--seed", "1",  # --transforms takes a list
+        "DATASET.NAME", dataset, "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
+        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "100", *opts])
+    return engine.build_trainer(train.setup_cfg(args))
 
 
 @pytest.fixture

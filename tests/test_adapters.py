@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from llu import train
-from conftest import write_image_folder
+from conftest import build_test_trainer
 from numerics import assert_close
-from llu.engine import DATASET_REGISTRY, DatasetBase, Datum, build_trainer, load_checkpoint
+from llu.engine import build_trainer, load_checkpoint
 from llu.utils import UserError
 from llu.trainers.clip_adapter import Adapter, adapted_features
 from llu.datasets import ENSEMBLE_TEMPLATES
@@ -19,67 +19,21 @@ from llu.trainers.clip_common import encode_class_texts
 from llu.trainers.tip_adapter import CacheModel, search_alpha_beta, search_grid, text_templates
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = {"train": slice(0, 4), "val": slice(4, 6), "test": slice(6, 8)}
-
-
-def _colour_splits(cfg):
-    folder = os.path.join(cfg.DATASET.ROOT, "colours")
-    splits = {name: [] for name in SPLITS}
-    for label, classname in enumerate(sorted(os.listdir(folder))):
-        files = sorted(os.listdir(os.path.join(folder, classname)))
-        for name, part in SPLITS.items():
-            splits[name] += [Datum(impath=os.path.join(folder, classname, f), label=label, classname=classname)
-                             for f in files[part]]
-    return splits
-
-
-@DATASET_REGISTRY.register(force=True)
-class AdapterTestColours(DatasetBase):
-    """``ROOT/colours/<class>/*.png``: 4 train, 2 val, 2 test images per class; base = blue, green."""
-
-    def __init__(self, cfg):
-        s = _colour_splits(cfg)
-        train_x, val, test = self.subsample_classes(s["train"], s["val"], s["test"],
-                                                    subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train_x, val=val, test=test)
-
-
-@DATASET_REGISTRY.register(force=True)
-class AdapterTestColoursValIsTest(DatasetBase):
-    """The same images with ImageNet's convention in CoOp: the val split is the test split."""
-
-    def __init__(self, cfg):
-        s = _colour_splits(cfg)
-        super().__init__(train_x=s["train"], val=s["test"], test=s["test"])
-
-
-@pytest.fixture(scope="module")
-def colours_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_image_folder(str(root / "colours"), per_class=8, size=36)
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def features_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("features"))  # keyed by content, so tests may share it
 
 
 @pytest.fixture
-def build(colours_root, tiny_clip_file, features_dir, tmp_path):
+def build(colours_root_with_val, tiny_clip_file, features_dir, tmp_path):
     """Build a trainer from its real config file through train.py's command-line path."""
 
-    def _build(trainer, *opts, out="out", dataset="AdapterTestColours"):
-        torch.manual_seed(0)
+    def _build(trainer, *opts, out="out", dataset="TestColoursWithVal"):
         config = os.path.join(REPO, "configs", "trainers", trainer, "vit_b16.yaml")
-        args = train.build_parser().parse_args([
-            "--root", colours_root, "--trainer", trainer, "--backbone", tiny_clip_file,
-            "--output-dir", str(tmp_path / out), "--seed", "1",
-            *(["--config-file", config] if os.path.isfile(config) else []),
-            "DATASET.NAME", dataset, "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
-            "FEATURES.CACHE_DIR", features_dir, "FEATURES.AUG_VIEWS", "2", "DATALOADER.NUM_WORKERS", "0",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "100", *opts])
-        return build_trainer(train.setup_cfg(args))
+        return build_test_trainer(trainer, colours_root_with_val, tiny_clip_file, tmp_path / out,
+                                  "FEATURES.CACHE_DIR", features_dir, "FEATURES.AUG_VIEWS", "2",
+                                  "DATALOADER.NUM_WORKERS", "0", *opts, dataset=dataset, transforms=None,
+                                  config_file=config if os.path.isfile(config) else None)
 
     return _build
 
@@ -257,11 +211,11 @@ def test_search_reads_val_never_test_and_picks_the_best_on_val(build, monkeypatc
 
 
 def test_val_split_that_is_the_test_split_is_refused(build):
-    trainer = build("TipAdapter", "TEST.NO_TEST", "True", dataset="AdapterTestColoursValIsTest")
+    trainer = build("TipAdapter", "TEST.NO_TEST", "True", dataset="TestColours")
     with pytest.raises(UserError, match="shares images with its test split.*SEARCH False"):
         trainer.train()
     build("TipAdapter", "TEST.NO_TEST", "True", "TRAINER.TIP_ADAPTER.SEARCH", "False",
-          dataset="AdapterTestColoursValIsTest").train()
+          dataset="TestColours").train()
 
 
 @pytest.mark.parametrize("name", ["TipAdapter", "TipAdapterF"])

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from numerics import assert_close
 
-from conftest import TINY_CLIP_DIMS
+from conftest import TINY_CLIP_DIMS, build_test_trainer
 from llu import train
 from llu.backbones import load_backbone
 from llu.engine import build_trainer, load_checkpoint, set_random_seed
@@ -31,14 +31,9 @@ def build(colours_root, tmp_path):
     """A trainer built through train.py's command-line path on ToyCLIP (3 image, 2 text layers)."""
 
     def _build(trainer, *opts, out="out", backbone="toy"):
-        torch.manual_seed(0)
-        args = train.build_parser().parse_args([
-            "--root", colours_root, "--trainer", trainer, "--backbone", backbone,
-            "--output-dir", str(tmp_path / out), "--transforms", "normalize", "--seed", "1",
-            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
-            "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "DATALOADER.TEST.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100", *opts])
-        return build_trainer(train.setup_cfg(args))
+        return build_test_trainer(trainer, colours_root, backbone, tmp_path / out,
+                                  "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TEST.BATCH_SIZE", "8",
+                                  "OPTIM.MAX_EPOCH", "1", *opts)
 
     return _build
 

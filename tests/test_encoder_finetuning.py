@@ -8,13 +8,12 @@ import os
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from numerics import assert_close
 
 import clip.model
-from conftest import TINY_CLIP_DIMS
+from conftest import TINY_CLIP_DIMS, build_test_trainer
 from llu import train
-from llu.engine import build_trainer, load_checkpoint
+from llu.engine import load_checkpoint
 from llu.utils import UserError
 from llu.trainers.clip_lora import LoRAAttention
 from llu.trainers.encoder_finetuning import step_schedule
@@ -26,14 +25,9 @@ AUGMENTED = ("random_resized_crop", "random_flip", "normalize")
 @pytest.fixture
 def build(colours_root, tiny_clip_file, tmp_path):
     def _build(trainer, *opts, out="out", backbone=None):
-        torch.manual_seed(0)
-        args = train.build_parser().parse_args([
-            "--root", colours_root, "--trainer", trainer, "--backbone", backbone or tiny_clip_file,
-            "--output-dir", str(tmp_path / out), "--transforms", *AUGMENTED, "--seed", "1",
-            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
-            "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "OPTIM.NAME", "adamw", "OPTIM.LR", "1e-2", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100", *opts])
-        return build_trainer(train.setup_cfg(args))
+        return build_test_trainer(trainer, colours_root, backbone or tiny_clip_file, tmp_path / out,
+                                  "FEATURES.CACHE_DIR", str(tmp_path / "features"), "OPTIM.NAME", "adamw",
+                                  "OPTIM.LR", "1e-2", "OPTIM.MAX_EPOCH", "1", *opts, transforms=AUGMENTED)
 
     return _build
 

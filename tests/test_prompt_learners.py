@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_test_trainer
 from numerics import assert_close
 
 from llu import train
@@ -25,15 +26,10 @@ def build(colours_root, tiny_clip_file, tmp_path):
     """Build a trainer through train.py's command-line path on the colours dataset."""
 
     def _build(trainer, *opts, transforms=CACHED, out="out"):
-        torch.manual_seed(0)
-        args = train.build_parser().parse_args([
-            "--root", colours_root, "--trainer", trainer, "--backbone", tiny_clip_file,
-            "--output-dir", str(tmp_path / out), "--transforms", *transforms, "--seed", "1",
-            "DATASET.NAME", "TestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
-            "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100",
-            "TRAINER.COOP.N_CTX", "4", "TRAINER.COCOOP.N_CTX", "4", *opts])
-        return build_trainer(train.setup_cfg(args))
+        return build_test_trainer(trainer, colours_root, tiny_clip_file, tmp_path / out,
+                                  "FEATURES.CACHE_DIR", str(tmp_path / "features"), "OPTIM.MAX_EPOCH", "1",
+                                  "TRAINER.COOP.N_CTX", "4", "TRAINER.COCOOP.N_CTX", "4", *opts,
+                                  transforms=transforms)
 
     return _build
 

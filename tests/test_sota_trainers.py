@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TestColours, write_image_folder
+from conftest import build_test_trainer
 from numerics import assert_close
 
 from llu import train
-from llu.engine import DATASET_REGISTRY, build_trainer, load_checkpoint
+from llu.engine import build_trainer, load_checkpoint
 from llu.trainers import coop, kgcoop
 from llu.trainers.kgcoop import knowledge_guided_loss
 
@@ -19,32 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PETS_TEMPLATE = "a photo of a {}, a type of pet."
 
 
-@DATASET_REGISTRY.register(force=True)
-class SotaTestColours(TestColours):
-    """4 training, 2 val and 2 test images per class (the linear probe searches C on val)."""
-    val_images = 2
-
-
-@pytest.fixture(scope="module")
-def colours_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_image_folder(str(root / "colours"), per_class=8, size=36)
-    return str(root)
-
-
 @pytest.fixture
-def build(colours_root, tiny_clip_file, tmp_path):
+def build(colours_root_with_val, tiny_clip_file, tmp_path):
     """Build a trainer through train.py's command-line path on the colours dataset."""
 
     def _build(trainer, *opts, out="out"):
-        torch.manual_seed(0)
-        args = train.build_parser().parse_args([
-            "--root", colours_root, "--trainer", trainer, "--backbone", tiny_clip_file,
-            "--output-dir", str(tmp_path / out), "--transforms", "normalize", "--seed", "1",
-            "DATASET.NAME", "SotaTestColours", "INPUT.SIZE", "(32, 32)", "TRAINER.PREC", "fp32",
-            "FEATURES.CACHE_DIR", str(tmp_path / "features"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
-            "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "100", "TRAINER.COOP.CTX_INIT", "a photo of a", *opts])
-        return build_trainer(train.setup_cfg(args))
+        return build_test_trainer(trainer, colours_root_with_val, tiny_clip_file, tmp_path / out,
+                                  "FEATURES.CACHE_DIR", str(tmp_path / "features"), "OPTIM.MAX_EPOCH", "1",
+                                  "TRAINER.COOP.CTX_INIT", "a photo of a", *opts, dataset="TestColoursWithVal")
 
     return _build
 
@@ -244,13 +226,13 @@ def test_linear_probe_predicts_as_scikit_learn_and_round_trips(build, classes):
         assert torch.equal(reloaded.model_inference(test_x), logits)
 
 
-def test_linear_probe_on_new_classes_is_refused_with_one_line(colours_root, tiny_clip_file, tmp_path, capsys):
+def test_linear_probe_on_new_classes_is_refused_with_one_line(colours_root_with_val, tiny_clip_file, tmp_path, capsys):
     def run(out, *extra):
         capsys.readouterr()
         try:
-            train.cli(["--root", colours_root, "--trainer", "LinearProbe", "--backbone", tiny_clip_file,
+            train.cli(["--root", colours_root_with_val, "--trainer", "LinearProbe", "--backbone", tiny_clip_file,
                        "--config-file", "LinearProbe/toy", "--output-dir", str(tmp_path / out), "--seed", "1",
-                       *extra, "DATASET.NAME", "SotaTestColours", "FEATURES.CACHE_DIR", str(tmp_path / "features")])
+                       *extra, "DATASET.NAME", "TestColoursWithVal", "FEATURES.CACHE_DIR", str(tmp_path / "features")])
             return 0, capsys.readouterr().err
         except SystemExit as e:
             return e.code, capsys.readouterr().err
