@@ -37,6 +37,28 @@ def results(folder):
 # ---------------------------------------------------------------------------------------------
 # Wrong results recorded as a success
 
+def test_an_empty_evaluated_split_is_refused_before_training(colours_root, tiny_clip_file, tmp_path, capsys):
+    """6 images per class read with 4 for training and 2 for val leave the test split empty: the
+    evaluator divided 0 by 0 after the whole training (a traceback and no record)."""
+    def run(*extra):
+        capsys.readouterr()
+        from llu import train
+        try:
+            train.cli(["--root", colours_root, "--trainer", "CLIP_Adapter", "--backbone", tiny_clip_file,
+                       "--output-dir", str(tmp_path / "out"), "--seed", "1", "DATASET.NAME", "TestColoursWithVal",
+                       "INPUT.SIZE", "(32, 32)", "FEATURES.CACHE_DIR", str(tmp_path / "features"), *extra])
+            return 0, capsys.readouterr().err
+        except SystemExit as e:
+            return e.code, capsys.readouterr().err
+
+    code, err = run()
+    assert code == 2
+    assert "dataset TestColoursWithVal" in one_error_line(err) and "test split has no images" in err
+    assert not any(os.path.exists(tmp_path / "out" / name) for name in ("results.json", "adapter"))
+    code, err = run("TEST.SPLIT", "val")  # the val split has its 2 images per class
+    assert code == 0 and results(tmp_path / "out")["eval_split"] == "val"
+
+
 def test_a_checkpoint_of_another_trainer_is_refused_naming_its_keys(run, tmp_path):
     assert run("CoOp", tmp_path / "coop")[0] == 0
     (tmp_path / "llu").mkdir()

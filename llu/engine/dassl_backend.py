@@ -212,6 +212,7 @@ class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
         _require_registered(DATASET_REGISTRY, self.cfg.DATASET.NAME, "dataset")
         super().build_data_loader()
         _keep_transforms(self.dm)
+        self.check_evaluated_split(self.dm.dataset)
 
     def before_train(self):
         # The project's hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it

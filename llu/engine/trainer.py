@@ -206,6 +206,15 @@ class ProjectRun:
             self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS)
         self.time_start = time.time()
 
+    def check_evaluated_split(self, dataset):
+        """Refuse, before any training, a run whose evaluated split holds no images (a reader whose
+        folders were filled for another split layout): its accuracy would be 0 / 0."""
+        cfg = self.cfg
+        split = "val" if cfg.TEST.SPLIT == "val" and dataset.val else "test"
+        if not cfg.TEST.NO_TEST and not (dataset.val if split == "val" else dataset.test):
+            raise UserError(f"dataset {cfg.DATASET.NAME} under {cfg.DATASET.ROOT}: its {split} split has no images "
+                            f"(DATASET.SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES}); nothing to evaluate")
+
     def evaluation_batches(self, split):
         """(input, label) pairs of ``split``; feature-based trainers override this."""
         loader = self.val_loader if split == "val" else self.test_loader
@@ -460,6 +469,7 @@ class SimpleTrainer(ProjectRun, TrainerBase):
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
         self.dm = dm
+        self.check_evaluated_split(dm.dataset)
 
     def build_model(self):
         raise NotImplementedError
