@@ -22,8 +22,7 @@ def load_all():
     """Import every reader module, so that ``DATASETS`` holds every reader and each has declared its
     config keys. Not done at import: the readers derive from the engine's backend, chosen before."""
     from . import (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,  # noqa: F401
-                   fgvc_aircraft, sun397, dtd, eurosat, ucf101, imagenetv2, imagenet_sketch, imagenet_a,
-                   imagenet_r, imagefolder, embeddings, world)
+                   fgvc_aircraft, sun397, dtd, eurosat, ucf101, imagenet_variants, imagefolder, embeddings, world)
     return DATASETS
 
 

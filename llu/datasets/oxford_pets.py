@@ -4,14 +4,13 @@ Without the split file it is rebuilt as CoOp does from ``annotations/trainval.tx
 (20% of each class's trainval images become val); the breed, lower-cased, is the class name.
 """
 import os.path as osp
-import random
 
 from llu.engine import Datum
 from llu.utils import UserError
 
 from . import dataset
 from .coop_common import SplitFileDataset, read_lines
-from .splits import split_trainval
+from .splits import train_val_test
 
 
 @dataset
@@ -24,10 +23,8 @@ class OxfordPets(SplitFileDataset):
     table_order = 2
 
     def make_split(self):
-        trainval = self.read_annotations("annotations/trainval.txt")
-        test = self.read_annotations("annotations/test.txt")
-        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
-        return train, val, test
+        return train_val_test(self.read_annotations("annotations/trainval.txt"),
+                              self.read_annotations("annotations/test.txt"))
 
     def read_annotations(self, relative_path):
         """Lines "<image name> <class id, 1-based> <species> <breed id>"; the breed is the name minus "_<n>"."""

@@ -141,6 +141,13 @@ def split_trainval(trainval, p_val=0.2, rng=random):
     return train, val
 
 
+def train_val_test(trainval, test):
+    """CoOp's split of a dataset published as a training list and a test list: 20% of each class's
+    training images become val (a fixed seed, 0)."""
+    train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
+    return train, val, test
+
+
 def list_images(folder):
     return sorted(f for f in listdir_nohidden(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
 

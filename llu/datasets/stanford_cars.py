@@ -4,7 +4,6 @@ Without the split file it is rebuilt as CoOp does from the devkit's .mat annotat
 class's training images become val); class names put the year first ("2012 Tesla Model S Sedan").
 """
 import os.path as osp
-import random
 
 import numpy as np
 
@@ -12,7 +11,7 @@ from llu.engine import Datum
 
 from . import dataset
 from .coop_common import SplitFileDataset
-from .splits import split_trainval
+from .splits import train_val_test
 
 
 def year_first(name):
@@ -39,7 +38,5 @@ class StanfordCars(SplitFileDataset):
             return [Datum(impath=osp.join(self.dataset_dir, image_dir, str(fname)), label=label,
                           classname=classnames[label]) for fname, label in zip(annos["fname"], labels)]
 
-        trainval = read("cars_train", "devkit/cars_train_annos.mat")
-        test = read("cars_test", "cars_test_annos_withlabels.mat")
-        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
-        return train, val, test
+        return train_val_test(read("cars_train", "devkit/cars_train_annos.mat"),
+                              read("cars_test", "cars_test_annos_withlabels.mat"))

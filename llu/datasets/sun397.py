@@ -6,14 +6,13 @@ Class names drop the letter and put the variant first: "/a/apartment_building/ou
 "outdoor apartment_building".
 """
 import os.path as osp
-import random
 
 from llu.engine import Datum
 from llu.utils import UserError
 
 from . import dataset
 from .coop_common import SplitFileDataset, read_lines
-from .splits import split_trainval
+from .splits import train_val_test
 
 
 def sun_classname(folder):
@@ -32,10 +31,8 @@ class SUN397(SplitFileDataset):
         folders = [line.lstrip("/") for line in read_lines(osp.join(self.dataset_dir, "ClassName.txt"),
                                                             "SUN397 class list", self.layout())]
         cname2lab = {folder: label for label, folder in enumerate(folders)}
-        trainval = self.read_data(cname2lab, "Training_01.txt")
-        test = self.read_data(cname2lab, "Testing_01.txt")
-        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
-        return train, val, test
+        return train_val_test(self.read_data(cname2lab, "Training_01.txt"),
+                              self.read_data(cname2lab, "Testing_01.txt"))
 
     def read_data(self, cname2lab, list_file):
         path = osp.join(self.dataset_dir, list_file)

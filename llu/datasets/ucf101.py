@@ -5,7 +5,6 @@ One middle frame per video. Without the split file it is rebuilt as CoOp does fr
 val). Class names split the CamelCase action at capitals: "ApplyEyeMakeup" -> "Apply_Eye_Makeup".
 """
 import os.path as osp
-import random
 import re
 
 from llu.engine import Datum
@@ -13,7 +12,7 @@ from llu.utils import UserError
 
 from . import dataset
 from .coop_common import SplitFileDataset, read_lines
-from .splits import split_trainval
+from .splits import train_val_test
 
 
 @dataset
@@ -32,10 +31,8 @@ class UCF101(SplitFileDataset):
                                self.layout()):
             label, action = line.split()
             cname2lab[action] = int(label) - 1
-        trainval = self.read_data(cname2lab, "ucfTrainTestlist/trainlist01.txt")
-        test = self.read_data(cname2lab, "ucfTrainTestlist/testlist01.txt")
-        train, val = split_trainval(trainval, p_val=0.2, rng=random.Random(0))
-        return train, val, test
+        return train_val_test(self.read_data(cname2lab, "ucfTrainTestlist/trainlist01.txt"),
+                              self.read_data(cname2lab, "ucfTrainTestlist/testlist01.txt"))
 
     def read_data(self, cname2lab, list_file):
         path = osp.join(self.dataset_dir, list_file)
