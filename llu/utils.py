@@ -530,21 +530,3 @@ def folder_lock(folder, what="run"):
         yield
     finally:
         handle.close()
-
-
-def register_classes(registry, classes, keep_existing=False):
-    """Register ``classes`` by name into a Dassl-style registry (registering one twice is a no-op).
-    A name that another class holds already is skipped and returned with ``keep_existing`` (a CoOp
-    checkout keeps its own CoOp), else an error."""
-    skipped = []
-    for cls in classes:
-        name = cls.__name__
-        if name in registry.registered_names():
-            if registry.get(name) is cls:
-                continue
-            if not keep_existing:
-                raise UserError(f"{name} is registered already by {registry.get(name).__module__}")
-            skipped.append(name)
-            continue
-        registry.register(cls)
-    return skipped

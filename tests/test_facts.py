@@ -160,7 +160,7 @@ def test_import_llu_sets_no_warning_filter_the_clustering_module_stands_alone_an
         clip = import_clip()
         assert warnings.filters == before and clip.model.CLIP
     """, "-W", "error::UserWarning").split()  # a warning from clip's pkg_resources import is an error
-    assert loaded == ["llu", "llu.trainers", "llu.trainers.clustering", "llu.trainers.llu_adapter"]
+    assert loaded == ["llu", "llu.catalog", "llu.trainers", "llu.trainers.clustering", "llu.trainers.llu_adapter"]
 
 
 # ---------------------------------------------------------------------------------------------

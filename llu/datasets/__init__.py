@@ -10,12 +10,9 @@ read through the registry: ``dataset_facts(cfg.DATASET.NAME).template``.
 """
 import os
 
-DATASETS = {}  # name -> reader class, filled by @dataset as the modules are imported
+from llu.catalog import Catalog
 
-
-def dataset(cls):
-    DATASETS[cls.__name__] = cls
-    return cls
+DATASETS = dataset = Catalog()  # name -> reader class, filled by @dataset as the modules are imported
 
 
 def load_all():
@@ -27,13 +24,9 @@ def load_all():
 
 
 def register_all(names=None, keep_existing=False):
-    """Register the readers (all, or ``names``); returns the names skipped because another class of
-    that name was registered already (``keep_existing``; otherwise that is an error)."""
+    """Register the readers (all, or ``names``) in the engine's registry (``Catalog.register_into``)."""
     from llu.engine import DATASET_REGISTRY
-    from llu.utils import register_classes
-    load_all()
-    chosen = [DATASETS[name] for name in (names or DATASETS)]
-    return register_classes(DATASET_REGISTRY, chosen, keep_existing)
+    return load_all().register_into(DATASET_REGISTRY, names, keep_existing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,12 +9,9 @@ package, or one module alone (the standalone ``llu.trainers.llu_adapter``), load
 What the tables need to know about a trainer is an attribute of its class (``ClipTrainer``):
 ``display_name``, ``learns``, ``trains_epochs``.
 """
-TRAINERS = {}  # name -> trainer class, filled by @trainer as the modules are imported
+from llu.catalog import Catalog
 
-
-def trainer(cls):
-    TRAINERS[cls.__name__] = cls
-    return cls
+TRAINERS = trainer = Catalog()  # name -> trainer class, filled by @trainer as the modules are imported
 
 
 def load_all():
@@ -26,10 +23,6 @@ def load_all():
 
 
 def register_all(names=None, keep_existing=False):
-    """Register the trainers (all, or ``names``); returns the names skipped because another class of
-    that name was registered already (``keep_existing``; otherwise that is an error)."""
+    """Register the trainers (all, or ``names``) in the engine's registry (``Catalog.register_into``)."""
     from llu.engine import TRAINER_REGISTRY
-    from llu.utils import register_classes
-    load_all()
-    chosen = [TRAINERS[name] for name in (names or TRAINERS)]
-    return register_classes(TRAINER_REGISTRY, chosen, keep_existing)
+    return load_all().register_into(TRAINER_REGISTRY, names, keep_existing)
