@@ -12,7 +12,7 @@ import torch
 import llu
 from llu.utils import ForeignObject, UserError, load_checkpoint_file, load_torch
 
-from test_predict import evaluate, toy_run
+from test_predict import evaluate, toy_run_folder
 
 
 class ConstantWarmupScheduler(torch.optim.lr_scheduler.LRScheduler):
@@ -73,9 +73,7 @@ def upstream_state_dict(run):
 
 @pytest.fixture(scope="module")
 def coop_run(tmp_path_factory, shapes_world):
-    out = tmp_path_factory.mktemp("coop") / "run"
-    toy_run(shapes_world, out, "CoOp")
-    return out
+    return toy_run_folder(tmp_path_factory, shapes_world, "CoOp")
 
 
 def test_dassls_checkpoint_is_refused_by_weights_only_alone(coop_run, tmp_path, dassl_module):

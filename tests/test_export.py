@@ -14,7 +14,7 @@ import llu
 from llu.export import export
 from llu.utils import UserError, load_torch
 
-from test_predict import TRAINERS, split_of, toy_run
+from test_predict import TRAINERS, split_of, toy_run, toy_run_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,9 +37,7 @@ def fresh_logits(folder, paths, names, tmp_path):
 
 @pytest.fixture(scope="module")
 def llu_run(tmp_path_factory, shapes_world):
-    out = tmp_path_factory.mktemp("llu") / "run"
-    toy_run(shapes_world, out, "LLU")
-    return out
+    return toy_run_folder(tmp_path_factory, shapes_world, "LLU")
 
 
 def test_an_export_gives_the_run_folders_logits_bit_for_bit_in_a_fresh_process(llu_run, shapes_world, tmp_path):

@@ -25,6 +25,13 @@ def toy_run(world, out, trainer, subsample="base", *opts, flags=()):
         return json.load(f)
 
 
+def toy_run_folder(tmp_path_factory, world, trainer):
+    """A folder holding one ``toy_run`` of ``trainer`` on the base classes (for a module's fixture)."""
+    out = tmp_path_factory.mktemp(trainer.lower()) / "run"
+    toy_run(world, out, trainer)
+    return out
+
+
 def evaluate(world, model_dir, out, trainer, subsample):
     """``--eval-only --model-dir`` of a run on a class split; returns its results.json."""
     return toy_run(world, out, trainer, subsample, flags=("--eval-only", "--model-dir", str(model_dir)))

@@ -11,7 +11,6 @@ from .coop_common import SplitFileDataset
 class Caltech101(SplitFileDataset):
     dataset_dir = "caltech-101"
     image_dir = "101_ObjectCategories"
-    split_file = "split_zhou_Caltech101.json"
     ignored_folders = ("BACKGROUND_Google", "Faces_easy")
     table_order = 1
     new_cnames = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}

@@ -41,7 +41,8 @@ def images_of(folder, label, classname):
 
 class SplitFileDataset(DatasetFacts, DatasetBase):
     """A CoOp reader: images under ``<ROOT>/<dataset_dir>/<image_dir>/``, and the train/val/test split in
-    ``<ROOT>/<dataset_dir>/<split_file>`` (CoOp's split_zhou JSON, paths relative to the image folder).
+    ``<ROOT>/<dataset_dir>/<split_file>`` (CoOp's split_zhou JSON, paths relative to the image folder;
+    CoOp names it after the reader class: ``split_zhou_<class name>.json``).
 
     Without the split file, ``make_split`` rebuilds a split from the files named in ``rebuild_from``
     (default: per-class image folders, 50/20/30) and saves it beside the images, or in the user cache
@@ -50,11 +51,15 @@ class SplitFileDataset(DatasetFacts, DatasetBase):
 
     dataset_dir = ""
     image_dir = ""
-    split_file = ""
+    split_file = ""  # set for each reader by __init_subclass__
     rebuild_from = ()  # files (relative to dataset_dir) that make_split needs
     ignored_folders = ()  # class folders that are not classes
     new_cnames = {}
     layout_contents = ""  # what the dataset folder holds, for error messages (default: image_dir and split_file)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.split_file = f"split_zhou_{cls.__name__}.json"
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, self.dataset_dir)

@@ -8,7 +8,6 @@ from .coop_common import SplitFileDataset
 class DescribableTextures(SplitFileDataset):
     dataset_dir = "dtd"
     image_dir = "images"
-    split_file = "split_zhou_DescribableTextures.json"
     template = "{} texture."
     display_name = "DTD"
     table_order = 8

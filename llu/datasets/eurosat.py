@@ -11,7 +11,6 @@ from .coop_common import SplitFileDataset
 class EuroSAT(SplitFileDataset):
     dataset_dir = "eurosat"
     image_dir = "2750"
-    split_file = "split_zhou_EuroSAT.json"
     template = "a centered satellite photo of {}."
     table_order = 9
     new_cnames = {

@@ -8,6 +8,5 @@ from .coop_common import SplitFileDataset
 class Food101(SplitFileDataset):
     dataset_dir = "food-101"
     image_dir = "images"
-    split_file = "split_zhou_Food101.json"
     template = "a photo of {}, a type of food."
     table_order = 5

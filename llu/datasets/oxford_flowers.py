@@ -19,7 +19,6 @@ from .splits import split_by_proportions
 class OxfordFlowers(SplitFileDataset):
     dataset_dir = "oxford_flowers"
     image_dir = "jpg"
-    split_file = "split_zhou_OxfordFlowers.json"
     rebuild_from = ("imagelabels.mat", "cat_to_name.json")
     template = "a photo of a {}, a type of flower."
     display_name = "Flowers102"

@@ -17,7 +17,6 @@ from .splits import train_val_test
 class OxfordPets(SplitFileDataset):
     dataset_dir = "oxford_pets"
     image_dir = "images"
-    split_file = "split_zhou_OxfordPets.json"
     rebuild_from = ("annotations/trainval.txt", "annotations/test.txt")
     template = "a photo of a {}, a type of pet."
     table_order = 2

@@ -21,8 +21,7 @@ def year_first(name):
 
 @dataset
 class StanfordCars(SplitFileDataset):
-    dataset_dir = "stanford_cars"
-    split_file = "split_zhou_StanfordCars.json"  # image paths are relative to stanford_cars/
+    dataset_dir = "stanford_cars"  # also the image folder: the split's paths are relative to it
     layout_contents = "cars_train/, cars_test/ and split_zhou_StanfordCars.json"
     rebuild_from = ("devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat", "devkit/cars_meta.mat")
     table_order = 3

@@ -23,7 +23,6 @@ def sun_classname(folder):
 class SUN397(SplitFileDataset):
     dataset_dir = "sun397"
     image_dir = "SUN397"
-    split_file = "split_zhou_SUN397.json"
     rebuild_from = ("ClassName.txt", "Training_01.txt", "Testing_01.txt")
     table_order = 7
 

@@ -19,7 +19,6 @@ from .splits import train_val_test
 class UCF101(SplitFileDataset):
     dataset_dir = "ucf101"
     image_dir = "UCF-101-midframes"
-    split_file = "split_zhou_UCF101.json"
     rebuild_from = ("ucfTrainTestlist/classInd.txt", "ucfTrainTestlist/trainlist01.txt",
                     "ucfTrainTestlist/testlist01.txt")
     template = "a photo of a person doing {}."
