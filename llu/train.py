@@ -125,10 +125,10 @@ def _pairs(opts):
     return flat
 
 
-def setup_cfg(args):
+def setup_cfg(args, notes=None):
     """Defaults -> dataset yaml -> trainer yaml -> command-line flags -> trailing options -> the backbone's
     preprocessing (INPUT.SIZE, PIXEL_MEAN/STD, INTERPOLATION, RESIZE_MODE), then frozen: the config that is
-    saved and logged is the one that runs."""
+    saved and logged is the one that runs. What it has to say goes to ``notes`` when given (a list)."""
     load_project()
     cfg = engine.get_cfg_default()
     engine.extend_cfg(cfg)
@@ -147,7 +147,7 @@ def setup_cfg(args):
         raise UserError("no dataset given: pass --dataset-config-file configs/datasets/<name>.yaml")
     check_values(cfg)
     from llu.trainers.clip_common import match_preprocessing
-    match_preprocessing(cfg)  # INPUT as the backbone prepares images: what is saved and logged is what runs
+    match_preprocessing(cfg, notes=notes)  # INPUT as the backbone prepares images: what is saved and logged is what runs
     new_schedule = getattr(args, "resume_with_new_schedule", False)
     if new_schedule and not cfg.RESUME:
         raise UserError("--resume-with-new-schedule continues a run: pass --resume FOLDER too")
@@ -293,23 +293,26 @@ def build_parser(prog=None):
 
 
 def main(args):
-    cfg = setup_cfg(args)
+    notes = []  # printed once the run's log.txt is open, so that it holds them too
+    cfg = setup_cfg(args, notes)
     check_command(cfg, args)
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        engine.set_random_seed(cfg.SEED)
     if not cfg.OUTPUT_DIR:
-        return run(cfg, args)
+        return run(cfg, args, notes)
     with folder_lock(cfg.OUTPUT_DIR):
         if getattr(args, "overwrite", False):
             from llu.engine.trainer import clear_run_folder
             clear_run_folder(cfg.OUTPUT_DIR)
         with run_log(cfg.OUTPUT_DIR):
-            run(cfg, args)
+            run(cfg, args, notes)
 
 
-def run(cfg, args):
+def run(cfg, args, notes=()):
     """One run of a frozen config, logged by the caller."""
+    for note in notes:
+        print(note)
+    if cfg.SEED >= 0:
+        print(f"Setting fixed seed: {cfg.SEED}")
+        engine.set_random_seed(cfg.SEED)
     import torch
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True

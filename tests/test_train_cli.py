@@ -42,6 +42,7 @@ def test_zero_shot_eval_prints_dassl_lines_and_writes_results(image_folder, tiny
     assert results["accuracy"] == pytest.approx(100 - results["error"])
     assert (out / "log.txt").read_text().count("* accuracy: ") == 1
     assert "INPUT.SIZE (224, 224) differs from the model's input resolution 32" in printed
+    assert "INPUT.SIZE (224, 224) differs" in (out / "log.txt").read_text()  # noted before the log opened
 
 
 def test_results_record_what_produced_them(image_folder, tiny_clip_file, tmp_path, monkeypatch):

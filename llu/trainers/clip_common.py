@@ -41,9 +41,10 @@ def _same_setting(a, b):
     return [float(x) for x in a] == [float(x) for x in b]
 
 
-def match_preprocessing(cfg, clip_model=None):
+def match_preprocessing(cfg, clip_model=None, notes=None):
     """Make INPUT's size, statistics, interpolation and resize mode the backbone's
-    (``llu.backbones.preprocessing``, or ``clip_model``'s when it is built already), saying what changed.
+    (``llu.backbones.preprocessing``, or ``clip_model``'s when it is built already), saying what changed
+    (printed, or appended to the list ``notes`` for a caller whose log is not open yet).
     train.py calls it before the config is frozen, saved and logged; a trainer calls it again
     (``save_config``) for a config built elsewhere (Dassl's train.py, a notebook), before the config is saved."""
     preprocess = preprocessing(cfg) if clip_model is None else clip_model.preprocess
@@ -61,7 +62,8 @@ def match_preprocessing(cfg, clip_model=None):
     cfg.defrost()
     for key, value in changed.items():
         model_value = f"input resolution {value[0]}" if key == "SIZE" else value
-        print(f"Note: INPUT.{key} {current[key]} differs from the model's {model_value}; using {value}")
+        note = f"Note: INPUT.{key} {current[key]} differs from the model's {model_value}; using {value}"
+        print(note) if notes is None else notes.append(note)
         cfg.INPUT[key] = value
     if was_frozen:
         cfg.freeze()
