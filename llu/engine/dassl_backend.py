@@ -210,9 +210,17 @@ class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
 
     def build_data_loader(self):
         _require_registered(DATASET_REGISTRY, self.cfg.DATASET.NAME, "dataset")
-        super().build_data_loader()
+        try:
+            super().build_data_loader()
+        except AssertionError:  # Dassl's build_data_loader asserts that each loader has batches: say which
+            dataset = build_dataset(self.cfg)
+            self.check_evaluated_split(dataset)
+            if not dataset.test:
+                raise UserError(f"dataset {self.cfg.DATASET.NAME} under {self.cfg.DATASET.ROOT}: its test split has "
+                                f"no images, and Dassl builds a test loader for every run (its DataManager "
+                                f"asserts that the loader is not empty)") from None
+            raise
         _keep_transforms(self.dm)
-        self.check_evaluated_split(self.dm.dataset)
 
     def before_train(self):
         # The project's hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
