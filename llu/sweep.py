@@ -502,7 +502,7 @@ def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None, heartbea
                     todo.remove(task)
                     task.state = "blocked"
                     task.message = f"not run: the run it reads failed ({osp.relpath(producer.output_dir, relative_to)})"
-                    progress.report(task, relative_to, in_flight(tasks))
+                    progress.report(task, relative_to, running_tasks(tasks))
                     continue
                 if producer is not None and producer.state not in ("done", "skipped"):
                     continue  # in plan order, but after the run it reads
@@ -515,12 +515,12 @@ def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None, heartbea
             for task, ok, message, died in pool.wait(progress.until_heartbeat()):
                 running -= 1
                 finish_run(task, ok, message, died)
-                progress.report(task, relative_to, in_flight(tasks))
-            progress.beat(in_flight(tasks), relative_to)
+                progress.report(task, relative_to, running_tasks(tasks))
+            progress.beat(running_tasks(tasks), relative_to)
     return tasks
 
 
-def in_flight(tasks):
+def running_tasks(tasks):
     return [t for t in tasks if t.state == "running"]
 
 

@@ -520,6 +520,14 @@ def test_chains_group_each_training_run_with_the_evaluations_that_read_it(tmp_pa
     assert sweep.chain_arguments(sweep.chains(tasks)[1])[1][1] == 0  # the evaluation reads the chain's first run
 
 
+def test_a_chain_in_flight_is_at_its_first_run_without_results(tmp_path):
+    tasks = sweep.schedule(pairs(tmp_path, 2))
+    write_log(tasks[0].output_dir, "{}", name="results.json")  # the first chain's training run has finished
+    assert [t.index for t in sweep.chain_heads([tasks[0:2], tasks[2:4]])] == [1, 2]
+    write_log(tasks[1].output_dir, "{}", name="results.json")
+    assert [t.index for t in sweep.chain_heads([tasks[0:2], tasks[2:4]])] == [2]
+
+
 def test_slurm_settings_come_from_the_environment():
     parameters = sweep.slurm_parameters({"LLU_SLURM_PARTITION": "gpu", "LLU_SLURM_GPUS": "2",
                                          "LLU_SLURM_TIME_MIN": "90", "LLU_SLURM_EXTRA": "constraint=a100, qos=high"})
