@@ -298,23 +298,25 @@ def expected_seconds(kind, finished):
 
 
 def time_left(finished, running, pending, workers):
-    """Seconds until every run not finished is, or None before any run has finished (nothing to go by).
+    """Seconds until every run not finished is, or None while there is nothing to go by.
 
     ``finished``: (kind, seconds) of the runs done; ``running``: (kind, seconds so far, fraction of its
     epochs done or None) of the runs in flight; ``pending``: the kinds of the runs to start, in order.
-    A run is expected to take what finished runs of its kind took (``expected_seconds``), a run in flight
-    the part of that its epochs have not done; the pending runs go, in order, to the first of the
-    ``workers`` to be free."""
-    if not finished:
+    A run is expected to take what finished runs of its kind took (``expected_seconds``); before any
+    has finished, what the runs in flight take at their pace so far. A run in flight has the part of
+    that its epochs have not done left; the pending runs go, in order, to the first of the ``workers``
+    to be free."""
+    taken = finished or [(kind, seconds / fraction) for kind, seconds, fraction in running if fraction]
+    if not taken:
         return None
     free_at = []
     for kind, seconds, fraction in running:
-        expected = expected_seconds(kind, finished)
+        expected = expected_seconds(kind, taken)
         free_at.append(expected * (1.0 - fraction) if fraction is not None else max(expected - seconds, 0.0))
     free_at += [0.0] * max(workers - len(free_at), 0)
     heapq.heapify(free_at)
     for kind in pending:
-        heapq.heappush(free_at, heapq.heappop(free_at) + expected_seconds(kind, finished))
+        heapq.heappush(free_at, heapq.heappop(free_at) + expected_seconds(kind, taken))
     return max(free_at, default=0.0)
 
 

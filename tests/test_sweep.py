@@ -388,6 +388,9 @@ def test_a_run_is_expected_to_take_what_runs_of_its_kind_took():
 def test_time_left_lays_the_runs_on_the_workers():
     finished = [(kind("CoOp"), 100.0), (kind("CoOp", True), 5.0), (kind("LLU"), 10.0)]
     assert sweep.time_left([], [], [kind("CoOp")], workers=1) is None  # nothing to go by yet
+    assert sweep.time_left([], [(kind("CoOp"), 30.0, None)], [kind("CoOp")], workers=1) is None
+    # nothing finished: a run 30 s in and a quarter through its epochs is expected to take 120 s
+    assert sweep.time_left([], [(kind("CoOp"), 30.0, 0.25)], [kind("CoOp")], workers=1) == 90.0 + 120.0
     assert sweep.time_left(finished, [], [kind("CoOp"), kind("CoOp", True), kind("LLU")], workers=1) == 115.0
     assert sweep.time_left(finished, [], [kind("CoOp"), kind("LLU"), kind("LLU")], workers=2) == 100.0
     # in flight: 40 s into a CoOp run whose log says it is 3/4 through its epochs, an evaluation 2 s in
@@ -454,7 +457,7 @@ def epochs_then_wait(args):
     return True, ""
 
 
-HEARTBEAT = (r"\[0/2\] 2 running \(elapsed \d+:\d\d:\d\d\)\n"  # no run has finished: no estimate yet
+HEARTBEAT = (r"\[0/2\] 2 running \(elapsed \d+:\d\d:\d\d, about \d+:\d\d:\d\d left\)\n"
              r"    a: epoch 2/4, running \d+:\d\d:\d\d\n    b: epoch 2/4, running \d+:\d\d:\d\d\n")
 
 
