@@ -392,12 +392,19 @@ def test_an_openclip_repository_that_is_not_whole_is_one_line(openclip_hub_files
         load_backbone("openclip:hf-hub:tiny-org/config-only", weights="w.bin")
 
 
-def test_an_openclip_repository_with_a_bad_config_names_its_key(tmp_path, openclip_hub_files, hub_cache):
+@pytest.mark.parametrize("content, message", [
+    ({"model_cfg": dict(TINY_OPENCLIP, embed_dimension=32)}, "unknown key model_cfg.embed_dimension"),
+    ({"model_cfg": {k: v for k, v in TINY_OPENCLIP.items() if k != "text_cfg"}}, "key model_cfg.text_cfg is missing"),
+    (TINY_OPENCLIP, "key model_cfg is missing"),
+    ({"model_cfg": TINY_OPENCLIP, "preprocess_cfg": [0.5]}, "key preprocess_cfg must be an object of settings"),
+])
+def test_an_openclip_repository_with_a_bad_config_names_its_key(tmp_path, openclip_hub_files, hub_cache, content,
+                                                                 message):
     config = tmp_path / "open_clip_config.json"
-    config.write_text(json.dumps({"model_cfg": dict(TINY_OPENCLIP, embed_dimension=32)}))
-    into_hub_cache(hub_cache, "tiny-org/typo", dict(openclip_hub_files, **{"open_clip_config.json": str(config)}))
-    with pytest.raises(UserError, match=r"open_clip_config.json: unknown key model_cfg.embed_dimension"):
-        load_backbone("openclip:hf-hub:tiny-org/typo")
+    config.write_text(json.dumps(content))
+    into_hub_cache(hub_cache, "tiny-org/bad", dict(openclip_hub_files, **{"open_clip_config.json": str(config)}))
+    with pytest.raises(UserError, match=f"open_clip_config.json: {message}"):
+        load_backbone("openclip:hf-hub:tiny-org/bad")
 
 
 # ---------------------------------------------------------------------------------------------

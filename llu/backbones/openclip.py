@@ -163,7 +163,9 @@ def locate_on_hub(repo_id, weights):
                         f"lacks {HUB_CONFIG_FILE} or weights ({' or '.join(HUB_WEIGHTS_FILES)}): not an OpenCLIP "
                         f"repository, or not downloaded whole (`hf download {repo_id}`)")
     content = read_config_file(config_path)
-    check_model_config(config_path, content.get("model_cfg"), within="model_cfg")
+    if "model_cfg" not in content:
+        raise UserError(f"{config_path}: key model_cfg is missing (an OpenCLIP repository's model config)")
+    check_model_config(config_path, content["model_cfg"], within="model_cfg")
     preprocess = content.get("preprocess_cfg", {})
     if not isinstance(preprocess, dict):
         raise UserError(f"{config_path}: key preprocess_cfg must be an object of settings, got "
