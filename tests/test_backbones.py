@@ -407,6 +407,22 @@ def test_an_openclip_repository_with_a_bad_config_names_its_key(tmp_path, opencl
         load_backbone("openclip:hf-hub:tiny-org/bad")
 
 
+def test_an_openclip_repositorys_hugging_face_tokenizer_comes_from_the_cache_without_code(
+        tmp_path, openclip_hub_files, hub_cache):
+    config = tmp_path / "open_clip_config.json"
+    text_cfg = dict(TINY_OPENCLIP["text_cfg"], hf_tokenizer_name="tiny-org/tokenizer")
+    config.write_text(json.dumps({"model_cfg": dict(TINY_OPENCLIP, text_cfg=text_cfg)}))
+    into_hub_cache(hub_cache, "tiny-org/hf-text", dict(openclip_hub_files, **{"open_clip_config.json": str(config)}))
+    with pytest.raises(UserError, match=r"open_clip_config.json: key model_cfg.text_cfg.hf_tokenizer_name: "
+                                        r"tiny-org/tokenizer is not in the Hugging Face cache"):
+        load_backbone("openclip:hf-hub:tiny-org/hf-text")
+    tokenizer_config = tmp_path / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({"auto_map": {"AutoTokenizer": ["my_tokenizer.MyTokenizer", None]}}))
+    into_hub_cache(hub_cache, "tiny-org/tokenizer", {"tokenizer_config.json": str(tokenizer_config)})
+    with pytest.raises(UserError, match=r"tokenizer_config.json: key auto_map names code of the model's own"):
+        load_backbone("openclip:hf-hub:tiny-org/hf-text")
+
+
 # ---------------------------------------------------------------------------------------------
 # Precomputed embeddings (the built-in engine's: Dassl's Datum requires image files, docs/dassl.md)
 
