@@ -323,8 +323,8 @@ def test_hub_ids_are_read_from_the_cache_that_hf_home_names(hf_folders, tmp_path
     from llu.backbones import locate
     into_hub_cache(tmp_path / "home" / "hub", "tiny-org/tiny-clip", folder_files(hf_folders["clip"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    run = subprocess.run([sys.executable, "-c", "from llu.backbones import locate; print(locate('hf:tiny-org/tiny-clip')[0])"],
-                         capture_output=True, text=True, cwd=REPO,
+    script = "from llu.backbones import locate; print(locate('hf:tiny-org/tiny-clip')[0])"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
                          env=dict(env, HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="0", PYTHONPATH=REPO))
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == locate(f"hf:{hf_folders['clip']}")[0]
@@ -371,10 +371,10 @@ def test_an_openclip_repository_by_hub_id_is_the_model_its_files_hold(openclip_f
     backbone = load_backbone("openclip:hf-hub:tiny-org/tiny-openclip")
     reference = open_clip.create_model("tiny-openclip", pretrained=openclip_files[1]).eval()
     texts = ["a photo of a red circle.", "blue dots"]
+    tokens = open_clip.get_tokenizer("tiny-openclip")(texts)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert_close(backbone.encode_texts(texts), reference.encode_text(open_clip.get_tokenizer("tiny-openclip")(texts),
-                                                                         normalize=True))
+        assert_close(backbone.encode_texts(texts), reference.encode_text(tokens, normalize=True))
         assert_close(backbone.encode_images(images), reference.encode_image(images, normalize=True))
     assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.interpolation == "bilinear"
     assert backbone.weights_sha256 == weights_sha256(openclip_hub_files["open_clip_model.safetensors"])
