@@ -88,16 +88,22 @@ def openclip_backbone(openclip_files):
 # ---------------------------------------------------------------------------------------------
 # Each backbone encodes as its own library does
 
-def test_openclip_encodes_as_open_clip_does(openclip_files):
+def assert_encodes_as_the_tiny_openclip(backbone, weights):
+    """``backbone``'s features are open_clip's own of the tiny model with ``weights``; returns that model."""
     import open_clip
-    backbone = openclip_backbone(openclip_files)
-    reference = open_clip.create_model("tiny-openclip", pretrained=openclip_files[1]).eval()
+    reference = open_clip.create_model("tiny-openclip", pretrained=weights).eval()
     texts = ["a photo of a red circle.", "blue dots"]
     tokens = open_clip.get_tokenizer("tiny-openclip")(texts)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert_close(backbone.encode_texts(texts), reference.encode_text(tokens, normalize=True))
         assert_close(backbone.encode_images(images), reference.encode_image(images, normalize=True))
+    return reference
+
+
+def test_openclip_encodes_as_open_clip_does(openclip_files):
+    backbone = openclip_backbone(openclip_files)
+    reference = assert_encodes_as_the_tiny_openclip(backbone, openclip_files[1])
     assert torch.equal(backbone.logit_scale, reference.logit_scale)
     assert backbone.embed_dim == 32 and backbone.context_length == 16 and backbone.preprocess.size == (32, 32)
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -365,17 +371,10 @@ def test_a_model_not_in_the_hub_cache_is_one_line_saying_what_to_download(hub_ca
 
 
 def test_an_openclip_repository_by_hub_id_is_the_model_its_files_hold(openclip_files, openclip_hub_files, hub_cache):
-    import open_clip
     from llu.backbones import weights_sha256
     into_hub_cache(hub_cache, "tiny-org/tiny-openclip", openclip_hub_files)
     backbone = load_backbone("openclip:hf-hub:tiny-org/tiny-openclip")
-    reference = open_clip.create_model("tiny-openclip", pretrained=openclip_files[1]).eval()
-    texts = ["a photo of a red circle.", "blue dots"]
-    tokens = open_clip.get_tokenizer("tiny-openclip")(texts)
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert_close(backbone.encode_texts(texts), reference.encode_text(tokens, normalize=True))
-        assert_close(backbone.encode_images(images), reference.encode_image(images, normalize=True))
+    assert_encodes_as_the_tiny_openclip(backbone, openclip_files[1])
     assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.interpolation == "bilinear"
     assert backbone.weights_sha256 == weights_sha256(openclip_hub_files["open_clip_model.safetensors"])
     assert backbone.identity != openclip_backbone(openclip_files).identity  # its preprocessing is its own
