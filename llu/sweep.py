@@ -11,9 +11,11 @@
   run goes on. A worker that dies (killed, out of memory) fails only the run it held ("worker died
   (signal 9)"); the next runs get a fresh worker. Workers end with the sweep, also when it is killed
   (``kill -9``: on Linux the kernel sends them SIGTERM, and their runs save what they can);
-- the console gets one line per finished run, with the time spent and an estimate of what is left;
-  each run's own output goes to its ``log.txt``; the end lists the failed runs with the last line of
-  their logs, and the exit status is 1 if any failed.
+- the console gets one line per finished run, with the time spent and an estimate of what is left
+  (from the finished runs of the same kind: training or evaluation, trainer, dataset, shots), and,
+  while runs are in flight, at most every 30 s a line on each (its epoch, read from its log), so a
+  long run is never silence; each run's own output goes to its ``log.txt``; the end lists the failed
+  runs with the last line of their logs, and the exit status is 1 if any failed.
 
 ``--launcher submitit`` (``LAUNCHER=submitit``) runs the same runs as jobs through submitit: on Slurm
 when ``srun`` is there, else with submitit's local executor. One job runs one chain: a training run
@@ -28,12 +30,14 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import heapq
 import inspect
 import io
 import multiprocessing
 import multiprocessing.connection
 import os
 import os.path as osp
+import re
 import shlex
 import shutil
 import signal
@@ -225,44 +229,156 @@ def worker_loop(conn, coordinator):
 # ---------------------------------------------------------------------------------------------
 # The coordinator
 
+def newest_log(output_dir):
+    """The path of the newest log in ``output_dir`` (log.txt, or a rerun's log.txt-<time>), or None."""
+    if not osp.isdir(output_dir):
+        return None
+    logs = [osp.join(output_dir, f) for f in os.listdir(output_dir) if f.startswith("log.txt")]
+    return max(logs, key=osp.getmtime, default=None)
+
+
 def last_log_line(output_dir):
     """The last non-empty line of the newest log in ``output_dir``, or ""."""
-    if not osp.isdir(output_dir):
+    log = newest_log(output_dir)
+    if log is None:
         return ""
-    logs = sorted((f for f in os.listdir(output_dir) if f.startswith("log.txt")),
-                  key=lambda f: osp.getmtime(osp.join(output_dir, f)))
-    if not logs:
-        return ""
-    with open(osp.join(output_dir, logs[-1]), errors="replace") as f:
+    with open(log, errors="replace") as f:
         lines = [line.strip() for line in f if line.strip()]
     return lines[-1] if lines else ""
+
+
+# The trainers' progress lines in log.txt (Dassl's): "epoch [3/10] batch [5/8] ..." during an epoch,
+# "epoch [3/10] loss ..." at its end.
+EPOCH_LINE = re.compile(r"epoch \[(\d+)/(\d+)\](?:\s+batch \[(\d+)/(\d+)\])?")
+LOG_TAIL_BYTES = 1 << 16
+
+
+def epoch_progress(output_dir, since=0.0):
+    """(epoch, epochs, fraction of the epochs done) from the last progress line of the run's log, or
+    None before it has one (setting up, or a run that trains nothing). A log older than ``since`` (the
+    run's start) is a previous attempt's and says nothing."""
+    log = newest_log(output_dir)
+    if log is None or osp.getmtime(log) < since:
+        return None
+    with open(log, "rb") as f:
+        f.seek(max(0, osp.getsize(log) - LOG_TAIL_BYTES))
+        tail = f.read().decode("utf-8", errors="replace")
+    matches = list(EPOCH_LINE.finditer(tail))
+    if not matches:
+        return None
+    epoch, epochs, batch, batches = matches[-1].groups()
+    epoch, epochs = int(epoch), max(int(epochs), 1)
+    done = epoch - 1 + int(batch) / max(int(batches), 1) if batch else epoch
+    return epoch, epochs, min(done / epochs, 1.0)
 
 
 def duration(seconds):
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
+HEARTBEAT_SECONDS = 30.0  # at most this long without a line while runs are in flight
+
+
+def run_kind(args):
+    """What a run's time is estimated from, the most general first: evaluation or training, trainer,
+    dataset, shots. Runs that agree in a longer prefix of it take more alike times."""
+    dataset = osp.splitext(osp.basename(_option(args, "--dataset-config-file")))[0]
+    return ("evaluate" if "--eval-only" in args else "train", _option(args, "--trainer"), dataset,
+            _option(args, "DATASET.NUM_SHOTS"))
+
+
+def expected_seconds(kind, finished):
+    """The mean time of the ``finished`` runs ((kind, seconds) pairs) that share the longest prefix of
+    ``kind`` with it (the same trainer on the same data, else the same trainer, ...); None if none."""
+    for length in range(len(kind), -1, -1):
+        alike = [seconds for other, seconds in finished if tuple(other[:length]) == tuple(kind[:length])]
+        if alike:
+            return sum(alike) / len(alike)
+    return None
+
+
+def time_left(finished, running, pending, workers):
+    """Seconds until every run not finished is, or None while there is nothing to go by.
+
+    ``finished``: (kind, seconds) of the runs done; ``running``: (kind, seconds so far, fraction of its
+    epochs done or None) of the runs in flight; ``pending``: the kinds of the runs to start, in order.
+    A run is expected to take what finished runs of its kind took (``expected_seconds``); before any
+    has finished, what the runs in flight take at their pace so far. A run in flight has the part of
+    that its epochs have not done left; the pending runs go, in order, to the first of the ``workers``
+    to be free."""
+    taken = finished or [(kind, seconds / fraction) for kind, seconds, fraction in running if fraction]
+    if not taken:
+        return None
+    free_at = []
+    for kind, seconds, fraction in running:
+        expected = expected_seconds(kind, taken)
+        free_at.append(expected * (1.0 - fraction) if fraction is not None else max(expected - seconds, 0.0))
+    free_at += [0.0] * max(workers - len(free_at), 0)
+    heapq.heapify(free_at)
+    for kind in pending:
+        heapq.heappush(free_at, heapq.heappop(free_at) + expected_seconds(kind, taken))
+    return max(free_at, default=0.0)
+
+
 @dataclass
 class Progress:
-    """Prints ``[k/N] state run`` lines with elapsed time and an estimate of the rest."""
-    total: int
+    """Prints a ``[k/N] state run`` line as each run ends, with the time elapsed and an estimate of the
+    rest (``time_left``); while runs are in flight and nothing else was printed for ``heartbeat``
+    seconds, one line on them and one per run (its epoch), so that a sweep is never long silent."""
+    tasks: list  # the runs to do (Task), their states kept by the scheduler
     stream: object = None  # default: sys.stdout
+    workers: int = 1
+    heartbeat: float = HEARTBEAT_SECONDS
     start: float = field(default_factory=time.time)
     count: int = 0
+    last_line: float = None  # when a line was last printed
 
-    def report(self, task, relative_to):
+    @property
+    def total(self):
+        return len(self.tasks)
+
+    def say(self, text):
+        print(text, file=self.stream or sys.stdout, flush=True)
+        self.last_line = time.time()
+
+    def time_left(self, in_flight, now):
+        finished = [(run_kind(t.args), t.seconds) for t in self.tasks if t.state == "done"]
+        flying = {t.index for t in in_flight}
+        epochs = {t.index: epoch_progress(t.output_dir, t.started) for t in in_flight}
+        running = [(run_kind(t.args), now - t.started, epochs[t.index][2] if epochs[t.index] else None)
+                   for t in in_flight]
+        pending = [run_kind(t.args) for t in self.tasks if t.state in ("pending", "running") and t.index not in flying]
+        return time_left(finished, running, pending, self.workers)
+
+    def times(self, in_flight, now):
+        """"elapsed 0:01:10, about 0:03:00 left"."""
+        left = self.time_left(in_flight, now) if self.count < self.total else None
+        return f"elapsed {duration(now - self.start)}{f', about {duration(left)} left' if left is not None else ''}"
+
+    def report(self, task, relative_to, in_flight=()):
+        """A line on ``task``, which has ended (done, failed) or will not run (blocked)."""
         self.count += 1
-        elapsed = time.time() - self.start
-        left = ""
-        if task.state == "done" and self.count < self.total:
-            left = f", about {duration(elapsed / self.count * (self.total - self.count))} left"
         took = f" in {task.seconds:.1f} s" if task.state in ("done", "failed") else ""
         name = osp.relpath(task.output_dir, relative_to)
-        stream = self.stream or sys.stdout
-        print(f"[{self.count}/{self.total}] {task.state:<7} {name}{took} (elapsed {duration(elapsed)}{left})",
-              file=stream, flush=True)
+        self.say(f"[{self.count}/{self.total}] {task.state:<7} {name}{took} ({self.times(in_flight, time.time())})")
         if task.state in ("failed", "blocked"):
-            print(f"    {task.message}", file=stream, flush=True)
+            self.say(f"    {task.message}")
+
+    def until_heartbeat(self):
+        """Seconds until a heartbeat is due."""
+        return max(0.0, (self.last_line or self.start) + self.heartbeat - time.time())
+
+    def beat(self, in_flight, relative_to):
+        """The heartbeat, if one is due: the runs in flight, with their epochs and times so far."""
+        now = time.time()
+        if not in_flight or now < (self.last_line or self.start) + self.heartbeat:
+            return
+        lines = [f"[{self.count}/{self.total}] {len(in_flight)} running ({self.times(in_flight, now)})"]
+        for task in sorted(in_flight, key=lambda t: t.index):
+            epoch = epoch_progress(task.output_dir, task.started)
+            at = f"epoch {epoch[0]}/{epoch[1]}, " if epoch else ""
+            lines.append(f"    {osp.relpath(task.output_dir, relative_to)}: {at}running {duration(now - task.started)}")
+        self.say("\n".join(lines))
 
 
 def worker_context():
@@ -327,10 +443,12 @@ class LocalWorkers:
         worker.close()
         self.workers.remove(worker)
 
-    def wait(self):
-        """Wait for runs to end; returns [(task, ok, message, worker died)] of those that did."""
+    def wait(self, timeout=None):
+        """Wait for runs to end, at most ``timeout`` seconds (None: until one does); returns [(task, ok,
+        message, worker died)] of those that did."""
         busy = [w for w in self.workers if w.task is not None]
-        ready = set(multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+        ready = set(multiprocessing.connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
+                                                    timeout))
         ended = []
         for worker in busy:
             if worker.conn not in ready and worker.process.sentinel not in ready:
@@ -364,13 +482,13 @@ class LocalWorkers:
         return False
 
 
-def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None):
+def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None, heartbeat=HEARTBEAT_SECONDS):
     """Run the runs ``jobs`` at a time (each after the run it reads); returns their tasks (with their
-    states)."""
+    states). While runs are in flight, a line on them at least every ``heartbeat`` seconds."""
     tasks, stream = schedule(runs), stream or sys.stdout
     relative_to = relative_to or common_folder(tasks)
     todo = [t for t in tasks if t.state == "pending"]
-    progress = Progress(len(todo), stream)
+    progress = Progress(list(todo), stream, jobs, heartbeat)
     print(f"Sweep in {relative_to}: {len(todo)} run(s) to do, {len(tasks) - len(todo)} already done; "
           f"{jobs} worker(s)", file=stream, flush=True)
     if not todo:
@@ -386,7 +504,7 @@ def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None):
                     todo.remove(task)
                     task.state = "blocked"
                     task.message = f"not run: the run it reads failed ({osp.relpath(producer.output_dir, relative_to)})"
-                    progress.report(task, relative_to)
+                    progress.report(task, relative_to, running_tasks(tasks))
                     continue
                 if producer is not None and producer.state not in ("done", "skipped"):
                     continue  # in plan order, but after the run it reads
@@ -396,11 +514,16 @@ def run_plan(runs, jobs=1, workers=None, stream=None, relative_to=None):
                 running += 1
             if not running:
                 continue
-            for task, ok, message, died in pool.wait():
+            for task, ok, message, died in pool.wait(progress.until_heartbeat()):
                 running -= 1
                 finish_run(task, ok, message, died)
-                progress.report(task, relative_to)
+                progress.report(task, relative_to, running_tasks(tasks))
+            progress.beat(running_tasks(tasks), relative_to)
     return tasks
+
+
+def running_tasks(tasks):
+    return [t for t in tasks if t.state == "running"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +581,12 @@ def chains(tasks):
     return grouped
 
 
+def chain_heads(chains_in_flight):
+    """The run each chain in flight is at: its first without results.json (a job runs its chain in order)."""
+    heads = (next((t for t in chain if not t.finished), None) for chain in chains_in_flight)
+    return [head for head in heads if head is not None]
+
+
 def chain_arguments(chain):
     position = {task.index: i for i, task in enumerate(chain)}
     return [(task.args, position.get(task.needs)) for task in chain]
@@ -497,7 +626,7 @@ def run_plan_submitit(runs, jobs=0, folder=None, stream=None, relative_to=None, 
         executor, slurm = make_executor(folder)
     else:
         slurm = False
-    progress = Progress(count, stream)
+    progress = Progress([task for chain in todo for task in chain], stream, jobs or len(todo))
     print(f"Sweep in {relative_to}: {count} run(s) to do in {len(todo)} job(s) ({'Slurm' if slurm else 'local'} "
           f"submitit, logs in {folder}), {len(tasks) - count} already done; "
           f"{jobs or 'all'} job(s) at a time", file=stream, flush=True)
@@ -513,6 +642,7 @@ def run_plan_submitit(runs, jobs=0, folder=None, stream=None, relative_to=None, 
                 in_flight[executor.submit(run_chain, chain_arguments(chain))] = chain
             done = [job for job in in_flight if job.done()]
             if not done:
+                progress.beat(chain_heads(in_flight.values()), relative_to)
                 time.sleep(15.0 if slurm else 0.2)
                 continue
             for job in done:
@@ -523,7 +653,7 @@ def run_plan_submitit(runs, jobs=0, folder=None, stream=None, relative_to=None, 
                     outcomes = [(False, failure_line(job))] * len(chain)
                 for task, (ok, message) in zip(chain, outcomes):
                     finish_run(task, ok, message)
-                    progress.report(task, relative_to)
+                    progress.report(task, relative_to, chain_heads(in_flight.values()))
     finally:
         for job in in_flight:  # interrupted: a rerun of the same command continues the sweep
             job.cancel(check=False)

@@ -240,7 +240,9 @@ BACKBONE_KINDS = """backbones (--backbone, or MODEL.BACKBONE.NAME):
   ViT-B/16, RN50, ...     OpenAI's CLIP by name (~/.cache/clip), or a weights file (.pt)
   toy                     the built-in world's ToyCLIP (shipped)
   openclip:<model>        an OpenCLIP architecture or model config .json, weights in MODEL.BACKBONE.WEIGHTS
+  openclip:hf-hub:<org/name>  an OpenCLIP repository of the Hub, from the local Hugging Face cache
   hf:<folder>             a Hugging Face CLIPModel or SiglipModel folder
+  hf:<org/name>           the same by its Hub id, from the local Hugging Face cache
   embeddings              no model: the features stored in the dataset's file"""
 
 EXAMPLE = """example (the built-in world, LLU on the base classes, then its new classes):

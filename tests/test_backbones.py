@@ -2,8 +2,10 @@
 OpenCLIP (a model config JSON + an open_clip state dict), Hugging Face CLIP and SigLIP folders
 (save_pretrained), and datasets of precomputed embeddings."""
 import gzip
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -86,16 +88,22 @@ def openclip_backbone(openclip_files):
 # ---------------------------------------------------------------------------------------------
 # Each backbone encodes as its own library does
 
-def test_openclip_encodes_as_open_clip_does(openclip_files):
+def assert_encodes_as_the_tiny_openclip(backbone, weights):
+    """``backbone``'s features are open_clip's own of the tiny model with ``weights``; returns that model."""
     import open_clip
-    backbone = openclip_backbone(openclip_files)
-    reference = open_clip.create_model("tiny-openclip", pretrained=openclip_files[1]).eval()
+    reference = open_clip.create_model("tiny-openclip", pretrained=weights).eval()
     texts = ["a photo of a red circle.", "blue dots"]
     tokens = open_clip.get_tokenizer("tiny-openclip")(texts)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert_close(backbone.encode_texts(texts), reference.encode_text(tokens, normalize=True))
         assert_close(backbone.encode_images(images), reference.encode_image(images, normalize=True))
+    return reference
+
+
+def test_openclip_encodes_as_open_clip_does(openclip_files):
+    backbone = openclip_backbone(openclip_files)
+    reference = assert_encodes_as_the_tiny_openclip(backbone, openclip_files[1])
     assert torch.equal(backbone.logit_scale, reference.logit_scale)
     assert backbone.embed_dim == 32 and backbone.context_length == 16 and backbone.preprocess.size == (32, 32)
     assert not any(p.requires_grad for p in backbone.parameters())
@@ -246,6 +254,172 @@ def test_openclip_weights_of_another_model_name_the_file(openclip_files, tmp_pat
 def test_hf_folder_without_a_model_is_one_line(tmp_path):
     with pytest.raises(UserError, match="not a model saved with save_pretrained"):
         load_backbone(f"hf:{tmp_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models by their Hub id, from the local Hugging Face cache (nothing downloaded)
+
+HUB_COMMIT = "4f1d2c3b5a6978e0d1c2b3a4958677665544332a"
+
+
+def into_hub_cache(cache, repo_id, files):
+    """Lay ``files`` ({name: path}) out as huggingface_hub's cache holds a download of ``repo_id``:
+    each file a blob named by its hash, the snapshot of a commit linking to the blobs, refs/main
+    naming that commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot, blobs = repo / "snapshots" / HUB_COMMIT, repo / "blobs"
+    for folder in (snapshot, blobs, repo / "refs"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    for name, path in files.items():
+        content = open(path, "rb").read()
+        blob = blobs / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    return str(snapshot)
+
+
+def folder_files(folder):
+    return {name: os.path.join(folder, name) for name in os.listdir(folder)}
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache that huggingface_hub reads (as HF_HUB_CACHE would set it)."""
+    from huggingface_hub import constants
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def openclip_hub_files(tmp_path_factory, openclip_files):
+    """An OpenCLIP repository's files as on the Hub: open_clip_config.json (the tiny model's config,
+    a preprocessing of its own) and open_clip_model.safetensors (the tiny model's weights)."""
+    from safetensors.torch import save_file
+    folder = tmp_path_factory.mktemp("openclip_hub")
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear",
+                  "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPENCLIP,
+                                                              "preprocess_cfg": preprocess}))
+    state = torch.load(openclip_files[1], weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "open_clip_model.safetensors"))
+    return folder_files(str(folder))
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_a_hugging_face_model_by_hub_id_is_its_cached_snapshot(hf_folders, hub_cache, kind):
+    """The same model as from its folder: same features, and the same sha256 (what run records and the
+    feature cache are keyed by), so a run made from the folder is reproduced from the Hub id."""
+    from llu.backbones import locate
+    into_hub_cache(hub_cache, f"tiny-org/tiny-{kind}", folder_files(hf_folders[kind]))
+    by_id = load_backbone(f"hf:tiny-org/tiny-{kind}")
+    assert by_id.weights_sha256 == locate(f"hf:{hf_folders[kind]}")[0]
+    from_folder = load_backbone(f"hf:{hf_folders[kind]}")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(by_id.encode_images(images), from_folder.encode_images(images))
+        assert torch.equal(by_id.encode_texts(["a red circle."]), from_folder.encode_texts(["a red circle."]))
+    assert by_id.preprocess == from_folder.preprocess
+
+
+def test_hub_ids_are_read_from_the_cache_that_hf_home_names(hf_folders, tmp_path):
+    """In a fresh process, as a user runs it: HF_HOME/hub is the cache (huggingface_hub's own rule)."""
+    from llu.backbones import locate
+    into_hub_cache(tmp_path / "home" / "hub", "tiny-org/tiny-clip", folder_files(hf_folders["clip"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    script = "from llu.backbones import locate; print(locate('hf:tiny-org/tiny-clip')[0])"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
+                         env=dict(env, HF_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="0", PYTHONPATH=REPO))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == locate(f"hf:{hf_folders['clip']}")[0]
+
+
+def test_an_existing_folder_wins_over_a_hub_id(hf_folders, hub_cache, tmp_path, monkeypatch):
+    into_hub_cache(hub_cache, "tiny-org/tiny-clip", folder_files(hf_folders["siglip"]))  # another model
+    os.makedirs(tmp_path / "tiny-org")
+    os.symlink(hf_folders["clip"], tmp_path / "tiny-org" / "tiny-clip")
+    monkeypatch.chdir(tmp_path)
+    from llu.backbones import locate
+    assert locate("hf:tiny-org/tiny-clip")[0] == locate(f"hf:{hf_folders['clip']}")[0]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("hf:openai/clip-vit-base-patch32",
+     r"MODEL.BACKBONE.NAME hf:openai/clip-vit-base-patch32: openai/clip-vit-base-patch32 is not in the Hugging "
+     r"Face cache \({cache}\); download it with `hf download openai/clip-vit-base-patch32` on a machine with "
+     r"internet, then copy its models--openai--clip-vit-base-patch32 folder into {cache}"),
+    ("openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+     r"MODEL.BACKBONE.NAME openclip:hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K: laion/CLIP-ViT-B-32-laion2B-"
+     r"s34B-b79K is not in the Hugging Face cache \({cache}\); download it with `hf download laion/"),
+    ("hf:no/such/folder", "hf:no/such/folder: no such folder .* nor a Hub repository id"),
+    ("openclip:hf-hub:./here", r"openclip:hf-hub:./here: expected a Hub repository id \(org/name\)"),
+])
+def test_a_model_not_in_the_hub_cache_is_one_line_saying_what_to_download(hub_cache, monkeypatch, name, message):
+    import socket
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in this test")
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(UserError, match=message.format(cache=re.escape(str(hub_cache)))):
+        load_backbone(name)
+    assert attempts == []  # the cache was read, the network never tried
+
+
+def test_an_openclip_repository_by_hub_id_is_the_model_its_files_hold(openclip_files, openclip_hub_files, hub_cache):
+    from llu.backbones import weights_sha256
+    into_hub_cache(hub_cache, "tiny-org/tiny-openclip", openclip_hub_files)
+    backbone = load_backbone("openclip:hf-hub:tiny-org/tiny-openclip")
+    assert_encodes_as_the_tiny_openclip(backbone, openclip_files[1])
+    assert backbone.preprocess.mean == (0.5, 0.5, 0.5) and backbone.preprocess.interpolation == "bilinear"
+    assert backbone.weights_sha256 == weights_sha256(openclip_hub_files["open_clip_model.safetensors"])
+    assert backbone.identity != openclip_backbone(openclip_files).identity  # its preprocessing is its own
+
+
+def test_an_openclip_repository_that_is_not_whole_is_one_line(openclip_hub_files, hub_cache):
+    files = {"open_clip_config.json": openclip_hub_files["open_clip_config.json"]}
+    into_hub_cache(hub_cache, "tiny-org/config-only", files)
+    with pytest.raises(UserError, match=r"openclip:hf-hub:tiny-org/config-only: its snapshot .* lacks "
+                                        r"open_clip_config.json or weights"):
+        load_backbone("openclip:hf-hub:tiny-org/config-only")
+    with pytest.raises(UserError, match="MODEL.BACKBONE.WEIGHTS w.bin: openclip:hf-hub:tiny-org/config-only takes "
+                                        "its weights from the repository"):
+        load_backbone("openclip:hf-hub:tiny-org/config-only", weights="w.bin")
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"model_cfg": dict(TINY_OPENCLIP, embed_dimension=32)}, "unknown key model_cfg.embed_dimension"),
+    ({"model_cfg": {k: v for k, v in TINY_OPENCLIP.items() if k != "text_cfg"}}, "key model_cfg.text_cfg is missing"),
+    (TINY_OPENCLIP, "key model_cfg is missing"),
+    ({"model_cfg": TINY_OPENCLIP, "preprocess_cfg": [0.5]}, "key preprocess_cfg must be an object of settings"),
+])
+def test_an_openclip_repository_with_a_bad_config_names_its_key(tmp_path, openclip_hub_files, hub_cache, content,
+                                                                 message):
+    config = tmp_path / "open_clip_config.json"
+    config.write_text(json.dumps(content))
+    into_hub_cache(hub_cache, "tiny-org/bad", dict(openclip_hub_files, **{"open_clip_config.json": str(config)}))
+    with pytest.raises(UserError, match=f"open_clip_config.json: {message}"):
+        load_backbone("openclip:hf-hub:tiny-org/bad")
+
+
+def test_an_openclip_repositorys_hugging_face_tokenizer_comes_from_the_cache_without_code(
+        tmp_path, openclip_hub_files, hub_cache):
+    config = tmp_path / "open_clip_config.json"
+    text_cfg = dict(TINY_OPENCLIP["text_cfg"], hf_tokenizer_name="tiny-org/tokenizer")
+    config.write_text(json.dumps({"model_cfg": dict(TINY_OPENCLIP, text_cfg=text_cfg)}))
+    into_hub_cache(hub_cache, "tiny-org/hf-text", dict(openclip_hub_files, **{"open_clip_config.json": str(config)}))
+    with pytest.raises(UserError, match=r"open_clip_config.json: key model_cfg.text_cfg.hf_tokenizer_name: "
+                                        r"tiny-org/tokenizer is not in the Hugging Face cache"):
+        load_backbone("openclip:hf-hub:tiny-org/hf-text")
+    tokenizer_config = tmp_path / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({"auto_map": {"AutoTokenizer": ["my_tokenizer.MyTokenizer", None]}}))
+    into_hub_cache(hub_cache, "tiny-org/tokenizer", {"tokenizer_config.json": str(tokenizer_config)})
+    with pytest.raises(UserError, match=r"tokenizer_config.json: key auto_map names code of the model's own"):
+        load_backbone("openclip:hf-hub:tiny-org/hf-text")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ processes."""
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -226,7 +227,7 @@ class FakeWorkers:
                 f.write("{}")
         self.ended.append((task, ok, message, False))
 
-    def wait(self):
+    def wait(self, timeout=None):
         ended, self.ended = self.ended, []
         return ended
 
@@ -367,6 +368,110 @@ def test_workers_end_when_the_coordinator_is_killed(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Signs of life: the estimate of what is left, and lines while runs are in flight
+
+def kind(trainer, evaluate=False, dataset="shapes", shots="16"):
+    return ("evaluate" if evaluate else "train", trainer, dataset, shots)
+
+
+def test_a_run_is_expected_to_take_what_runs_of_its_kind_took():
+    finished = [(kind("CoOp"), 100.0), (kind("CoOp"), 120.0), (kind("CoOp", True), 5.0), (kind("LLU"), 10.0),
+                (kind("CoOp", dataset="patterns"), 400.0)]
+    assert sweep.expected_seconds(kind("CoOp"), finished) == 110.0
+    assert sweep.expected_seconds(kind("CoOp", dataset="patterns"), finished) == 400.0
+    assert sweep.expected_seconds(kind("CoOp", dataset="dots"), finished) == (100 + 120 + 400) / 3  # the trainer's
+    assert sweep.expected_seconds(kind("LLU", True), finished) == 5.0  # evaluations of any trainer
+    assert sweep.expected_seconds(kind("ProGrad"), finished) == (100 + 120 + 10 + 400) / 4  # training runs
+    assert sweep.expected_seconds(kind("LLU"), []) is None
+
+
+def test_time_left_lays_the_runs_on_the_workers():
+    finished = [(kind("CoOp"), 100.0), (kind("CoOp", True), 5.0), (kind("LLU"), 10.0)]
+    assert sweep.time_left([], [], [kind("CoOp")], workers=1) is None  # nothing to go by yet
+    assert sweep.time_left([], [(kind("CoOp"), 30.0, None)], [kind("CoOp")], workers=1) is None
+    # nothing finished: a run 30 s in and a quarter through its epochs is expected to take 120 s
+    assert sweep.time_left([], [(kind("CoOp"), 30.0, 0.25)], [kind("CoOp")], workers=1) == 90.0 + 120.0
+    assert sweep.time_left(finished, [], [kind("CoOp"), kind("CoOp", True), kind("LLU")], workers=1) == 115.0
+    assert sweep.time_left(finished, [], [kind("CoOp"), kind("LLU"), kind("LLU")], workers=2) == 100.0
+    # in flight: 40 s into a CoOp run whose log says it is 3/4 through its epochs, an evaluation 2 s in
+    running = [(kind("CoOp"), 40.0, 0.75), (kind("CoOp", True), 2.0, None)]
+    assert sweep.time_left(finished, running, [kind("LLU")], workers=2) == 25.0
+    assert sweep.time_left(finished, running, [], workers=2) == 25.0
+
+
+def test_the_estimate_holds_steady_when_runs_take_what_their_kind_takes():
+    """Three seeds of a long training run and a short evaluation per trainer, one worker: once each kind
+    has finished once, elapsed + left is the sweep's true length at every step (averaging every run, as
+    before, said 7:10, then 1:10, then 3:23 on the demo)."""
+    took = {kind("CoOp"): 300.0, kind("CoOp", True): 6.0, kind("LLU"): 20.0, kind("LLU", True): 4.0}
+    plan = [k for _ in range(3) for k in took]
+    total, elapsed, finished, seen = sum(took[k] for k in plan), 0.0, [], set()
+    for i, run in enumerate(plan):
+        elapsed += took[run]
+        finished.append((run, took[run]))
+        seen.add(run)
+        if len(seen) == len(took):
+            assert sweep.time_left(finished, [], plan[i + 1:], workers=1) + elapsed == total
+
+
+def write_log(folder, text, name="log.txt"):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+
+
+def test_a_runs_epoch_is_read_from_the_end_of_its_log(tmp_path):
+    assert sweep.epoch_progress(str(tmp_path / "none")) is None
+    write_log(tmp_path, "Loading CLIP\nBuilding the feature cache\n")
+    assert sweep.epoch_progress(str(tmp_path)) is None
+    write_log(tmp_path, "x" * 100000 + "\nepoch [2/8] batch [1/4] time 0.1 loss 1.0\nepoch [2/8] batch [3/4] "
+                        "time 0.1 (0.1) loss 0.9 lr 2e-3 eta 0:00:04\n")
+    assert sweep.epoch_progress(str(tmp_path)) == (2, 8, (1 + 3 / 4) / 8)
+    write_log(tmp_path, "epoch [2/8] batch [4/4] loss 0.8\nepoch [2/8] loss 0.8000 lr 2e-3 (1.00 s, eta 0:00:06)\n"
+                        "Evaluating on the test set\n")
+    assert sweep.epoch_progress(str(tmp_path)) == (2, 8, 2 / 8)
+    assert sweep.epoch_progress(str(tmp_path), since=time.time() + 60) is None  # a previous attempt's log
+
+
+class Watching(io.StringIO):
+    """A console that, once what was printed matches ``pattern``, creates the file ``then`` (the
+    stand-in runs wait for it)."""
+
+    def __init__(self, pattern, then):
+        super().__init__()
+        self.pattern, self.then = pattern, then
+
+    def write(self, text):
+        written = super().write(text)
+        if re.search(self.pattern, self.getvalue()):
+            open(self.then, "w").close()
+        return written
+
+
+def epochs_then_wait(args):
+    """A stand-in run: logs that it is in epoch 2 of 4, then finishes when the file ``go`` exists."""
+    out = args[args.index("--output-dir") + 1]
+    write_log(out, "epoch [2/4] batch [1/2] time 0.1 loss 1.0\n")
+    wait_for(lambda: os.path.exists(os.path.join(os.path.dirname(out), "go")), "the heartbeat line")
+    write_log(out, "{}", name="results.json")
+    return True, ""
+
+
+HEARTBEAT = (r"\[0/2\] 2 running \(elapsed \d+:\d\d:\d\d, about \d+:\d\d:\d\d left\)\n"
+             r"    a: epoch 2/4, running \d+:\d\d:\d\d\n    b: epoch 2/4, running \d+:\d\d:\d\d\n")
+
+
+def test_runs_in_flight_get_a_line_while_nothing_ends(tmp_path, monkeypatch):
+    """Both runs wait until the console shows them in epoch 2 of 4; the sweep then ends."""
+    monkeypatch.setattr(sweep, "execute", epochs_then_wait)
+    runs = [Run(("--output-dir", str(tmp_path / name), "--trainer", "CoOp"), str(tmp_path / name)) for name in "ab"]
+    out = Watching(HEARTBEAT, then=tmp_path / "go")
+    tasks = sweep.run_plan(runs, jobs=2, stream=out, heartbeat=0.2)
+    assert [t.state for t in tasks] == ["done", "done"]
+    assert re.search(HEARTBEAT, out.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
 # Same numbers in a worker
 
 def results(folder):
@@ -416,6 +521,14 @@ def test_chains_group_each_training_run_with_the_evaluations_that_read_it(tmp_pa
     tasks[0].state = "skipped"  # finished before: its reader starts a chain of its own
     assert [[t.index for t in chain] for chain in sweep.chains(tasks)] == [[1], [2, 3], [4]]
     assert sweep.chain_arguments(sweep.chains(tasks)[1])[1][1] == 0  # the evaluation reads the chain's first run
+
+
+def test_a_chain_in_flight_is_at_its_first_run_without_results(tmp_path):
+    tasks = sweep.schedule(pairs(tmp_path, 2))
+    write_log(tasks[0].output_dir, "{}", name="results.json")  # the first chain's training run has finished
+    assert [t.index for t in sweep.chain_heads([tasks[0:2], tasks[2:4]])] == [1, 2]
+    write_log(tasks[1].output_dir, "{}", name="results.json")
+    assert [t.index for t in sweep.chain_heads([tasks[0:2], tasks[2:4]])] == [2]
 
 
 def test_slurm_settings_come_from_the_environment():

@@ -5,9 +5,11 @@
 - ``ViT-B/16`` (any of OpenAI's names), a weights file, or ``toy``: OpenAI's CLIP format (``openai.py``);
 - ``openclip:<model>``: an OpenCLIP architecture by open_clip's name (``ViT-B-16``) or a model config
   JSON file, its weights from ``MODEL.BACKBONE.WEIGHTS`` (a file, or one of open_clip's pretrained
-  tags when it is in the local cache) (``openclip.py``);
+  tags when it is in the local cache) (``openclip.py``); ``openclip:hf-hub:<org/name>``: an OpenCLIP
+  repository of the Hugging Face Hub, from the local Hub cache (``hub.py``);
 - ``hf:<folder>``: a Hugging Face ``CLIPModel`` or ``SiglipModel`` saved with ``save_pretrained``, with
-  its tokenizer and image processor (``huggingface.py``);
+  its tokenizer and image processor (``huggingface.py``); ``hf:<org/name>``: such a model by its Hub
+  id, from the local Hub cache;
 - ``embeddings``: no model at all: the image and class-text embeddings stored in the dataset's
   file (``configs/datasets/embeddings.yaml``, ``embeddings.py``); the trainer builds it from the data.
 

@@ -1,5 +1,6 @@
 """Hugging Face models: ``hf:<folder>``, a ``transformers`` ``CLIPModel`` or ``SiglipModel`` saved with
-``save_pretrained``, with its tokenizer and image processor saved in the same folder. Nothing is
+``save_pretrained``, with its tokenizer and image processor saved in the same folder, or ``hf:<org/name>``,
+such a model by its Hub id, read from the local Hub cache (``hub.py``). Nothing is
 downloaded (``local_files_only``) and no code from the folder runs: every load passes
 ``trust_remote_code=False``, a folder whose config files name code of their own (``auto_map``) is
 refused before transformers reads it, and stdin is never consulted (transformers would ask on it
@@ -20,6 +21,7 @@ import torch
 
 from llu.utils import UserError, require
 
+from . import hub
 from .base import ClipBackbone, Preprocess, combined_sha256
 
 WEIGHT_FILES = (".safetensors", ".bin")
@@ -95,10 +97,13 @@ def stdin_closed():
         sys.stdin = stdin
 
 
-def locate(folder):
-    folder = osp.expanduser(folder)
-    if not osp.isdir(folder):
-        raise UserError(f"MODEL.BACKBONE.NAME hf:{folder}: no such folder (a model saved with save_pretrained)")
+def locate(spec):
+    """``spec``: a folder, or a Hub repository id (``org/name``) whose snapshot in the local cache is the
+    folder (an existing folder wins). The sha256 is of the files, so both give a model the same one."""
+    folder = hub.model_folder(spec, f"MODEL.BACKBONE.NAME hf:{spec}")
+    if folder is None:
+        raise UserError(f"MODEL.BACKBONE.NAME hf:{spec}: no such folder (a model saved with save_pretrained) "
+                        f"nor a Hub repository id (org/name)")
     refuse_remote_code(folder)
     sha256 = folder_sha256(folder)
     return sha256, lambda device, prec, trust: HuggingFaceClip(folder, sha256, device, prec)

@@ -2,8 +2,10 @@
 ``convnext_base_w``) or a model config JSON file in open_clip's format; its weights from
 ``MODEL.BACKBONE.WEIGHTS``: a file (an open_clip state dict, ``.bin``/``.pt``/``.safetensors``, read
 without unpickling objects) or one of open_clip's pretrained tags for the model (``laion2b_s34b_b88k``)
-when open_clip's download of it is in the local cache. open_clip's own preprocessing, tokenizer and
-learned logit scale are used."""
+when open_clip's download of it is in the local cache. Or ``openclip:hf-hub:<org/name>``, an OpenCLIP
+repository on the Hugging Face Hub (its ``open_clip_config.json`` and weights) read from the local Hub
+cache (``hub.py``). open_clip's own preprocessing, tokenizer and learned logit scale are used; nothing
+is downloaded."""
 import contextlib
 import logging
 import os.path as osp
@@ -12,7 +14,12 @@ import torch
 
 from llu.utils import UserError, require
 
+from . import hub
 from .base import ClipBackbone, Preprocess, combined_sha256
+
+HF_HUB_PREFIX = "hf-hub:"
+HUB_CONFIG_FILE = "open_clip_config.json"  # {"model_cfg": a model config, "preprocess_cfg": ...}
+HUB_WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's names, preferred first
 
 
 def _open_clip():
@@ -43,32 +50,39 @@ def config_keys():
             "multimodal_cfg": fields(coca_model.MultimodalCfg)}
 
 
-def check_model_config(path):
+def check_model_config(path, config=None, within=""):
     """Refuse, with one line naming the file and key, a model config open_clip could not build from:
     not a JSON object, missing embed_dim / vision_cfg / text_cfg, or holding a key open_clip does not
     read (a typo would be a TypeError deep inside open_clip). A text tower from Hugging Face
-    (``hf_model_name``, a local folder) must hold no code of its own (``huggingface.refuse_remote_code``)."""
+    (``hf_model_name``: a local folder, or a Hub id read from the local cache) must hold no code of its
+    own (``huggingface.refuse_remote_code``). ``config``: the settings, when they are the object under
+    the key ``within`` of the file (``model_cfg`` of a Hub repository's open_clip_config.json)."""
     from .huggingface import read_config_file, refuse_remote_code
-    config = read_config_file(path)
+    config = read_config_file(path) if config is None else config
+    prefix = f"{within}." if within else ""
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: key {within} must be an object of settings, got {type(config).__name__}")
     known = config_keys()
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in config:
-            raise UserError(f"{path}: key {key} is missing; an open_clip model config has embed_dim, vision_cfg "
-                            f"and text_cfg")
+            raise UserError(f"{path}: key {prefix}{key} is missing; an open_clip model config has embed_dim, "
+                            f"vision_cfg and text_cfg")
     if isinstance(config["embed_dim"], bool) or not isinstance(config["embed_dim"], int) or config["embed_dim"] < 1:
-        raise UserError(f"{path}: key embed_dim must be a positive integer, got {config['embed_dim']!r:.100}")
+        raise UserError(f"{path}: key {prefix}embed_dim must be a positive integer, got {config['embed_dim']!r:.100}")
     for section, allowed in known.items():
         content = config if not section else config.get(section, {})
         if not isinstance(content, dict):
-            raise UserError(f"{path}: key {section} must be an object of settings, got {type(content).__name__}")
+            raise UserError(f"{path}: key {prefix}{section} must be an object of settings, got "
+                            f"{type(content).__name__}")
         for key in content:
             if key not in allowed:
                 where = f"{section}.{key}" if section else key
-                raise UserError(f"{path}: unknown key {where!s:.100} (open_clip's keys there: "
+                raise UserError(f"{path}: unknown key {prefix}{where!s:.100} (open_clip's keys there: "
                                 f"{', '.join(sorted(allowed))})")
     for key in ("hf_model_name", "hf_tokenizer_name"):
-        folder = config["text_cfg"].get(key)
-        if isinstance(folder, str) and osp.isdir(folder):
+        name = config["text_cfg"].get(key)
+        folder = hub.model_folder(name, f"{path}: key {prefix}text_cfg.{key}") if isinstance(name, str) else None
+        if folder is not None:
             refuse_remote_code(folder)
 
 
@@ -91,11 +105,11 @@ def cached_pretrained_file(pretrained):
     """The local file of a pretrained tag's download, or None when it is not in the local cache."""
     if pretrained.get("file"):
         return pretrained["file"]
-    hub = pretrained.get("hf_hub", "")
-    if hub:
+    hub_file = pretrained.get("hf_hub", "")
+    if hub_file:
         from huggingface_hub import try_to_load_from_cache
-        repo, filename = osp.split(hub)
-        for name in ([filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]):
+        repo, filename = osp.split(hub_file)
+        for name in ([filename] if filename else HUB_WEIGHTS_FILES):
             found = try_to_load_from_cache(repo, name)
             if isinstance(found, str):
                 return found
@@ -129,8 +143,44 @@ def resolve_weights(name, weights):
     return path, pretrained
 
 
+def locate_on_hub(repo_id, weights):
+    """An OpenCLIP repository of the Hub (``hf-hub:org/name``) from its snapshot in the local cache: its
+    open_clip_config.json (the model config under ``model_cfg``, the preprocessing under
+    ``preprocess_cfg``) and its weights file. open_clip builds it from the folder (``local-dir:``)."""
+    from . import weights_sha256
+    from .huggingface import read_config_file
+    spec = f"{HF_HUB_PREFIX}{repo_id}"
+    if weights:
+        raise UserError(f"MODEL.BACKBONE.WEIGHTS {weights}: openclip:{spec} takes its weights from the repository; "
+                        f"leave MODEL.BACKBONE.WEIGHTS empty")
+    if not hub.is_repo_id(repo_id):
+        raise UserError(f"MODEL.BACKBONE.NAME openclip:{spec}: expected a Hub repository id (org/name)")
+    folder = hub.cached_snapshot(repo_id, f"MODEL.BACKBONE.NAME openclip:{spec}")
+    config_path = osp.join(folder, HUB_CONFIG_FILE)
+    files = [osp.join(folder, n) for n in HUB_WEIGHTS_FILES if osp.isfile(osp.join(folder, n))]
+    if not osp.isfile(config_path) or not files:
+        raise UserError(f"MODEL.BACKBONE.NAME openclip:{spec}: its snapshot in the Hugging Face cache ({folder}) "
+                        f"lacks {HUB_CONFIG_FILE} or weights ({' or '.join(HUB_WEIGHTS_FILES)}): not an OpenCLIP "
+                        f"repository, or not downloaded whole (`hf download {repo_id}`)")
+    content = read_config_file(config_path)
+    if "model_cfg" not in content:
+        raise UserError(f"{config_path}: key model_cfg is missing (an OpenCLIP repository's model config)")
+    check_model_config(config_path, content["model_cfg"], within="model_cfg")
+    preprocess = content.get("preprocess_cfg", {})
+    if not isinstance(preprocess, dict):
+        raise UserError(f"{config_path}: key preprocess_cfg must be an object of settings, got "
+                        f"{type(preprocess).__name__}")
+    sha256 = weights_sha256(files[0])
+    identity = combined_sha256("openclip", repr(sorted(content["model_cfg"].items())),
+                               repr(sorted(preprocess.items())), sha256)
+    return identity, lambda device, prec, trust: OpenClip(f"local-dir:{folder}", files[0], {}, sha256, identity,
+                                                          device, prec, source=spec)
+
+
 def locate(spec, weights):
     from . import weights_sha256
+    if spec.startswith(HF_HUB_PREFIX):
+        return locate_on_hub(spec[len(HF_HUB_PREFIX):], weights)
     name = model_name(spec)
     path, pretrained = resolve_weights(name, weights)
     sha256 = weights_sha256(path)
@@ -154,8 +204,9 @@ class OpenClip(ClipBackbone):
         # no pretrained weights were loaded (they are, next). A Hugging Face text tower is built by
         # transformers, which would ask on stdin whether to run a folder's code: stdin is empty.
         try:
-            with torch.random.fork_rng(devices=[]), quiet_logging(), stdin_closed():
-                self.model = open_clip.create_model(name, pretrained=None, precision=precision, device=device,
+            with torch.random.fork_rng(devices=[]), quiet_logging(), stdin_closed(), hub.offline():
+                self.model = open_clip.create_model(name, pretrained=None, load_weights=False, precision=precision,
+                                                    device=device,
                                                     force_quick_gelu=bool(pretrained.get("quick_gelu", False)),
                                                     force_preprocess_cfg=preprocess or None)
         except Exception as e:  # a value of the wrong type or size in the config, deep inside open_clip
@@ -168,7 +219,7 @@ class OpenClip(ClipBackbone):
                             f"{str(e).splitlines()[0][:300]})") from None
         self.freeze(device)
         self.weights_sha256, self.identity = sha256, identity
-        with stdin_closed():
+        with stdin_closed(), hub.offline():
             self.tokenizer = open_clip.get_tokenizer(name)
         self.text = getattr(self.model, "text", self.model)  # CustomTextCLIP keeps its text tower apart
         cfg = self.model.visual.preprocess_cfg
