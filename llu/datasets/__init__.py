@@ -24,6 +24,7 @@ def load_all():
     from . import (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,  # noqa: F401
                    fgvc_aircraft, sun397, dtd, eurosat, ucf101, imagenetv2, imagenet_sketch, imagenet_a,
                    imagenet_r, imagefolder, embeddings, world)
+    from . import union  # noqa: F401
     return DATASETS
 
 
