@@ -203,7 +203,8 @@ def test_a_bank_run_composes_its_members_key_and_routes_each_class_to_its_member
                              "TRAINER.LLUBANK.MEMBERS", repr(members))
     assert code == 0, err
     bank = llu.load(tmp_path / "bank")
-    texts, claims = bank.trainer.class_features(["blue", "green", "red", "yellow", "violet"])
+    texts, claims, adapted = bank.trainer.class_features(["blue", "green", "red", "yellow", "violet"])
+    assert torch.equal(adapted, bank.trainer.bank.transform(texts, "text", claims))
     assert claims.tolist() == [[True, False], [True, False], [False, True], [False, True], [False, False]]
     for k, member in enumerate(members):  # a claimed class's text is its member's update, as that run makes it
         adapter = llu.load(member).trainer.adapter

@@ -166,10 +166,11 @@ class AdapterBank(nn.Module):
         rest = (1 - weights.sum(dim=1, keepdim=True)) * f
         return F.normalize(rest if mixed is None else mixed + rest, dim=-1)
 
-    def logits(self, image_features, text_features, logit_scale, text_claims=None):
-        """Eq. 1 on the bank's updated embeddings."""
-        return logit_scale * self.transform(image_features, "image") @ \
-            self.transform(text_features, "text", text_claims).t()
+    def logits(self, image_features, text_features, logit_scale, text_claims=None, adapted_texts=None):
+        """Eq. 1 on the bank's updated embeddings (``adapted_texts``: the texts' already, for fixed classes)."""
+        if adapted_texts is None:
+            adapted_texts = self.transform(text_features, "text", text_claims)
+        return logit_scale * self.transform(image_features, "image") @ adapted_texts.t()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ class LLUBank(ClipTrainer):
         self.bank = AdapterBank(rule=self.cfg.TRAINER.LLUBANK.RULE).to(self.device)
         self.members_record, self.members_backbone = [], ""
         self.text_features = self.class_text_features()
-        self._claims = None
+        self._classes = None
         self.register_model("bank", self.bank)  # nothing is optimised
 
     def train_without_epochs(self):
@@ -274,7 +275,7 @@ class LLUBank(ClipTrainer):
         tensors = {key: value for key, value in state_dict.items() if key not in (self.MEMBERS_KEY, self.BACKBONE_KEY)}
         load_state_dict_strictly(self.bank, tensors, "LLUBank's bank")
         self.bank.to(self.device).eval()
-        self.members_record, self.members_backbone, self._claims = records, sha256 or "", None
+        self.members_record, self.members_backbone, self._classes = records, sha256 or "", None
 
     def claims(self, classnames):
         """[K, N] bool: class k is among member n's training classes (by ``class_key``)."""
@@ -283,18 +284,23 @@ class LLUBank(ClipTrainer):
         return torch.tensor([[class_key(name) in names for names in trained] for name in classnames],
                             dtype=torch.bool, device=self.device).reshape(len(classnames), len(trained))
 
+    def class_set(self, text_features, classnames):
+        """(the frozen class texts, which members trained each name, the texts as the bank updates them):
+        a class set's texts are updated once, not per batch of images (their cost grows with the members)."""
+        claims = self.claims(classnames)
+        return text_features, claims, self.bank.transform(text_features, "text", claims)
+
     def class_features(self, classnames):
-        """The frozen class texts (``templates()``) and which members trained each name."""
-        return super().class_features(classnames), self.claims(classnames)
+        return self.class_set(super().class_features(classnames), classnames)
 
     def class_logits(self, image_features, classes):
-        text_features, claims = classes
-        return self.bank.logits(image_features, text_features, self.logit_scale, claims)
+        text_features, claims, adapted = classes
+        return self.bank.logits(image_features, text_features, self.logit_scale, claims, adapted)
 
     def model_inference(self, image_features):
-        if self._claims is None:
-            self._claims = self.claims(self.classnames)
-        return self.class_logits(image_features, (self.text_features, self._claims))
+        if self._classes is None:
+            self._classes = self.class_set(self.text_features, self.classnames)
+        return self.class_logits(image_features, self._classes)
 
     RESULT_EXTRAS = {"llubank_rule": str, "llubank_members": list}
 
