@@ -232,3 +232,69 @@ def test_a_member_that_is_not_an_llu_run_is_refused(run_train, tmp_path):
     assert run_train("CLIP_Adapter", tmp_path / "adapter")[0] == 0
     with pytest.raises(UserError, match="a CLIP_Adapter model; a bank composes LLU runs"):
         compose([str(tmp_path / "adapter")], str(tmp_path / "bank"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The multi-dataset table (llu/report/multidataset.py)
+
+def test_the_multidataset_table_has_a_row_per_way_and_a_column_per_set(tmp_path):
+    from test_parse_results import rows, write_result
+    from llu.report import build_report
+    # Two rows evaluate LLU on Patterns' base classes with a model trained there (alone, and sequentially):
+    # the same run to the other tables, two cells here.
+    accuracies = {"llu_shapes": {("Shapes", "base"): [50.0, 52.0], ("Patterns", "base"): [40.0, 40.0]},
+                  "llu_patterns": {("Patterns", "base"): [70.0, 72.0]},
+                  "llu_shapes_then_patterns": {("Patterns", "base"): [71.0, 71.0], ("Shapes", "base"): [30.0, 34.0]},
+                  "bank_blend": {("ShapesSketch", "all"): [20.0, 22.0]}}
+    for row, cells in accuracies.items():
+        for (dataset, classes), values in cells.items():
+            for seed, value in enumerate(values, start=1):
+                write_result(tmp_path, f"multidataset/test/{dataset.lower()}_{classes}/shots_16/{row}/seed{seed}",
+                             dataset=dataset, subsample_classes=classes, seed=seed, accuracy=value,
+                             train_dataset="Shapes" if row == "llu_shapes" else "Patterns",
+                             model_dir=f"../../../train/shots_16/{row}/seed{seed}")
+    write_result(tmp_path, "multidataset/train/shots_16/llu_shapes/seed1", accuracy=99.0)  # not in the table
+    table = rows(build_report(str(tmp_path / "multidataset")), "multidataset", shots=16)
+    assert list(table) == ["LLU, shapes alone", "LLU, patterns alone", "LLU, shapes then patterns", "LLU bank (blend)"]
+    assert table["LLU, shapes alone"]["cells"]["Shapes base"]["mean"] == 51.0
+    assert table["LLU, shapes then patterns"]["cells"]["Shapes base"] == {"mean": 32.0, "std": 2.0, "n": 2}
+    assert table["LLU, patterns alone"]["cells"]["Patterns base"]["mean"] == 71.0
+    assert table["LLU bank (blend)"]["cells"]["ShapesSketch"]["mean"] == 21.0
+    assert table["LLU, patterns alone"]["cells"]["Shapes base"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol's baselines: the union dataset, sequential training (MODEL.INIT_WEIGHTS)
+
+def test_the_union_is_its_members_training_sets_with_the_class_sets_concatenated(shapes_world):
+    from llu import engine, train
+
+    def dataset(config, *opts):
+        args = train.build_parser().parse_args(["--root", shapes_world, "--trainer", "LLU", "--dataset-config-file",
+                                                config, "--config-file", "LLU/toy", "--seed", "2", "DATASET.NUM_SHOTS",
+                                                "2", "DATASET.SUBSAMPLE_CLASSES", "base", *opts])
+        return engine.build_dataset(train.setup_cfg(args))
+
+    shapes, patterns = dataset("shapes"), dataset("patterns")
+    union = dataset("union", "DATASET.UNION.MEMBERS", "['Shapes', 'Patterns']")
+    assert union.classnames == shapes.classnames + patterns.classnames
+    for split in ("train_x", "test"):
+        expected = [(d.impath, d.label) for d in getattr(shapes, split)] + \
+                   [(d.impath, d.label + shapes.num_classes) for d in getattr(patterns, split)]
+        assert [(d.impath, d.label) for d in getattr(union, split)] == expected
+    with pytest.raises(UserError, match="DATASET.UNION.MEMBERS: name the datasets"):
+        dataset("union")
+
+
+def test_llu_continues_a_trained_run_from_init_weights_with_this_runs_anchors(run_train, tmp_path):
+    assert run_train("LLU", tmp_path / "first", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.LR", "0.5")[0] == 0
+    first = results(tmp_path / "first")
+    assert first["llu_regularizer"] > 1e-4
+    for name, init in (("continued", ["MODEL.INIT_WEIGHTS", str(tmp_path / "first")]), ("fresh", [])):
+        code, err, out = run_train("LLU", tmp_path / name, "DATASET.SUBSAMPLE_CLASSES", "all", "OPTIM.LR", "1e-12", *init)
+        assert code == 0, err
+    continued, fresh = results(tmp_path / "continued"), results(tmp_path / "fresh")
+    # (the warm-up epoch steps at OPTIM.WARMUP_CONS_LR 1e-5: a small change)
+    assert abs(continued["llu_regularizer"] - first["llu_regularizer"]) <= 1e-2 * first["llu_regularizer"]
+    assert fresh["llu_regularizer"] < 1e-8
+    assert continued["llu_anchors"]["text"] == 4 and first["llu_anchors"]["text"] == 2  # its own data's anchors

@@ -42,7 +42,10 @@ def row_order(row):
     groups = ("zeroshot", "llu_", "llu_union", "llu_then", "coop_", "coop_then", "bank_nearest", "bank_blend")
     group = ("llu_union" if row == "llu_union" else row.split("_")[0] + "_then" if "_then_" in row
              else row if row in groups else row.split("_")[0] + "_")
-    return (groups.index(group) if group in groups else len(groups), row)
+    datasets = [name.lower() for name in dataset_order()]  # "llu_shapes": Shapes' place in the tables
+    first = row.split("_")[1].replace("_", "") if "_" in row else ""
+    return (groups.index(group) if group in groups else len(groups),
+            datasets.index(first) if first in datasets else len(datasets), row)
 
 
 def column(record):
@@ -52,7 +55,8 @@ def column(record):
 def column_order(key):
     dataset, _, classes = key.partition(" ")
     rank = dataset_order()
-    return (rank.index(dataset) if dataset in rank else len(rank), dataset, {"base": 0, "new": 1}.get(classes, 2))
+    return (not classes, rank.index(dataset) if dataset in rank else len(rank), dataset,  # members, then targets
+            {"base": 0, "new": 1}.get(classes, 2))
 
 
 def multidataset_tables(records):
