@@ -223,6 +223,7 @@ def read_members(paths, device="cpu"):
 @trainer
 class LLUBank(ClipTrainer):
     display_name = "LLU bank"
+    table_order = 15  # after LLU
     trains_epochs = False  # composed from trained LLU runs (TRAINER.LLUBANK.MEMBERS), then evaluated
     MEMBERS_KEY, BACKBONE_KEY = "bank_members", "backbone_sha256"  # checkpoint entries besides the tensors
 
