@@ -298,3 +298,15 @@ def test_llu_continues_a_trained_run_from_init_weights_with_this_runs_anchors(ru
     assert abs(continued["llu_regularizer"] - first["llu_regularizer"]) <= 1e-2 * first["llu_regularizer"]
     assert fresh["llu_regularizer"] < 1e-8
     assert continued["llu_anchors"]["text"] == 4 and first["llu_anchors"]["text"] == 2  # its own data's anchors
+
+
+def test_an_exported_bank_loads_with_the_same_logits(llu_members, image_folder, tmp_path):
+    import llu
+    compose([str(m) for m in llu_members], str(tmp_path / "bank"), "blend")
+    bank = llu.load(tmp_path / "bank")
+    bank.save_pretrained(tmp_path / "export")  # llu export
+    images = [os.path.join(image_folder, c, "000.png") for c in ("blue", "green", "red", "yellow")]
+    names = ["blue", "green", "red", "yellow", "violet"]
+    exported = llu.load(tmp_path / "export")
+    assert exported.trainer.members_record == bank.trainer.members_record
+    assert torch.equal(exported.logits(images, names), bank.logits(images, names))
