@@ -6,6 +6,7 @@ only when it runs, so ``llu --help`` and every argument error answer without imp
     llu report DIR           every results.json under DIR -> tables and figures (``parse_results.py``)
     llu predict ...          classify images with a trained model and any class names
     llu export RUN OUT       a trained model as a self-contained folder
+    llu compose RUN ... --output-dir BANK   trained LLU runs as one model (LLUBank)
     llu cache list|clear     the feature cache
     llu world generate       the built-in world's datasets, where you ask for them
 """
@@ -38,6 +39,11 @@ def export(argv):
     return cli(argv, prog="llu export")
 
 
+def compose(argv):
+    from llu.trainers.llu_bank import cli
+    return cli(argv, prog="llu compose")
+
+
 def world(argv):
     if argv[:1] != ["generate"]:
         print("usage: llu world generate [--root DIR] [--datasets NAME ...]\n\nerror: the one world command is "
@@ -60,6 +66,7 @@ COMMANDS = {
     "predict": (predict, "classify images with a trained model and any class names"),
     "export": (export, "a trained model as a self-contained folder (config.json + model.safetensors)"),
     "cache": (cache, "list or clear the feature cache"),
+    "compose": (compose, "trained LLU runs composed into one model (LLUBank), without retraining"),
     "world": (world, "generate the built-in world's datasets (in $LLU_CACHE/world, or --root DIR)"),
 }
 

@@ -182,3 +182,66 @@ def ablation(sweep, datasets=("shapes",), cfg="toy", cfgs=None, shots=(16,), see
                 yield from sweep.base2new_pair(dataset, ZERO_SHOT, cfg, k, seed)
                 for llu_cfg in cfgs:
                     yield from sweep.base2new_pair(dataset, "LLU", llu_cfg, k, seed)
+
+
+def dataset_name(config):
+    """DATASET.NAME of a shipped dataset config (``shapes`` -> ``Shapes``)."""
+    from llu import config_files
+    return config_files.flatten(configs.locate(f"configs/datasets/{config}.yaml", "datasets"))["DATASET"]["NAME"]
+
+
+@protocol(tree="multidataset")
+def multidataset(sweep, datasets=("shapes", "patterns"), targets=("shapes_sketch", "shapes_noisy"), cfg="toy",
+                 shots=(16,), seeds=(1, 2, 3)):
+    """Many datasets, one model: LLU runs on two datasets composed (LLUBank) against the baselines.
+
+    Rows: zero-shot CLIP; LLU on each dataset alone; LLU on their union; LLU and CoOp trained on the
+    first, then continued on the second (MODEL.INIT_WEIGHTS: the first run); the bank of the two LLU
+    runs, nearest and blend. Each evaluated on the base and new classes of both datasets and on all
+    classes of ``targets``. Folders: ``OUTPUT/multidataset/train/shots_<K>/<row>/seed<S>`` and
+    ``OUTPUT/multidataset/test/<dataset>_<classes>/shots_<K>/<row>/seed<S>``."""
+    first, second = datasets
+    sets = [(d, s) for d in datasets for s in ("base", "new")] + [(t, "all") for t in targets]
+    root = osp.join(sweep.output, "multidataset")
+    base = ("DATASET.SUBSAMPLE_CLASSES", "base")
+    for k in shots:
+        for seed in seeds:
+            def trained(row, dataset, trainer, *extra, reads=None):
+                run = sweep.train(osp.join(root, "train", f"shots_{k}", row, f"seed{seed}"), dataset, trainer, cfg, k,
+                                  seed, *base, *extra)
+                return Run(run.args, run.output_dir, reads)
+
+            def evaluations(model, row, trainer, *extra):
+                for dataset, classes in sets:
+                    yield sweep.evaluate(osp.join(root, "test", f"{dataset}_{classes}", f"shots_{k}", row, f"seed{seed}"),
+                                         model, dataset, trainer, cfg, k, seed, "DATASET.SUBSAMPLE_CLASSES", classes, *extra)
+
+            for dataset, classes in sets:
+                yield sweep.train(osp.join(root, "test", f"{dataset}_{classes}", f"shots_{k}", "zeroshot", f"seed{seed}"),
+                                  dataset, ZERO_SHOT, cfg, k, seed, "DATASET.SUBSAMPLE_CLASSES", classes)
+            alone = trained(f"llu_{first}", first, "LLU")
+            # reads: the bank below needs both members, so the second waits for the first (one chain)
+            other = trained(f"llu_{second}", second, "LLU", reads=alone)
+            for run, row in ((alone, f"llu_{first}"), (other, f"llu_{second}")):
+                yield run
+                yield from evaluations(run, row, "LLU")
+            members = "DATASET.UNION.MEMBERS", repr([dataset_name(first), dataset_name(second)])
+            union = trained("llu_union", "union", "LLU", *members)
+            yield union
+            yield from evaluations(union, "llu_union", "LLU")
+            row = f"llu_{first}_then_{second}"
+            sequential = trained(row, second, "LLU", "MODEL.INIT_WEIGHTS", alone.output_dir, reads=alone)
+            yield sequential
+            yield from evaluations(sequential, row, "LLU")
+            coop = trained(f"coop_{first}", first, "CoOp")
+            yield coop
+            yield from evaluations(coop, f"coop_{first}", "CoOp")
+            row = f"coop_{first}_then_{second}"
+            coop_sequential = trained(row, second, "CoOp", "MODEL.INIT_WEIGHTS", coop.output_dir, reads=coop)
+            yield coop_sequential
+            yield from evaluations(coop_sequential, row, "CoOp")
+            for rule in ("nearest", "blend"):
+                bank = trained(f"bank_{rule}", first, "LLUBank", "TRAINER.LLUBANK.MEMBERS",
+                               repr([alone.output_dir, other.output_dir]), "TRAINER.LLUBANK.RULE", rule, reads=other)
+                yield bank
+                yield from evaluations(bank, f"bank_{rule}", "LLUBank", "TRAINER.LLUBANK.RULE", rule)

@@ -97,7 +97,7 @@ def test_table_names_and_orders_are_the_papers():
     trainers = llu.trainers.load_all()
     assert [cls.display_name or name for name, cls in sorted(trainers.items(), key=lambda t: t[1].table_order)] == [
         "CLIP", "CLIP (ensemble)", "CoOp", "CoCoOp", "ProGrad", "KgCoOp", "MaPLe", "PromptSRC", "CLIP-LoRA", "Linear probe",
-        "WiSE-FT", "CLIP Adapter", "Tip-Adapter", "Tip-Adapter-F", "LLU"]
+        "WiSE-FT", "CLIP Adapter", "Tip-Adapter", "Tip-Adapter-F", "LLU", "LLU bank"]
     assert [name for name, cls in trainers.items() if not cls.learns] == ["ZeroshotCLIP", "ZeroshotCLIP2"]
 
 

@@ -20,6 +20,7 @@ def load_all():
     config keys. Not done at import: the readers derive from the engine's backend, chosen before."""
     from . import (imagenet, caltech101, oxford_pets, stanford_cars, oxford_flowers, food101,  # noqa: F401
                    fgvc_aircraft, sun397, dtd, eurosat, ucf101, imagenet_variants, imagefolder, embeddings, world)
+    from . import union  # noqa: F401
     return DATASETS
 
 

@@ -28,6 +28,7 @@ from llu.results import ResultsError
 from llu.utils import UserError, write_text
 
 from . import figures
+from .multidataset import multidataset_row, multidataset_tables
 from .records import classify, find_bench_files, load_bench, load_records
 from .render import FORMATS, csv_text, document
 from .tables import (all_classes_tables, base2new_by_shots, fewshot_curves, fewshot_table, is_ablation, step_time_table,
@@ -156,8 +157,10 @@ def build_report(root, bench=None):
     bench_paths = find_bench_files(root, bench)
     if not records and not bench_paths and not skipped:
         raise ResultsError(f"{root}: no results.json found under it (has any run finished?)")
-    classified = classify(records)
+    multidataset = [r for r in records if multidataset_row(r.path)]  # a table of their own
+    classified = classify([r for r in records if not multidataset_row(r.path)])
     report = Report(notes=classified.notes, num_records=len(records), skipped=skipped)
+    report.add("Many datasets, one model (LLU bank)", multidataset_tables(multidataset))
     add_base2new(report, classified)
     add_transfer(report, classified)
     add_bench(report, bench_paths)

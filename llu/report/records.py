@@ -150,10 +150,12 @@ def load_records(root):
             skipped.append(str(e))
     seen = {}
     records = with_declared_ablations(records)
+    from .multidataset import multidataset_row  # its rows evaluate one trainer on one dataset several ways
     for record in records:
-        if record.run_key in seen:
-            raise ResultsError(f"{record.path} and {seen[record.run_key]} hold results of the same run; keep one")
-        seen[record.run_key] = record.path
+        key = (multidataset_row(record.path), record.run_key)
+        if key in seen:
+            raise ResultsError(f"{record.path} and {seen[key]} hold results of the same run; keep one")
+        seen[key] = record.path
     return records, skipped
 
 

@@ -19,6 +19,7 @@ def load_all():
     config keys. Not done at import: the classes derive from the engine's backend, chosen before."""
     from . import zsclip, coop, cocoop, prograd, clip_adapter, tip_adapter, llu  # noqa: F401  (the tables' order)
     from . import kgcoop, maple, promptsrc, clip_lora, linear_probe, wiseft  # noqa: F401
+    from . import llu_bank  # noqa: F401
     return TRAINERS
 
 

@@ -19,7 +19,7 @@ from llu.backbones import EMBEDDINGS_BACKBONE, load_backbone, preprocessing
 from llu.backbones.embeddings import EmbeddingsBackbone
 from llu.datasets import dataset_facts, dataset_label
 from llu.engine import TrainerX, build_lr_scheduler, build_optimizer, compute_accuracy, config_extension
-from llu.utils import Terminated, UserError
+from llu.utils import Terminated, UserError, load_checkpoint_file
 
 from .feature_cache import FeatureCache
 
@@ -221,6 +221,23 @@ class ClipTrainer(TrainerX):
     def build_prediction_model(self):
         """``build_model`` without the training data (trainers whose build_model reads it override)."""
         self.build_model()
+
+    def load_init_weights(self, path, name):
+        """Start model ``name`` from ``path`` (MODEL.INIT_WEIGHTS): a checkpoint of this trainer, its bare
+        state dict, or a run folder of this trainer (its last checkpoint): training continued on other data."""
+        if osp.isdir(path):
+            path = self._checkpoint_path(path, name, None)
+            if not osp.isfile(path):
+                raise UserError(f"MODEL.INIT_WEIGHTS: no {name} checkpoint at {path} (a finished {self.cfg.TRAINER.NAME} run?)")
+        state = load_checkpoint_file(path)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: expected a checkpoint or a state dict")
+        try:
+            self.load_checkpoint_state(name, state)
+        except UserError as e:
+            raise UserError(f"MODEL.INIT_WEIGHTS {path}: {e}") from None
+        print(f"Initialised the {name.replace('_', ' ')} from {path}")
 
     def register_learned(self, name, module, optimizer=None):
         """Register ``module`` with the OPTIM settings' optimiser (or ``optimizer``) and schedule."""

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llu.engine import CN, config_extension
-from llu.utils import UserError, load_checkpoint_file
+from llu.utils import UserError
 
 from . import trainer
 from .clip_common import ClipTrainer, dataset_template
@@ -199,22 +199,10 @@ class PromptTrainer(ClipTrainer):
         self.prompt_learner = self.model.prompt_learner
         self.register_learned("prompt_learner", self.prompt_learner)
         if self.cfg.MODEL.INIT_WEIGHTS:  # CoOp's way to start from a trained context
-            self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS)
+            self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS, "prompt_learner")
         # fp16: CLIP runs in half precision, the prompt learner stays fp32; amp: autocast + loss scaling.
         use_amp = self.device.type == "cuda" and self.cfg.TRAINER.PREC == "amp"
         self.scaler = torch.amp.GradScaler("cuda") if use_amp else None
-
-    def load_init_weights(self, path):
-        """Start from the contexts in ``path`` (a checkpoint of this trainer, or its bare state dict)."""
-        state = load_checkpoint_file(path)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        if not isinstance(state, dict):
-            raise UserError(f"MODEL.INIT_WEIGHTS {path}: expected a checkpoint or a state dict")
-        try:
-            self.load_checkpoint_state("prompt_learner", state)
-        except UserError as e:
-            raise UserError(f"MODEL.INIT_WEIGHTS {path}: {e}") from None
-        print(f"Initialised the prompt learner from {path}")
 
     @property
     def augments_images(self):

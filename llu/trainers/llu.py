@@ -67,6 +67,8 @@ class LLU(ClipTrainer):
         # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
         self.text_features = self.class_text_features()
         self.register_learned("adapter", self.adapter)
+        if self.cfg.MODEL.INIT_WEIGHTS:  # continue a trained adapter on this run's data (its anchors become this data's)
+            self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS, "adapter")
 
     def before_train(self):
         super().before_train()

@@ -104,8 +104,15 @@ def interpolation_weight(x, anchors, beta, gamma, mask="exp", dirac_threshold=DI
     x = F.normalize(x.to(dtype), dim=-1)
     anchors = F.normalize(anchors.to(device=x.device, dtype=dtype), dim=-1)
     distance = 1 - _max_cosine(x, anchors).clamp(-1, 1)
+    return weight_at_distance(distance, beta, gamma, mask, dirac_threshold)
+
+
+def weight_at_distance(distance, beta, gamma, mask="exp", dirac_threshold=DIRAC_THRESHOLD):
+    """Eq. 5 from the distance 1 - max_{d in D} x^T d: beta * exp(-gamma * distance), or for the Dirac
+    mask beta where distance <= dirac_threshold and 0 elsewhere (beta, gamma may be tensors that
+    broadcast against distance: ``llu_bank`` computes all members' weights at once)."""
     if mask == "dirac":
-        return beta * (distance <= dirac_threshold).to(dtype)
+        return beta * (distance <= dirac_threshold).to(distance.dtype)
     return beta * torch.exp(-gamma * distance)
 
 
