@@ -25,7 +25,6 @@ Every name of ``llu.engine.__all__`` is bound here (tests/test_engine_backend.py
 """
 import difflib
 import importlib.util
-import os.path as osp
 import time
 from collections import OrderedDict, defaultdict
 
@@ -197,7 +196,7 @@ def build_evaluator(cfg, **kwargs):
 class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
     """Dassl's ``SimpleTrainer`` with the project's checkpoints, run records and evaluator."""
 
-    TENSORBOARD_EVENTS = False  # Dassl's own writer has them; metrics.jsonl gets the evaluations
+    TENSORBOARD_EVENTS = False  # Dassl writes its own scalars (through the run's writer); metrics.jsonl gets the evaluations
 
     def __init__(self, cfg):
         # As the built-in SimpleTrainer: check the config and write it before the data are built;
@@ -215,11 +214,15 @@ class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
 
     def before_train(self):
         # The project's hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
-        # holds checkpoints), then Dassl's tensorboard writer.
+        # holds checkpoints), then Dassl's writer: the run's own (OUTPUT_DIR/tensorboard, where the
+        # config and HParams go too; None without tensorboard in LOG.BACKENDS), which Dassl's
+        # init_writer then keeps.
         super().before_train()
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self._writer = self.metrics.writer() if self.metrics is not None else None
+
+    def after_train(self):
+        super().after_train()  # the final test, then Dassl closes its writer
+        self.finish_logging()
 
 
 class TrainerX(SimpleTrainer, _DasslTrainerX):
