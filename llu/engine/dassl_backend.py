@@ -219,6 +219,25 @@ class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
         # init_writer then keeps.
         super().before_train()
         self._writer = self.metrics.writer() if self.metrics is not None else None
+        self._epoch_averages = {}
+
+    def scalar_step(self, epoch):
+        # Dassl's steps count batches: epoch's first is (epoch - 1) * batches per epoch.
+        return (epoch - 1) * len(self.train_loader_x)
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        # Dassl's run_epoch writes each batch's running averages of the epoch; the last of an epoch
+        # is its average, which after_epoch records as the built-in engine's log_epoch does.
+        super().write_scalar(tag, scalar_value, global_step)
+        split, _, name = tag.partition("/")
+        if split == "train" and name:
+            self._epoch_averages[name] = scalar_value
+
+    def after_epoch(self):
+        if getattr(self, "_epoch_averages", None):  # metrics.jsonl and the trackers: the epoch's averages
+            self.record_metrics({"epoch": self.epoch + 1, "split": "train", **self._epoch_averages})
+        self._epoch_averages = {}
+        super().after_epoch()
 
     def after_train(self):
         super().after_train()  # the final test, then Dassl closes its writer

@@ -109,14 +109,16 @@ class RunMetrics:
     "train", "loss": 1.2, "lr": 0.002}``; ``log_results`` once results.json is written; ``close``.
     Without ``cfg`` (a bare log): metrics.jsonl and TensorBoard scalars. ``tensorboard=False``: the
     engine writes its own scalars (Dassl's, through ``writer()``), the records go to metrics.jsonl
-    and the other trackers."""
+    and the other trackers. ``purge_step``: a resumed run's first TensorBoard step (default: the epoch
+    after ``keep_until_epoch``), from which the earlier event files' steps are dropped."""
 
-    def __init__(self, output_dir, keep_until_epoch=0, tensorboard=True, cfg=None):
+    def __init__(self, output_dir, keep_until_epoch=0, tensorboard=True, cfg=None, purge_step=None):
         self.output_dir, self.cfg, self.epoch_scalars = output_dir, cfg, tensorboard
         self.path = osp.join(output_dir, METRICS_FILE)
         self.tensorboard_dir = osp.join(output_dir, TENSORBOARD_DIR)
         self.records = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= keep_until_epoch]
         self.resumed_after = keep_until_epoch  # 0: a fresh run
+        self.purge_step = purge_step if purge_step is not None else keep_until_epoch + 1
         names = log_backends(cfg)
         self.tensorboard = TensorBoardLog(self) if "tensorboard" in names else None
         self.trackers = [BACKENDS[name](self) for name in names if name != "tensorboard"]
@@ -199,7 +201,7 @@ class TensorBoardLog:
                         os.remove(path)
             with signals_deferred():  # its constructor already hands an event to its thread
                 self._writer = SummaryWriter(log_dir=self.log.tensorboard_dir,
-                                             purge_step=resumed_after + 1 if resumed_after else None)
+                                             purge_step=self.log.purge_step if resumed_after else None)
                 if self.log.cfg is not None:
                     # Four spaces: a code block in TensorBoard's Markdown, so the YAML keeps its lines.
                     config = "\n".join("    " + line for line in self.log.cfg.dump().splitlines())
@@ -232,7 +234,7 @@ class TensorBoardLog:
         if self._writer:
             with signals_deferred():
                 self._writer.close()
-        self._writer = None
+        self._writer = False  # closed: no second writer (it would remove this run's event files)
 
 
 class WandbLog:

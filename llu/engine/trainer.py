@@ -204,9 +204,15 @@ class ProjectRun:
         elif any(osp.isfile(osp.join(self.output_dir, name, "checkpoint")) for name in self.get_model_names()):
             print(f"Note: {self.output_dir} holds checkpoints of an earlier run; training from scratch "
                   f"(pass --resume {self.output_dir} to continue it)")
+        self.epoch_loop = True  # after_train ends the trackers' runs
         if self.output_dir:
-            self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS, self.cfg)
+            self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS, self.cfg,
+                                      self.scalar_step(self.start_epoch + 1))
         self.time_start = time.time()
+
+    def scalar_step(self, epoch):
+        """The TensorBoard step of the first scalar of epoch ``epoch`` (1-based): the epoch itself."""
+        return epoch
 
     def evaluation_batches(self, split):
         """(input, label) pairs of ``split``; feature-based trainers override this."""
@@ -276,6 +282,8 @@ class ProjectRun:
         print(f"Results written to {path}")
         if getattr(self, "metrics", None) is not None:
             self.metrics.log_results(record, path)
+            if not getattr(self, "epoch_loop", False):  # --eval-only, trainers without epochs: the run ends here
+                self.finish_logging()
 
     def training_source(self):
         """Which data the evaluated model was trained on: this run's, or the loaded model's run.
