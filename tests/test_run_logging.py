@@ -158,6 +158,8 @@ def test_a_wandb_offline_run_holds_the_config_metrics_results_and_artifact(run_t
     out = tmp_path / "llu"
     code, err, _ = run_train("LLU", out, "LOG.BACKENDS", "tensorboard,wandb", "OPTIM.MAX_EPOCH", "3")
     assert code == 0, err
+    import wandb
+    wandb.teardown()  # W&B's service finishes writing its files after run.finish() returns; now it has stopped
     (path,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     records = list(wandb_records(path))
     kinds = [r.WhichOneof("record_type") for r in records]
