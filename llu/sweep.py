@@ -851,12 +851,21 @@ def sweep(argv=None, prog=None, environ=os.environ):
     launcher = args.launcher or environ.get("LAUNCHER") or "local"
     if launcher not in ("local", "submitit"):
         raise UserError(f"LAUNCHER must be local or submitit, got {launcher!r}")
+    share_log_group(args.protocol, tree, environ)
     status = execute_plan(runs, launcher, jobs, args.submitit_folder or environ.get("SUBMITIT_FOLDER"))
     sys.stdout.flush()
     if status == 0 or has_results(tree):  # the tables of what finished
         tables_status = print_tables(tree)
         status = status or tables_status
     return status
+
+
+def share_log_group(group, folder, environ=os.environ):
+    """Make the sweep's runs one group in the trackers of LOG.BACKENDS (llu/engine/metrics.py): W&B's
+    group and MLflow's experiment ``group``, their local files in ``folder``. The workers and submitit's
+    jobs inherit the environment; what the user set already wins."""
+    environ.setdefault("LLU_LOG_GROUP", group)
+    environ.setdefault("LLU_LOG_DIR", osp.abspath(folder))
 
 
 def has_results(tree):
@@ -884,6 +893,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     jobs = args.jobs if args.jobs is not None else (int(os.environ["JOBS"]) if os.environ.get("JOBS") else None)
     runs = parse_plan(sys.stdin.readlines()) if args.plan == "-" else read_plan(args.plan)
+    if runs:
+        share_log_group("plan" if args.plan == "-" else osp.splitext(osp.basename(args.plan))[0],
+                        osp.commonpath([run.output_dir for run in runs]))
     signal.signal(signal.SIGTERM, raise_terminated)
     return execute_plan(runs, args.launcher, jobs, args.submitit_folder)
 

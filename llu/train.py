@@ -327,12 +327,13 @@ def run(cfg, args, notes=()):
     log_only(engine.collect_env_info())
 
     trainer = engine.build_trainer(cfg)
-    if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.test()
-        return
-    if not args.no_train:
-        trainer.train()
+    with trainer.logged():  # the run's trackers (LOG.BACKENDS) end with it, as failed if it raises
+        if args.eval_only:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            trainer.test()
+            return
+        if not args.no_train:
+            trainer.train()
 
 
 def cli(argv=None, prog=None):

@@ -149,7 +149,7 @@ def test_the_dassl_trainers_are_dassls_under_the_shared_mixins():
     assert [ast.unparse(base) for base in classes["TrainerX"].bases] == ["SimpleTrainer", "_DasslTrainerX"]
     # Nothing copied from the built-in classes: the Dassl trainers only override Dassl's own methods.
     added = class_members("llu/engine/dassl_backend.py", ("SimpleTrainer", "TrainerX"))
-    assert added - DASSL_TRAINER_METHODS <= {"TENSORBOARD_EVENTS"}
+    assert added - DASSL_TRAINER_METHODS <= {"TENSORBOARD_EVENTS", "scalar_step"}  # ProjectRun's hooks for Dassl's scalars
 
 
 def test_the_builtin_trainer_classes_are_made_of_the_mixins():

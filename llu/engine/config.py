@@ -164,6 +164,7 @@ def extend_cfg(cfg):
 RESULT_NEUTRAL_KEYS = frozenset({
     "OUTPUT_DIR", "RESUME", "VERBOSE", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ", "DATALOADER.NUM_WORKERS",
     "FEATURES.CACHE_DIR", "FEATURES.CACHE_MAX_GB", "SOURCE_FILES.DATASET", "SOURCE_FILES.TRAINER",
+    "LOG.BACKENDS", "LOG.PROJECT", "LOG.GROUP", "LOG.DIR", "LOG.MLFLOW_TRACKING_URI",
 })
 # The learning-rate schedule: ``--resume-with-new-schedule`` accepts a change to these (the checkpoint's
 # optimiser state and learning rate are kept; the epochs left follow the new settings).

@@ -25,7 +25,6 @@ Every name of ``llu.engine.__all__`` is bound here (tests/test_engine_backend.py
 """
 import difflib
 import importlib.util
-import os.path as osp
 import time
 from collections import OrderedDict, defaultdict
 
@@ -197,7 +196,7 @@ def build_evaluator(cfg, **kwargs):
 class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
     """Dassl's ``SimpleTrainer`` with the project's checkpoints, run records and evaluator."""
 
-    TENSORBOARD_EVENTS = False  # Dassl's own writer has them; metrics.jsonl gets the evaluations
+    TENSORBOARD_EVENTS = False  # Dassl writes its own scalars (through the run's writer); metrics.jsonl gets the evaluations
 
     def __init__(self, cfg):
         # As the built-in SimpleTrainer: check the config and write it before the data are built;
@@ -224,11 +223,34 @@ class SimpleTrainer(ProjectRun, ModelCheckpoints, _DasslSimpleTrainer):
 
     def before_train(self):
         # The project's hook (resume only from --resume: Dassl resumes from OUTPUT_DIR whenever it
-        # holds checkpoints), then Dassl's tensorboard writer.
+        # holds checkpoints), then Dassl's writer: the run's own (OUTPUT_DIR/tensorboard, where the
+        # config and HParams go too; None without tensorboard in LOG.BACKENDS), which Dassl's
+        # init_writer then keeps.
         super().before_train()
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        self._writer = self.metrics.writer() if self.metrics is not None else None
+        self._epoch_averages = {}
+
+    def scalar_step(self, epoch):
+        # Dassl's steps count batches: epoch's first is (epoch - 1) * batches per epoch.
+        return (epoch - 1) * len(self.train_loader_x)
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        # Dassl's run_epoch writes each batch's running averages of the epoch; the last of an epoch
+        # is its average, which after_epoch records as the built-in engine's log_epoch does.
+        super().write_scalar(tag, scalar_value, global_step)
+        split, _, name = tag.partition("/")
+        if split == "train" and name:
+            self._epoch_averages[name] = scalar_value
+
+    def after_epoch(self):
+        if getattr(self, "_epoch_averages", None):  # metrics.jsonl and the trackers: the epoch's averages
+            self.record_metrics({"epoch": self.epoch + 1, "split": "train", **self._epoch_averages})
+        self._epoch_averages = {}
+        super().after_epoch()
+
+    def after_train(self):
+        super().after_train()  # the final test, then Dassl closes its writer
+        self.finish_logging()
 
 
 class TrainerX(SimpleTrainer, _DasslTrainerX):

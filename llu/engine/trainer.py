@@ -22,7 +22,7 @@ from llu.utils import UserError, atomic_path, log_only, mkdir_if_missing, progre
 
 from .data.data_manager import DataManager
 from .evaluation import build_evaluator
-from .metrics import METRICS_FILE, TENSORBOARD_DIR, RunMetrics
+from .metrics import METRICS_FILE, TENSORBOARD_DIR, RunMetrics, log_backends
 from .registry import Registry
 from .utils import (AverageMeter, MetricMeter, load_checkpoint, load_state_dict_strictly, random_state,
                     save_checkpoint, set_random_state)
@@ -176,9 +176,10 @@ class ProjectRun:
     """What a run of this project adds to Dassl's ``SimpleTrainer``, for both engines: the config
     written before the data are built, resuming only from ``--resume``, evaluation over
     ``evaluation_batches`` (feature trainers override it), ``results.json``, ``metrics.jsonl`` and
-    the run's timing. The engine's own loop, hooks and evaluator do the rest."""
+    the trackers of ``LOG.BACKENDS`` (``llu/engine/metrics.py``), and the run's timing. The engine's
+    own loop, hooks and evaluator do the rest."""
 
-    TENSORBOARD_EVENTS = True  # record_metrics also writes TensorBoard events (OUTPUT_DIR/tensorboard)
+    TENSORBOARD_EVENTS = True  # record_metrics also writes the epochs' TensorBoard scalars (OUTPUT_DIR/tensorboard)
 
     def begin_run(self, cfg):
         """What a trainer's ``__init__`` sets before the data are built: the config (written to
@@ -187,6 +188,7 @@ class ProjectRun:
         self.time_start = time.time()
         self.timing = {"setup_seconds": 0.0, "training_seconds": 0.0, "evaluation_seconds": 0.0}
         self.metrics = None  # RunMetrics, opened by the first record
+        log_backends(cfg)  # an unknown tracker, or one not installed, stops the run before any work
         self.save_config()
 
     def save_config(self):
@@ -202,8 +204,10 @@ class ProjectRun:
         elif any(osp.isfile(osp.join(self.output_dir, name, "checkpoint")) for name in self.get_model_names()):
             print(f"Note: {self.output_dir} holds checkpoints of an earlier run; training from scratch "
                   f"(pass --resume {self.output_dir} to continue it)")
+        self.epoch_loop = True  # after_train ends the trackers' runs
         if self.output_dir:
-            self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS)
+            self.metrics = RunMetrics(self.output_dir, self.start_epoch, self.TENSORBOARD_EVENTS, self.cfg,
+                                      self.scalar_step(self.start_epoch + 1))
         self.time_start = time.time()
 
     def check_evaluated_split(self, dataset):
@@ -214,6 +218,10 @@ class ProjectRun:
         if not cfg.TEST.NO_TEST and not (dataset.val if split == "val" else dataset.test):
             raise UserError(f"dataset {cfg.DATASET.NAME} under {cfg.DATASET.ROOT}: its {split} split has no images "
                             f"(DATASET.SUBSAMPLE_CLASSES {cfg.DATASET.SUBSAMPLE_CLASSES}); nothing to evaluate")
+
+    def scalar_step(self, epoch):
+        """The TensorBoard step of the first scalar of epoch ``epoch`` (1-based): the epoch itself."""
+        return epoch
 
     def evaluation_batches(self, split):
         """(input, label) pairs of ``split``; feature-based trainers override this."""
@@ -281,6 +289,10 @@ class ProjectRun:
         path = osp.join(self.output_dir, "results.json")
         record.write(path)
         print(f"Results written to {path}")
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.log_results(record, path)
+            if not getattr(self, "epoch_loop", False):  # --eval-only, trainers without epochs: the run ends here
+                self.finish_logging()
 
     def training_source(self):
         """Which data the evaluated model was trained on: this run's, or the loaded model's run.
@@ -310,8 +322,24 @@ class ProjectRun:
         if not self.output_dir:
             return
         if getattr(self, "metrics", None) is None:
-            self.metrics = RunMetrics(self.output_dir, record["epoch"], self.TENSORBOARD_EVENTS)
+            self.metrics = RunMetrics(self.output_dir, record["epoch"], self.TENSORBOARD_EVENTS, self.cfg)
         self.metrics.add(record)
+
+    def finish_logging(self, failed=False):
+        """End the run in its trackers (failed: it raised); the run's end on both engines, and for
+        runs that end without ``after_train`` (``--eval-only``, trainers without epochs)."""
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close(failed)
+
+    @contextlib.contextmanager
+    def logged(self):
+        """Run the block (the run's training or evaluation), then ``finish_logging``."""
+        try:
+            yield
+        except BaseException:
+            self.finish_logging(failed=True)
+            raise
+        self.finish_logging()
 
     # Trainer-specific entries of results.json ({key: type}): what ``extra_results`` returns, declared.
     RESULT_EXTRAS = {}
@@ -488,8 +516,7 @@ class SimpleTrainer(ProjectRun, TrainerBase):
             self.test()
         elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
         print(f"Elapsed: {elapsed}")
-        if self.metrics is not None:
-            self.metrics.close()
+        self.finish_logging()
 
     def after_epoch(self):
         last_epoch = (self.epoch + 1) == self.max_epoch
