@@ -48,11 +48,11 @@ def setup(backbone):
     """(cfg as the vit_b16 (or toy) configs set INPUT, FEATURES and DATALOADER, the backbone, the device)."""
     from llu.backbones import load_backbone
     from llu.engine import extend_cfg, get_cfg_default
-    from llu.train import load_project
+    from llu.train import _merge_file, load_project
     from llu.trainers.clip_common import match_preprocessing
     load_project()
     cfg = extend_cfg(get_cfg_default())
-    cfg.merge_from_file(osp.join(REPO, "configs", "trainers", "LLU", f"{'toy' if backbone == 'toy' else 'vit_b16'}.yaml"))
+    _merge_file(cfg, osp.join(REPO, "configs", "trainers", "LLU", f"{'toy' if backbone == 'toy' else 'vit_b16'}.yaml"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_backbone(common.resolve_backbone(backbone), device, cfg.TRAINER.PREC)
     match_preprocessing(cfg, model)
