@@ -86,8 +86,7 @@ def main(argv=None):
         data = [Datum(impath=path, label=0, classname="photo") for path in paths]
         encoder = FeatureCache(cfg, model, device)
         pixels = torch.stack([transform(read_image(path)) for path in paths])
-        common.encoder_forward_seconds(encoder, pixels[:cfg.FEATURES.BATCH_SIZE])  # warm-up
-        with torch.no_grad():
+        with torch.no_grad():  # the features every extraction must give; a warm-up too
             floor_features = torch.cat([encoder.encode_full_batch(pixels[i:i + cfg.FEATURES.BATCH_SIZE].to(device)).cpu()
                                         for i in range(0, len(paths), cfg.FEATURES.BATCH_SIZE)])
         times = {mode: [] for mode in MODES}

@@ -85,7 +85,7 @@ def read_clip_state_dict(path, trust_torchscript=True):
             return torch.jit.load(path, map_location="cpu").state_dict()
         except Exception as e:
             raise UserError(f"{path}: cannot be read as a TorchScript CLIP archive ({e})") from None
-    state_dict = load_torch(path)
+    state_dict = load_torch(path, mmap=True)  # build_model copies the weights: no need to read them twice
     if isinstance(state_dict, dict) and "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
