@@ -9,11 +9,14 @@ datasets (``load_project``, as train.py does), then builds the backbone (``load_
 weights file's sha256, reading it, building CLIP); its wall time from the interpreter's start. The
 earlier commit runs from a ``git archive`` of it in a temporary folder, with the same Python. The two
 take turns; medians of the repeats, after one untimed run of each (a warm page cache, and this
-checkout's remembered sha256, as for every run after the first). Writes bench/results/startup.json.
+checkout's remembered sha256, as for every run after the first), of the wall time and of the CPU
+time (user + system; on a machine shared with other jobs, the steadier of the two). Writes
+bench/results/startup.json.
 """
 import argparse
 import os
 import os.path as osp
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,10 +33,13 @@ START_UP = ("from llu.train import load_project; load_project(); from llu.backbo
 
 
 def start_up_seconds(checkout, weights):
-    start = time.perf_counter()
+    """(wall, CPU) seconds of one start-up in a fresh process (CPU: its user + system time, which other
+    jobs on a shared machine change less than the wall time)."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run([sys.executable, "-c", f"import sys; {START_UP}", weights], cwd=checkout, check=True,
                    capture_output=True, env=dict(os.environ, PYTHONPATH=checkout))
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv=None):
@@ -51,20 +57,23 @@ def main(argv=None):
         archive = subprocess.run(["git", "-C", REPO, "archive", commit], capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
         checkouts = {"this_checkout": REPO, f"base_{commit}": base}
-        times = {name: [] for name in checkouts}
+        times = {measure: {name: [] for name in checkouts} for measure in ("wall", "cpu")}
         for name, checkout in checkouts.items():
             start_up_seconds(checkout, weights)  # untimed
         for _ in range(args.repeats):
             for name, checkout in checkouts.items():
-                times[name].append(start_up_seconds(checkout, weights))
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    ratio = medians["this_checkout"] / medians[f"base_{commit}"]
+                for measure, seconds in zip(("wall", "cpu"), start_up_seconds(checkout, weights)):
+                    times[measure][name].append(seconds)
+    medians = {measure: {name: statistics.median(values) for name, values in per_checkout.items()}
+               for measure, per_checkout in times.items()}
+    ratios = {measure: values["this_checkout"] / values[f"base_{commit}"] for measure, values in medians.items()}
     result = {"backbone": args.backbone, "base": commit, "repeats": args.repeats, "seconds": times,
-              "median_seconds": {k: round(v, 3) for k, v in medians.items()}, "ratio_to_base": round(ratio, 3)}
-    print(f"start-up of a run ({args.backbone}), median of {args.repeats}:")
-    for name, value in medians.items():
-        print(f"  {name:<20} {value:7.2f} s")
-    print(f"this checkout: {ratio:.3f} x {commit}'s")
+              "median_seconds": {m: {k: round(v, 3) for k, v in values.items()} for m, values in medians.items()},
+              "ratio_to_base": {m: round(v, 3) for m, v in ratios.items()}}
+    print(f"start-up of a run ({args.backbone}), median of {args.repeats}, wall and CPU (user + system) seconds:")
+    for name in checkouts:
+        print(f"  {name:<20} {medians['wall'][name]:7.2f} s wall  {medians['cpu'][name]:7.2f} s CPU")
+    print(f"this checkout: {ratios['cpu']:.3f} x {commit}'s CPU time, {ratios['wall']:.3f} x its wall time")
     write_json(result, args.out)
     print(f"wrote {args.out}")
     return result
