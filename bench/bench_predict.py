@@ -74,16 +74,6 @@ def predict_seconds(model, paths, classnames, cache_dir):
     return time.perf_counter() - start
 
 
-@torch.no_grad()
-def floor_seconds(model, pixels):
-    """The encoder's forward alone, in the batches the cache uses."""
-    size = model.cfg.FEATURES.BATCH_SIZE
-    start = time.perf_counter()
-    for first in range(0, pixels.shape[0], size):
-        model.feature_cache.encode_full_batch(pixels[first:first + size].to(model.device))
-    return time.perf_counter() - start
-
-
 def main(args):
     import llu
     from PIL import Image
@@ -94,10 +84,11 @@ def main(args):
         paths = image_files(backbone, args.images)
         classnames = [f"class {i:03d}" for i in range(CLASSES)]
         pixels = torch.stack([models["LLU"].transform(Image.open(path)) for path in paths])
-        floor_seconds(models["LLU"], pixels[:models["LLU"].cfg.FEATURES.BATCH_SIZE])  # warm-up
+        encoder = models["LLU"].feature_cache
+        common.encoder_forward_seconds(encoder, pixels[:encoder.cfg.FEATURES.BATCH_SIZE])  # warm-up
         times = {"encoder_forward": [], "ZeroshotCLIP": [], "LLU": [], "LLU_cached": []}
         for repeat in range(args.repeats):
-            times["encoder_forward"].append(floor_seconds(models["LLU"], pixels))
+            times["encoder_forward"].append(common.encoder_forward_seconds(encoder, pixels))
             for name, model in models.items():
                 cache = osp.join(workdir, f"cache-{name}-{repeat}")
                 times[name].append(predict_seconds(model, paths, classnames, cache))

@@ -99,6 +99,36 @@ def image_folder(classes, train_per_class=16, val_per_class=1, test_per_class=2,
     return root, name
 
 
+def photo_files(folder, count, size=(500, 375), seed=0):
+    """``count`` JPEGs of ``size`` (width, height; 500 x 375 is a typical ImageNet or Caltech photo) in
+    ``folder``: smooth random colour fields with fine grain, so that their files and decoding cost about
+    what a photo's do. Returns their paths."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    width, height = size
+    paths = []
+    for index in range(count):
+        coarse = rng.normal(0, 40, (height // 25 + 1, width // 25 + 1, 3)) + rng.uniform(0, 255, 3)
+        field = np.kron(coarse, np.ones((25, 25, 1)))[:height, :width]
+        pixels = np.clip(field + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+        paths.append(osp.join(folder, f"{index:05d}.jpg"))
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+def encoder_forward_seconds(cache, pixels):
+    """The floor of extraction: the encoder's forward alone over images already preprocessed, in the
+    batches the feature cache uses (``FeatureCache.encode_full_batch``)."""
+    import time
+    import torch
+    size = cache.cfg.FEATURES.BATCH_SIZE
+    start = time.perf_counter()
+    with torch.no_grad():
+        for first in range(0, pixels.shape[0], size):
+            cache.encode_full_batch(pixels[first:first + size].to(cache.device))
+    return time.perf_counter() - start
+
+
 def folder_options(name):
     return ["--dataset-config-file", osp.join(REPO, "configs", "datasets", "imagefolder.yaml"),
             "DATASET.IMAGEFOLDER.DIR", name, "DATASET.IMAGEFOLDER.SPLIT_FILE", "split.json"]

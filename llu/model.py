@@ -147,9 +147,6 @@ def _prediction_cfg(cfg, device):
     cfg.RESUME = ""
     if device.type == "cpu" and cfg.TRAINER.PREC == "fp16":
         cfg.TRAINER.PREC = "fp32"  # what load_backbone would do, without its note
-    # Decoding workers beside the encoder, never more than the cores left to them (the training
-    # machine's 8 workers on 2 cores cost more to start than they save); the features are the same.
-    cfg.DATALOADER.NUM_WORKERS = min(cfg.DATALOADER.NUM_WORKERS, max(0, (os.cpu_count() or 1) - 1))
     return cfg
 
 

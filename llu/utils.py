@@ -399,13 +399,14 @@ def save_torch(obj, path):
             raise WriteError(f"{path}: cannot write it ({str(e).splitlines()[-1][:200]})") from None
 
 
-def load_torch(path, map_location="cpu"):
-    """Load a tensor file without unpickling arbitrary objects."""
+def load_torch(path, map_location="cpu", mmap=False):
+    """Load a tensor file without unpickling arbitrary objects (``mmap``: its tensors mapped from the file,
+    read when used, for a caller that copies them)."""
     import torch
     if not osp.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for damaged files
         raise UserError(f"{path}: cannot be read as a tensor file ({type(e).__name__}: {e})") from None
 

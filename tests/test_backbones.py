@@ -554,3 +554,51 @@ def test_coop_trains_on_a_hugging_face_clip(image_folder, hf_folders, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "coop" / "results.json").read_text())
     assert results["trainer"] == "CoOp" and results["backbone"].startswith("hf:")
+
+
+def test_a_weights_files_sha256_is_hashed_once_for_all_processes(tiny_clip_file, tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+    from llu import backbones
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    weights = str(tmp_path / "clip.pt")
+    shutil.copy(tiny_clip_file, weights)
+    expected = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    monkeypatch.setattr(backbones, "_file_sha256", {})
+    assert backbones.weights_sha256(weights) == expected
+    monkeypatch.setattr(backbones, "_file_sha256", {})  # as a new process starts
+    monkeypatch.setattr(backbones, "file_sha256", lambda path: pytest.fail("hashed again"))
+    assert backbones.weights_sha256(weights) == expected
+    monkeypatch.undo()
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(backbones, "_file_sha256", {})
+    with open(weights, "ab") as f:  # another file now: other size and time
+        f.write(b"\0")
+    assert backbones.weights_sha256(weights) == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    (tmp_path / "cache" / backbones.SHA256_MEMO_FILE).write_text("{not json")
+    monkeypatch.setattr(backbones, "_file_sha256", {})
+    assert backbones.weights_sha256(weights) == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+
+
+def test_clip_built_without_its_random_init_is_clip_build_models_bits(tiny_clip_file):
+    """llu.backbones.openai.build_model lays the model out on the meta device instead of initialising it
+    at random: the same weights, dtypes, attention mask and features as clip.model.build_model's, and the
+    global random stream left alone."""
+    import clip.model
+    from llu.backbones import openai
+    reference = clip.model.build_model(openai.read_clip_state_dict(tiny_clip_file))
+    torch.manual_seed(0)
+    built = openai.build_model(openai.read_clip_state_dict(tiny_clip_file))
+    drawn = torch.rand(2)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(2), drawn)
+    ours, theirs = built.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in ours)
+    for block, reference_block in zip(built.transformer.resblocks, reference.transformer.resblocks):
+        assert torch.equal(block.attn_mask, reference_block.attn_mask)
+    built.float(), reference.float()
+    images, tokens = torch.randn(3, 3, 32, 32), clip.tokenize(["a red square", "a blue circle"], context_length=16)
+    with torch.no_grad():
+        assert torch.equal(built.encode_image(images), reference.encode_image(images))
+        assert torch.equal(built.encode_text(tokens), reference.encode_text(tokens))

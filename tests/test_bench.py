@@ -37,3 +37,18 @@ def test_bench_times_each_trainer_and_writes_what_parse_results_reads(tmp_path, 
     assert result["num_classes"] == 4 and result["inputs"] == inputs
     assert load_bench(str(out))["step_time_ms"] == times
     assert "(1.00x)" in markdown(step_time_table(result))  # LLU is the reference of the ratios
+
+
+def test_extraction_bench_times_the_cache_against_the_encoder_and_checks_the_bits(tmp_path, tiny_clip_file,
+                                                                                  monkeypatch):
+    import bench_extraction
+    monkeypatch.setenv("LLU_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "extraction.json"
+    result = bench_extraction.main(["--backbone", tiny_clip_file, "--images", "20", "--size", "40", "30",
+                                    "--repeats", "2", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["images"] == 20 and written["features_identical_to_encoder_forward"]
+    assert set(written["seconds"]) == {"encoder_forward", "extraction", "extraction_in_process"}
+    assert all(len(times) == 2 and min(times) > 0 for times in written["seconds"].values())
+    assert written["ratio_to_encoder_forward"]["encoder_forward"] == 1.0
+    assert written["target"]["value"] == result["target"]["value"]

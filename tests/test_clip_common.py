@@ -270,3 +270,64 @@ def test_filling_the_cache_leaves_the_global_random_stream_alone(cache_setup):
     after_extraction = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(torch.rand(3), after_extraction)
+
+
+def old_extraction(cache, data, transform):
+    """How the cache encoded images before decoding moved to workers (issue 24): each image read and
+    transformed in this process, in order, in batches of FEATURES.BATCH_SIZE (the last one padded)."""
+    from llu.engine import read_image
+    size = cache.cfg.FEATURES.BATCH_SIZE
+    pixels = torch.stack([transform(read_image(item.impath)) for item in data])
+    with torch.no_grad():
+        return torch.cat([cache.encode_full_batch(pixels[i:i + size]) for i in range(0, len(data), size)])
+
+
+@pytest.mark.slow
+def test_features_decoded_in_workers_are_the_old_paths_bits_on_the_builtin_world(shapes_world, tmp_path, monkeypatch):
+    from llu.world import generate
+    folder = generate.ensure_dataset(shapes_world, "Shapes")
+    paths = sorted(p for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs) if p.endswith(".png"))
+    data = [Datum(impath=path, label=0) for path in paths[:40]]
+    from llu.trainers.clip_common import match_preprocessing
+    model = load_backbone("toy")
+    cfg = extend_cfg(get_cfg_default())
+    match_preprocessing(cfg, model)
+    cfg.FEATURES.CACHE_DIR, cfg.FEATURES.BATCH_SIZE, cfg.DATALOADER.NUM_WORKERS = str(tmp_path), 16, 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)  # room for 2 workers
+    assert feature_cache.decoding_workers(cfg) == 2
+    cache = FeatureCache(cfg, model, "cpu")
+    features, _ = cache.get(data, build_transform(cfg, is_train=False))  # chunks of 8 from 2 workers, 2.5 batches
+    assert torch.equal(features, old_extraction(cache, data, build_transform(cfg, is_train=False)))
+
+
+def test_augmented_views_decoded_in_a_worker_are_those_decoded_here(cache_setup, tmp_path, monkeypatch):
+    cfg, model, data = cache_setup
+    cfg.FEATURES.BATCH_SIZE = 4
+    train_tf = build_transform(cfg, is_train=True)
+    here = FeatureCache(cfg, model, "cpu").get_views(data, train_tf, [1, 2])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cfg.FEATURES.CACHE_DIR, cfg.DATALOADER.NUM_WORKERS = str(tmp_path / "workers"), 1
+    in_worker = FeatureCache(cfg, model, "cpu").get_views(data, train_tf, [1, 2])
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(here, in_worker))
+
+
+def test_decoding_workers_leave_the_encoder_a_core(cache_setup, monkeypatch):
+    cfg = cache_setup[0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for asked, given in ((8, 1), (1, 1), (0, 0)):
+        cfg.DATALOADER.NUM_WORKERS = asked
+        assert feature_cache.decoding_workers(cfg) == given
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    cfg.DATALOADER.NUM_WORKERS = 8
+    assert feature_cache.decoding_workers(cfg) == 0
+
+
+def test_an_unreadable_image_in_a_worker_is_one_line_naming_it(cache_setup, tmp_path, monkeypatch):
+    cfg, model, data = cache_setup
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(open(data[0].impath, "rb").read()[:100])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cfg.DATALOADER.NUM_WORKERS = 1
+    with pytest.raises(UserError) as error:
+        FeatureCache(cfg, model, "cpu").get(data + [Datum(impath=str(broken), label=0)], build_transform(cfg, False))
+    assert str(error.value).startswith(f"{broken}: cannot be read as an image") and "\n" not in str(error.value)

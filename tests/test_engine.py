@@ -8,7 +8,7 @@ import torch
 from llu.engine.builtin import Datum, Registry, build_lr_scheduler, build_optimizer, get_cfg_default
 from llu.utils import UserError
 from llu.engine.data import DataManager, build_data_loader
-from llu.engine.evaluation import Classification
+from llu.engine.evaluation import Classification, macro_f1_score
 from llu.engine.optim import learning_rate_at
 from llu.utils import atomic_path, load_torch, read_json, save_torch, write_json
 
@@ -84,6 +84,29 @@ def test_evaluator_prints_dassls_lines(capsys):
     assert out[5].startswith("* macro_f1: ")
     assert results["accuracy"] == pytest.approx(200 / 3)
     assert evaluator.per_class_accuracy == {0: 100.0, 1: 50.0}
+
+
+def test_macro_f1_is_scikit_learns_to_the_bit():
+    np = pytest.importorskip("numpy")
+    f1_score = pytest.importorskip("sklearn.metrics").f1_score
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        classes, count = rng.integers(1, 40), rng.integers(1, 300)
+        truth = rng.integers(0, classes, count)  # some classes absent; predictions of classes never true
+        predicted = np.where(rng.random(count) < rng.random(), truth, rng.integers(0, classes + 3, count))
+        expected = f1_score(truth.tolist(), predicted.tolist(), average="macro", labels=np.unique(truth))
+        assert macro_f1_score(truth.tolist(), predicted.tolist()) == expected
+
+
+def test_a_run_does_not_import_scikit_learn():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; from llu.train import load_project; load_project(); "
+            "print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.split()[-1] == "False"
 
 
 def test_small_fewshot_set_is_not_dropped():

@@ -21,7 +21,7 @@ import os.path as osp
 
 import torch
 
-from llu.utils import UserError, file_sha256
+from llu.utils import UserError, file_sha256, read_json, user_cache_dir, write_json
 
 from .base import ClipBackbone, Preprocess  # noqa: F401  (the contract every kind fulfils)
 
@@ -31,14 +31,32 @@ EMBEDDINGS_BACKBONE = "embeddings"
 PRECISIONS = ("fp16", "fp32", "amp")
 
 _file_sha256 = {}
+SHA256_MEMO_FILE = "weights_sha256.json"  # under $LLU_CACHE: {"path|size|mtime_ns": sha256}
+SHA256_MEMO_ENTRIES = 64  # the most recently hashed files kept there
 
 
 def weights_sha256(path):
-    """The sha256 of a file (memoised per process by path, size and mtime)."""
+    """The sha256 of a file, remembered by its path, size and modification time: in this process, and
+    across processes in ``$LLU_CACHE/weights_sha256.json`` (hashing a ViT-B's 600 MB took a second of
+    every run's start on a CPU). The feature cache knows image files by the same three facts."""
     stat = os.stat(path)
-    key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
+    key = f"{osp.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
     if key not in _file_sha256:
-        _file_sha256[key] = file_sha256(path)
+        memo_path = user_cache_dir(SHA256_MEMO_FILE)
+        try:
+            memo = read_json(memo_path)
+        except UserError:  # none yet, or damaged: hashed again and written anew
+            memo = {}
+        memo = memo if isinstance(memo, dict) else {}
+        digest = memo.get(key)
+        if not (isinstance(digest, str) and len(digest) == 64):
+            digest = file_sha256(path)
+            memo = dict(list(memo.items())[-(SHA256_MEMO_ENTRIES - 1):], **{key: digest})
+            try:
+                write_json(memo, memo_path)
+            except OSError:
+                pass  # a read-only cache: hashed again by the next process
+        _file_sha256[key] = digest
     return _file_sha256[key]
 
 

@@ -3,6 +3,7 @@ TorchScript archive or a plain state dict), or ``toy``, the built-in world's Toy
 ``clip.model.build_model`` of the state dict, as in CoOp."""
 import os
 import os.path as osp
+import warnings
 import zipfile
 
 import torch
@@ -84,12 +85,27 @@ def read_clip_state_dict(path, trust_torchscript=True):
             return torch.jit.load(path, map_location="cpu").state_dict()
         except Exception as e:
             raise UserError(f"{path}: cannot be read as a TorchScript CLIP archive ({e})") from None
-    state_dict = load_torch(path)
+    state_dict = load_torch(path, mmap=True)  # build_model copies the weights: no need to read them twice
     if isinstance(state_dict, dict) and "state_dict" in state_dict:
         state_dict = state_dict["state_dict"]
     if not isinstance(state_dict, dict) or "visual.conv1.weight" not in state_dict:
         raise UserError(f"{path}: not a CLIP state dict (no 'visual.conv1.weight' key)")
     return state_dict
+
+
+def build_model(state_dict):
+    """``clip.model.build_model`` of ``state_dict`` (its fp16 rounding included), without its random
+    initialisation, which loading the weights overwrites (on a CPU, half of the time to build a ViT-B):
+    the model is laid out on the meta device, then given memory and the weights. Its one tensor that
+    is neither a parameter nor in the state dict, the text tower's causal attention mask, is made again."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "for .*: copying from a non-meta parameter", UserWarning)
+        model = clip.model.build_model(state_dict)  # checks the keys and shapes; copies nothing
+    model.to_empty(device="cpu")
+    model.load_state_dict(state_dict)
+    for block in model.transformer.resblocks:
+        block.attn_mask = model.build_attention_mask()
+    return model.eval()
 
 
 class OpenAIClip(ClipBackbone):
@@ -99,11 +115,8 @@ class OpenAIClip(ClipBackbone):
 
     def __init__(self, path, sha256, device, prec, trust_torchscript=True):
         super().__init__()
-        # build_model initialises a random model before loading the weights: keep that off the global
-        # random stream, so a run draws the same numbers whether or not its process built the model.
         try:
-            with torch.random.fork_rng(devices=[]):
-                self.model = clip.model.build_model(read_clip_state_dict(path, trust_torchscript))
+            self.model = build_model(read_clip_state_dict(path, trust_torchscript))
         except (KeyError, RuntimeError, ValueError) as e:
             raise UserError(f"{path}: the state dict does not describe a CLIP model ({type(e).__name__}: {e})") from None
         if device.type == "cpu" or prec != "fp16":

@@ -16,6 +16,7 @@ list|clear`` shows and empties it.
 import argparse
 import hashlib
 import json
+import math
 import os
 import os.path as osp
 import shutil
@@ -30,6 +31,9 @@ from llu.utils import UserError, exit_on_user_error, load_torch, progress, save_
 
 VERSION = 2
 STALE_TEMPORARY_SECONDS = 24 * 3600  # a temporary file this old belongs to a writer that was killed
+# Images a decoding worker hands over at a time: the encoder waits only for the first few images,
+# not for a whole batch, and its batches are these chunks put together (the same images and shape).
+DECODE_CHUNK = 8
 
 
 @config_extension
@@ -65,21 +69,46 @@ def image_key(path):
 class _ViewDataset(DatasetWrapper):
     """Images under a transform, each in its own view (``views[i]`` for ``data_source[i]``); an
     augmented view is seeded by (view, the image's path relative to the data root), so it is the same
-    image whatever list it comes in, on any machine."""
+    image whatever list it comes in, on any machine, in any process. An image that cannot be read
+    gives its one-line message instead (``_collate_images``)."""
 
     def __init__(self, cfg, data_source, transform, views, root):
         super().__init__(cfg, data_source, transform=transform)
         self.views, self.root = views, root
 
     def __getitem__(self, idx):
+        try:
+            return self._image(idx)
+        except UserError as e:
+            return str(e)
+
+    def _image(self, idx):
         view = self.views[idx]
         if view == 0:
-            return super().__getitem__(idx)
+            return super().__getitem__(idx)["img"]
         relative = osp.relpath(self.data_source[idx].impath, self.root)
         seed = int.from_bytes(hashlib.sha256(f"{view}:{relative}".encode()).digest()[:8], "little")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return super().__getitem__(idx)
+            return super().__getitem__(idx)["img"]
+
+
+def _collate_images(items):
+    """A chunk of images as one tensor, or the message of its first unreadable image (raised by the
+    encoding process: an exception raised in a worker would reach the user wrapped in its traceback)."""
+    unreadable = [item for item in items if isinstance(item, str)]
+    return unreadable[0] if unreadable else torch.stack(items)
+
+
+def decoding_workers(cfg):
+    """Processes that decode and transform images beside the encoder: DATALOADER.NUM_WORKERS, but never
+    more than the cores the encoding process leaves (8 workers on 2 cores cost more to start than they
+    save). The features are the same bits with any number."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(cfg.DATALOADER.NUM_WORKERS, max(0, cores - 1))
 
 
 class FeatureCache:
@@ -190,14 +219,19 @@ class FeatureCache:
 
     @torch.no_grad()
     def _encode_images(self, data_source, transform, views, desc):
+        """Features of the images in order. Workers (``decoding_workers``) decode and transform chunks of
+        images while this process encodes; each batch the encoder sees is FEATURES.BATCH_SIZE images in
+        order, whatever the chunks, so the features do not depend on the workers."""
+        size = self.cfg.FEATURES.BATCH_SIZE
+        on_gpu = torch.device(self.device).type == "cuda"
         loader = torch.utils.data.DataLoader(
-            _ViewDataset(self.cfg, data_source, transform, views, self.root),
-            batch_size=self.cfg.FEATURES.BATCH_SIZE, shuffle=False, num_workers=self.cfg.DATALOADER.NUM_WORKERS)
+            _ViewDataset(self.cfg, data_source, transform, views, self.root), batch_size=math.gcd(size, DECODE_CHUNK),
+            shuffle=False, num_workers=decoding_workers(self.cfg), collate_fn=_collate_images, pin_memory=on_gpu)
         features = []
         label = f"Encoding {len(data_source)} {desc + ' ' if desc else ''}images" + _views_label(sorted(set(views)))
-        for batch in progress(loader, label):
-            features.append(self.encode_full_batch(batch["img"].to(self.device)).cpu())
-            self.encoder_passes += features[-1].shape[0]
+        for batch in progress(_batches(loader, size, self.device, on_gpu), label):
+            features.append(self.encode_full_batch(batch).cpu())
+        self.encoder_passes += len(data_source)
         return torch.cat(features)
 
     def encode_full_batch(self, images):
@@ -209,6 +243,21 @@ class FeatureCache:
         if count < size:
             images = torch.cat([images, images[:1].expand(size - count, *images.shape[1:])])
         return self.clip_model.encode_images(images)[:count]
+
+
+def _batches(loader, size, device, on_gpu):
+    """The loader's chunks of images on ``device``, put together into batches of ``size`` (the last one
+    shorter); an unreadable image's message is raised as the UserError it was."""
+    batch = []
+    for chunk in loader:
+        if isinstance(chunk, str):
+            raise UserError(chunk)
+        batch.append(chunk.to(device, non_blocking=on_gpu))
+        if sum(len(images) for images in batch) == size:
+            yield torch.cat(batch)
+            batch = []
+    if batch:
+        yield torch.cat(batch)
 
 
 def _views_label(views):
