@@ -242,7 +242,7 @@ def main(argv=None, prog=None):
         for path in write_report(report, args.out or args.output_dir, args.format, args.figure_width,
                                  args.bare_tabular):
             print(f"wrote {path}", file=sys.stderr)
-        if not report.figures:
+        if not report.figures and not report.skipped:  # (a skipped file is the first thing to fix)
             print(f"note: {NO_FIGURE}", file=sys.stderr)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
