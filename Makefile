@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
-# Sweep worker processes for the demo (one thread each); the numbers do not depend on it.
-JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+# Sweep worker processes for the demo (one thread each); the numbers do not depend on it. Every core
+# this process may use: nproc alone would answer OMP_NUM_THREADS (1 when exported, as here).
+JOBS ?= $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -241,17 +241,18 @@ def test_fewshot_figure_and_data_when_several_shot_counts(tmp_path):
         {"1": {"base": 70.0, "new": 68.0}, "16": {"base": 84.0, "new": 60.0}}
     assert "### Shapes (16 shots)" in report.markdown  # Table 1 at the largest shot count
     written = write_report(report, str(tmp_path / "out"))
-    assert [os.path.basename(p) for p in written[-2:]] == ["figure2_fewshot.png", "figure2_fewshot.pdf"]
-    with open(written[-2], "rb") as f:
+    assert [os.path.basename(p) for p in written[-3:]] == ["figure2_fewshot.png", "figure2_fewshot.pdf",
+                                                           "figure2_fewshot.txt"]
+    with open(written[-3], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    with open(written[-1], "rb") as f:
+    with open(written[-2], "rb") as f:
         assert f.read(5) == b"%PDF-"
 
 
-def write_bench(path):
+def write_bench(path, device="cpu"):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"device": "cpu", "backbone": "toy",
+        json.dump({"device": device, "backbone": "toy",
                    "step_time_ms": {"LLU": {"1": 2.0, "2": 4.0}, "CoOp": {"1": 5.0, "2": 6.0}, "CoCoOp": {"1": 9.0}}},
                   f)
 
@@ -276,8 +277,8 @@ def test_cli_prints_tables_and_writes_outputs_atomically(base2new_tree, tmp_path
     result = run_cli(base2new_tree, "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "## Table 1" in result.stdout and "| CLIP" in result.stdout
-    assert sorted(os.listdir(out)) == ["figure3_step_time.pdf", "figure3_step_time.png", "tables.csv", "tables.json",
-                                       "tables.md"]  # no temp files left
+    assert sorted(os.listdir(out)) == ["figure3_step_time.pdf", "figure3_step_time.png", "figure3_step_time.txt",
+                                       "tables.csv", "tables.json", "tables.md"]  # no temp files left
     with open(out / "tables.json") as f:
         tables = json.load(f)
     assert tables["num_records"] == 36 and tables["notes"] == []
@@ -411,7 +412,7 @@ def test_figure2_points_over_different_seed_counts_are_warned_about(tmp_path):
         write_pair(root, "Shapes", "CoOp", seed, 80.0, 60.0, shots=16)
     write_pair(root, "Shapes", "CoOp", 1, 70.0, 65.0, shots=1)
     report = build_report(root)
-    assert any("different numbers of seeds (1 shots: 1, 16 shots: 2)" in w for w in report.warnings)
+    assert any("different numbers of seeds (1 shot: 1, 16 shots: 2)" in w for w in report.warnings)
 
 
 def test_a_tree_of_unusable_files_only_says_so_and_exits_2(tmp_path):
@@ -558,7 +559,7 @@ def test_a_method_missing_some_new_halves_is_still_left_out_with_a_note(base_onl
 def test_figure2_draws_only_the_base_curve_of_a_method_without_new_halves(tmp_path, monkeypatch):
     from llu.report import figures
     drawn = []  # (x, y, linestyle) of each line of the figure
-    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.extend(
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, caption: drawn.extend(
         (tuple(line.get_xdata()), tuple(line.get_ydata()), line.get_linestyle()) for ax in fig.axes for line in ax.lines))
     root = str(tmp_path / "tree")
     for shots, base in {1: 70.0, 16: 90.0}.items():

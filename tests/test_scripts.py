@@ -4,6 +4,7 @@ stand-in for a run in the worker processes); and one real base-to-new sweep with
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -209,3 +210,11 @@ def test_base2new_end_to_end_with_a_tiny_clip(tmp_path, image_folder, tiny_clip_
     (table1,) = [t for t in tables["tables"] if t["kind"] == "table1" and t["dataset"] == "my_images"]
     zero_shot = [row for row in table1["rows"] if row["trainer"] == "ZeroshotCLIP"]
     assert zero_shot[0]["cfg"] == "vit_b16" and zero_shot[0]["seeds"] == [1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_uses_every_core_whatever_omp_num_threads_says():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    result = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert f" JOBS={cores} bash scripts/base2new.sh" in result.stdout, result.stdout + result.stderr

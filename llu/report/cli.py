@@ -7,9 +7,11 @@ Reads every ``results.json`` under the folder (the one machine-readable record e
 ``train.py`` writes; logs are never parsed), checks their fields, and prints whichever tables the
 records allow, like the paper's; Figure 3 comes from a ``step_time.json`` of
 ``bench/bench_step_time.py`` found under the folder or given by ``--bench``. It writes
-``tables.md``, ``tables.json``, ``tables.csv`` (``tables.tex`` with ``--format latex``) and the
-figures (PNG at 300 dpi and PDF) into ``--out`` (default: the folder), each atomically; ``--format``
-chooses what is printed (md, latex, csv, terminal). Every table is one ``render.Table``.
+``tables.md``, ``tables.json``, ``tables.csv`` (``tables.tex`` with ``--format latex``: table
+environments with captions and labels, or bare tabulars with ``--bare-tabular``) and the figures (PNG at
+300 dpi, PDF with TrueType fonts and a caption .txt, ``--figure-width`` one-column or two-column) into
+``--out`` (default: the folder), each atomically; ``--format`` chooses what is printed (md, latex, csv,
+terminal). Every table is one ``render.Table``.
 
 A results.json that cannot be used (not UTF-8, not JSON, a field missing or of the wrong type) is
 one line on stderr naming it; it is skipped, the other files are tabulated, and the exit status is 2.
@@ -30,9 +32,14 @@ from llu.utils import UserError, write_text
 from . import figures
 from .multidataset import multidataset_row, multidataset_tables
 from .records import classify, find_bench_files, load_bench, load_records
-from .render import FORMATS, csv_text, document
+from .render import FORMATS, counted, csv_text, document
 from .tables import (all_classes_tables, base2new_by_shots, fewshot_curves, fewshot_table, is_ablation, step_time_table,
                      table1, table4, transfer_tables, variant_base)
+
+
+# Said when the results give no figure.
+NO_FIGURE = ("no figure from these results: Figure 2 needs base-to-new runs at two or more shot counts "
+             "(llu sweep fewshot), Figure 3 a step-time file (python bench/bench_step_time.py, then --bench FILE)")
 
 
 @dataclass
@@ -41,16 +48,16 @@ class Report:
     document: the largest shot count), every table (``tables``, for JSON and CSV), figures, notes."""
     sections: list = field(default_factory=list)  # (heading, [Table])
     tables: list = field(default_factory=list)
-    figures: dict = field(default_factory=dict)  # file name -> function(path) returning the written paths
+    figures: dict = field(default_factory=dict)  # file name -> function(path, width) returning the written paths
     notes: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     num_records: int = 0
     skipped: list = field(default_factory=list)  # one line per results.json that could not be used
 
-    def text(self, fmt="md"):
+    def text(self, fmt="md", bare_tabular=False):
         if not self.sections:
             return f"No table: {self.num_records} record(s) found, none fits a table.\n"
-        return document(self.sections, fmt)
+        return document(self.sections, fmt, bare_tabular)
 
     @property
     def markdown(self):
@@ -83,9 +90,11 @@ def add_base2new(report, classified):
         curves = fewshot_curves(by_shots)
         panel = "Average" if "Average" in curves else next(iter(curves))
         report.add("Figure 2 (data)", [fewshot_table(curves, p) for p in curves], [fewshot_table(curves, panel)])
-        report.warnings += uneven_seed_warnings(curves)
-        what = figures.describe(classified.base2new_records)
-        report.figures["figure2_fewshot.png"] = lambda path: figures.plot_fewshot(curves, what, path)
+        warnings = uneven_seed_warnings(curves)
+        report.warnings += warnings
+        records = classified.base2new_records
+        report.figures["figure2_fewshot.png"] = lambda path, width=figures.DEFAULT_WIDTH: figures.plot_fewshot(
+            curves, records, path, width, warnings)
 
 
 def uneven_seed_warnings(curves):
@@ -94,8 +103,9 @@ def uneven_seed_warnings(curves):
         for m, per_shot in by_method.items():
             seeds = {shots: cells["base"].n for shots, cells in per_shot.items() if cells["base"].n is not None}
             if len(set(seeds.values())) > 1:
+                per_point = ", ".join(f"{counted(s, 'shot')}: {n}" for s, n in sorted(seeds.items()))
                 warnings.append(f"Figure 2, {panel}, {m.trainer} ({m.cfg}): the points average different numbers "
-                                f"of seeds ({', '.join(f'{s} shots: {n}' for s, n in sorted(seeds.items()))})")
+                                f"of seeds ({per_point})")
     return warnings
 
 
@@ -117,7 +127,8 @@ def add_bench(report, bench_paths):
         report.add("Figure 3 (data)", [step_time_table(b) for b in benches])
     for bench in benches:
         name = "figure3_" + osp.splitext(osp.basename(bench["path"]))[0] + ".png"
-        report.figures[name] = lambda path, bench=bench: figures.plot_bench(bench, path)
+        report.figures[name] = lambda path, width=figures.DEFAULT_WIDTH, bench=bench: figures.plot_bench(bench, path,
+                                                                                                          width)
 
 
 def mixed_weights_warnings(records, table):
@@ -172,18 +183,18 @@ def build_report(root, bench=None):
     return report
 
 
-def write_report(report, out_dir, fmt="md"):
+def write_report(report, out_dir, fmt="md", figure_width=figures.DEFAULT_WIDTH, bare_tabular=False):
     """Write tables.md, tables.json, tables.csv (and tables.tex for --format latex) and the figures
-    into ``out_dir``; return the written paths."""
+    (``figure_width`` inches wide) into ``out_dir``; return the written paths."""
     paths = [osp.join(out_dir, "tables.md"), osp.join(out_dir, "tables.json"), osp.join(out_dir, "tables.csv")]
     write_text(report.markdown, paths[0])
     write_text(json.dumps(report.json, indent=2, default=str) + "\n", paths[1])
     write_text(csv_text(report.tables), paths[2])
     if fmt == "latex":
         paths.append(osp.join(out_dir, "tables.tex"))
-        write_text(report.text("latex"), paths[-1])
+        write_text(report.text("latex", bare_tabular), paths[-1])
     for name, plot in report.figures.items():
-        paths += plot(osp.join(out_dir, name))
+        paths += plot(osp.join(out_dir, name), figure_width)
     return paths
 
 
@@ -196,7 +207,26 @@ def parser(prog=None):
     parser.add_argument("--format", choices=FORMATS, default="md",
                         help="what is printed: md (GitHub Markdown, also tables.md), latex (booktabs, best in bold; "
                              "also tables.tex), csv (one row per cell, also tables.csv) or terminal")
+    parser.add_argument("--bare-tabular", action="store_true",
+                        help="latex: each table a bare tabular (default: a table environment with \\caption and "
+                             "\\label{tab:...} to \\input and \\ref)")
+    parser.add_argument("--figure-width", type=figure_width, default=figures.DEFAULT_WIDTH, metavar="WIDTH",
+                        help="figures' width: one-column (3.3 in), two-column (6.9 in, the default) or inches")
     return parser
+
+
+def figure_width(text):
+    """--figure-width: a name in ``figures.WIDTHS`` or inches."""
+    if text in figures.WIDTHS:
+        return figures.WIDTHS[text]
+    try:
+        inches = float(text)
+    except ValueError:
+        inches = float("nan")
+    if not 1.0 <= inches <= 20.0:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(figures.WIDTHS)} or a width in inches (1 to 20), "
+                                         f"not {text!r}")
+    return inches
 
 
 def main(argv=None, prog=None):
@@ -207,13 +237,16 @@ def main(argv=None, prog=None):
         report = build_report(args.output_dir, args.bench or None)
         for problem in report.skipped:
             print(f"error: {problem} (file skipped)", file=sys.stderr)
-        print(csv_text(report.tables) if args.format == "csv" else report.text(args.format), end="")
+        print(csv_text(report.tables) if args.format == "csv" else report.text(args.format, args.bare_tabular), end="")
         for note in report.notes:
             print(f"note: {note}", file=sys.stderr)
         for warning in report.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        for path in write_report(report, args.out or args.output_dir, args.format):
+        for path in write_report(report, args.out or args.output_dir, args.format, args.figure_width,
+                                 args.bare_tabular):
             print(f"wrote {path}", file=sys.stderr)
+        if not report.figures and not report.skipped:  # (a skipped file is the first thing to fix)
+            print(f"note: {NO_FIGURE}", file=sys.stderr)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

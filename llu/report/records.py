@@ -29,6 +29,7 @@ classified (``classify``):
 import fnmatch
 import os
 import os.path as osp
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
@@ -72,6 +73,7 @@ class Record:
     regularizer: float = None
     backbone_sha256: str = None  # the weights file's hash (results.json's provenance)
     device: str = None  # the GPU's name, or the CPU's kernels (provenance)
+    torch: str = None  # the torch version that ran it, with its CUDA build (provenance)
 
     @property
     def run_key(self):
@@ -117,7 +119,8 @@ def record_of(results, path):
         train_shots=int(results.train_shots) if results.train_shots is not None else results.shots,
         model_dir=results.model_dir, classnames=tuple(sorted(results.per_class_accuracy)), regularizer=regularizer,
         backbone_sha256=provenance.get("backbone_sha256"),
-        device=provenance.get("gpu") or (f"CPU ({capability})" if capability else None))
+        device=provenance.get("gpu") or (f"CPU ({capability})" if capability else None),
+        torch=provenance.get("torch"))
 
 
 def load_record(path):
@@ -264,6 +267,8 @@ def load_bench(path):
         raise ResultsError(f"{path}: not a step-time results file (expected 'step_time_ms': "
                            f"{{trainer: {{batch size: milliseconds}}}})")
     content["path"] = path
+    if isinstance(content.get("device"), str):  # files written before the benchmark said "1 thread"
+        content["device"] = re.sub(r"\b1 threads\b", "1 thread", content["device"])
     return content
 
 

@@ -8,11 +8,18 @@ table and JSON, so a new table, or a new format, is one place to change. Torch-f
 import csv
 import io
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from tabulate import tabulate
 
 FORMATS = ("md", "latex", "csv", "terminal")
+
+
+def counted(number, noun):
+    """'1 shot', '16 shots'."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,7 @@ def best_cells(table):
     return best
 
 
-def latex(table):
+def latex_tabular(table):
     """A booktabs tabular that pastes into a paper: the best of each column in bold, "±" as $\\pm$."""
     bold = best_cells(table)
     index = {id(row): i for i, row in enumerate(table.rows)}
@@ -143,18 +150,50 @@ def latex(table):
         return rf"\textbf{{{value}}}" if (index[id(row)], key) in bold else value
 
     headers, body = table.grid(text)
-    lines = [rf"% {latex_escape(table.title)}", r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
+    lines = [r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
              " & ".join(latex_escape(h) if i else "" for i, h in enumerate(headers)) + r" \\", r"\midrule"]
     lines += [" & ".join([latex_escape(cells[0])] + cells[1:]) + r" \\" for cells in body]
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+    return lines
+
+
+def latex(table):
+    """The bare tabular (``--bare-tabular``), under a comment naming the table."""
+    return "\n".join([rf"% {latex_escape(table.title)}"] + latex_tabular(table))
+
+
+def latex_label(table):
+    """The table's \\label key from its kind and title: tab:table1-shapes-16-shots."""
+    return "tab:" + re.sub(r"[^a-z0-9]+", "-", f"{table.kind} {table.title}".lower()).strip("-")
+
+
+def latex_caption(table, heading):
+    """What the table is (the section heading without its number in the paper), its title, and how to
+    read its numbers."""
+    what = re.sub(r"^(Table|Figure) \d+:?\s*", "", heading)
+    text = table.title if what.startswith("(") or not what else f"{what[0].upper() + what[1:]}: {table.title}"
+    caption = latex_escape(text) + "."
+    if any(isinstance(cell, Stat) and cell.std is not None for row in table.rows for cell in row.cells.values()):
+        caption += r" Mean $\pm$ standard deviation over seeds."
+    if best_cells(table):
+        caption += " The best in bold."
+    return caption
+
+
+def latex_table(table, heading, label):
+    """A table environment to \\input: caption, \\label{tab:...} and the booktabs tabular, centred."""
+    return "\n".join([rf"% {latex_escape(table.title)}", r"\begin{table}[htbp]", r"\centering",
+                      rf"\caption{{{latex_caption(table, heading)}}}", rf"\label{{{label}}}"]
+                     + latex_tabular(table) + [r"\end{table}"])
 
 
 CSV_FIELDS = ("table", "title", "dataset", "shots", "row", "column", "mean", "std", "n", "text")
 
 
 def csv_rows(table):
-    """Long-format rows (one per cell) with the table's kind, title, dataset and shots."""
+    """Long-format rows (one per cell) with the table's kind, title, dataset and shots; ``n`` is the
+    number of seeds of a mean over seeds, 0 for any other cell (a count, an average over datasets, a
+    step time, a dash), so that it is an integer in every row (pandas reads it as int64)."""
     for row in table.rows:
         for key, header in table.columns:
             cell = row.cells.get(key)
@@ -164,7 +203,7 @@ def csv_rows(table):
                 yield {"table": table.kind, "title": table.title, "dataset": table.meta.get("dataset", ""),
                        "shots": table.meta.get("shots", ""), "row": row.label,
                        "column": f"{header} {name}".strip(), "mean": stat.mean if stat else cell_value(value),
-                       "std": stat.std if stat else None, "n": stat.n if stat else None,
+                       "std": stat.std if stat else None, "n": stat.n if stat and stat.n is not None else 0,
                        "text": cell_text(value)}
 
 
@@ -177,13 +216,24 @@ def csv_text(tables):
     return out.getvalue()
 
 
-def document(sections, fmt):
-    """[(heading, [tables])] as one text in ``fmt`` (md, latex or terminal)."""
+def document(sections, fmt, bare_tabular=False):
+    """[(heading, [tables])] as one text in ``fmt`` (md, latex or terminal). LaTeX: each table a
+    ``table`` environment with a caption and a \\label unique in the document (``bare_tabular``: the
+    tabular alone)."""
     if fmt == "md":
         return "\n\n".join(f"## {heading}\n\n" + "\n\n".join(f"### {t.title}\n\n{markdown(t)}" for t in tables)
                            for heading, tables in sections) + "\n"
     if fmt == "latex":
-        return "\n\n".join(f"% {heading}\n" + "\n\n".join(latex(t) for t in tables)
+        labels = Counter()
+
+        def environment(table, heading):
+            if bare_tabular:
+                return latex(table)
+            label = latex_label(table)
+            labels[label] += 1
+            return latex_table(table, heading, label if labels[label] == 1 else f"{label}-{labels[label]}")
+
+        return "\n\n".join(f"% {heading}\n" + "\n\n".join(environment(t, heading) for t in tables)
                            for heading, tables in sections) + "\n"
     if fmt == "terminal":
         return "\n\n".join(f"{heading}\n{'=' * len(heading)}\n\n" + "\n\n".join(f"{t.title}\n{terminal(t)}" for t in tables)

@@ -20,7 +20,7 @@ import functools
 import statistics
 from collections import defaultdict
 
-from .render import Row, Stat, Table
+from .render import Row, Stat, Table, counted
 
 # ---------------------------------------------------------------------------------------------
 # Names and orders used in the tables
@@ -204,14 +204,14 @@ def table1(by_dataset, shots):
     if len(datasets) > 1:
         rows = [Row(labels[m], average_cells([cells[d][m] for d in datasets]), method_json(m, labels[m]),
                     {"datasets": len(datasets)}) for m in main if all(m in cells[d] for d in datasets)]
-        tables.append(Table("table1", f"Average over {len(datasets)} datasets ({shots} shots)",
+        tables.append(Table("table1", f"Average over {len(datasets)} datasets ({counted(shots, 'shot')})",
                             BASE2NEW_COLUMNS + [("datasets", "datasets")],
                             [Row(r.label, {**r.cells, "datasets": r.extra["datasets"]}, r.method, r.extra) for r in rows],
                             {"dataset": "Average", "shots": shots}))
     for d in datasets:
         rows = [Row(labels[m], {**cells[d][m], "seeds": len(by_dataset[d][m])}, method_json(m, labels[m]),
                     {"seeds": sorted(b.seed for b, _ in by_dataset[d][m])}) for m in main if m in cells[d]]
-        tables.append(Table("table1", f"{d} ({shots} shots)", BASE2NEW_COLUMNS + [("seeds", "seeds")], rows,
+        tables.append(Table("table1", f"{d} ({counted(shots, 'shot')})", BASE2NEW_COLUMNS + [("seeds", "seeds")], rows,
                             {"dataset": d, "shots": shots}))
     return tables
 
@@ -241,7 +241,7 @@ def table4(by_dataset, shots):
             rows.append(Row(label, cells, method_json(m, label)))
         trainer = display_name(default.trainer)
         tables.append(Table("table4", f"{trainer}, config {default.cfg}; average over {len(datasets)} dataset(s), "
-                            f"{shots} shots", [("base", "Base"), ("new", "New"), ("h", "Mean (H)"),
+                            f"{counted(shots, 'shot')}", [("base", "Base"), ("new", "New"), ("h", "Mean (H)"),
                                                ("regularizer", "Regularization")], rows,
                             {"trainer": default.trainer, "default_cfg": default.cfg, "datasets": datasets,
                              "shots": shots}, transpose=True))
@@ -272,7 +272,7 @@ def transfer_tables(transfers, sources, kind, with_average):
             rows.append(Row(labels[m], cells, method_json(m, labels[m])))
         columns = [("source", f"Source: {source}")] + [(t, t) for t in targets]
         columns += [("average", "Average")] if with_average else []
-        tables.append(Table(kind, f"trained on {source}, {shots} shots", columns + [("seeds", "seeds")], rows,
+        tables.append(Table(kind, f"trained on {source}, {counted(shots, 'shot')}", columns + [("seeds", "seeds")], rows,
                             {"source": source, "shots": shots, "targets": targets}))
     return tables
 
@@ -290,7 +290,7 @@ def all_classes_tables(sources):
         rows = [Row(labels[m], {**{d: stat(by_method[m][d]) for d in datasets if d in by_method[m]},
                                 "seeds": max(len(v) for v in by_method[m].values())}, method_json(m, labels[m]))
                 for m in ordered_methods(by_method)]
-        tables.append(Table("all_classes", f"{shots} shots" if shots > 0 else "all training images",
+        tables.append(Table("all_classes", counted(shots, "shot") if shots > 0 else "all training images",
                             [(d, d) for d in datasets] + [("seeds", "seeds")], rows, {"shots": shots}))
     return tables
 
@@ -315,7 +315,7 @@ def fewshot_table(curves, panel):
     rows = [Row(labels[m], {str(s): curves[panel][m].get(s) for s in shots}, method_json(m, labels[m]))
             for m in ordered_methods(curves[panel])]
     return Table("fewshot", f"{panel}: Base / New accuracy by shots",
-                 [(str(s), f"{s} shot{'s' if s != 1 else ''}") for s in shots], rows, {"dataset": panel}, best=None)
+                 [(str(s), counted(s, "shot")) for s in shots], rows, {"dataset": panel}, best=None)
 
 
 def step_time_table(bench):
