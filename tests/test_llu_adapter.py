@@ -11,7 +11,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 from llu.trainers import llu_adapter
 from llu.trainers.clustering import cluster_anchors, complete_linkage
-from llu.trainers.llu_adapter import DIRAC_THRESHOLD, LocalizedLinearAdapter, identity_regularizer, interpolation_weight
+from llu.trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, RegularizerInUpdate, identity_regularizer,
+                                     interpolation_weight, squared_distance_to_identity)
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -167,6 +168,81 @@ def test_loss_is_cross_entropy_plus_lambda_times_regularizer():
     total, ce, reg = model.loss(images, labels, texts, 100.0, lam=1e3)
     torch.testing.assert_close(ce, F.cross_entropy(model.logits(images, texts, 100.0), labels))
     torch.testing.assert_close(total, ce + 1e3 * model.regularizer())
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 64])
+def test_squared_distance_to_identity_is_the_sum_of_squares_of_w_minus_i(d):
+    weight = torch.eye(d) + 0.1 * torch.randn(d, d, generator=torch.Generator().manual_seed(d))
+    expected = (weight - torch.eye(d)).pow(2).sum()
+    assert_close(squared_distance_to_identity(weight), expected)
+    assert_close(squared_distance_to_identity(weight.t()), expected)  # a non-contiguous view
+    assert squared_distance_to_identity(torch.eye(d)).item() == 0.0
+
+
+def test_regularizer_in_update_values_eq6s_mse_form():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(16, init="random")
+    in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3)
+    assert_close(in_update.value(), model.regularizer())
+    assert RegularizerInUpdate(LocalizedLinearAdapter(16).adapters.values(), lam=1e3).value().item() == 0.0
+
+
+def sgd_steps(model, lam, in_update, steps=30, weight_decay=5e-4):
+    """``steps`` SGD steps (CoOp's settings, the fused kernel) on cross-entropy + lam * Eq. 6, with the
+    regulariser in the loss or in the update; the adapters' parameters and losses after each step."""
+    images, texts = unit(24, 16, seed=40), unit(4, 16, seed=41)
+    labels = torch.arange(24) % 4
+    model.set_anchors(images, texts)
+    settings = dict(lr=0.002 * 50, momentum=0.9, fused=True)  # a large rate: the parameters move far
+    if in_update:
+        regularizer = RegularizerInUpdate(model.adapters.values(), lam)
+        optimizer = regularizer.attach(torch.optim.SGD(regularizer.param_groups(weight_decay), **settings), model)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), weight_decay=weight_decay, **settings)
+    losses = []
+    for _ in range(steps):
+        logits = model.logits(images, texts, 100.0)
+        if in_update:
+            ce = F.cross_entropy(logits, labels)
+            total = ce + lam * regularizer.value()
+        else:
+            total = model.objective(logits, labels, lam)[0]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    return [p.detach().clone() for p in model.parameters()], losses
+
+
+@pytest.mark.parametrize("init", ["identity", "random"])
+def test_the_regulariser_in_the_update_gives_the_losss_update_up_to_round_off(init):
+    results = {}
+    for in_update in (False, True):
+        torch.manual_seed(0)
+        results[in_update] = sgd_steps(LocalizedLinearAdapter(16, init=init), 1e3, in_update)
+    (loss_params, loss_losses), (update_params, update_losses) = results[False], results[True]
+    for by_loss, by_update in zip(loss_params, update_params):
+        assert_close(by_update, by_loss)
+    assert_close(torch.tensor(update_losses), torch.tensor(loss_losses))
+    torch.manual_seed(0)
+    unregularised = sgd_steps(LocalizedLinearAdapter(16, init=init), 0.0, False)[0]
+    assert not torch.allclose(unregularised[0], loss_params[0], rtol=0, atol=1e-4)  # lambda did act
+
+
+def test_a_one_group_optimiser_state_loads_into_the_regulariser_in_update_groups():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(8, init="random")
+    old = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3)
+    new = regularizer.attach(torch.optim.SGD(regularizer.param_groups(5e-4), lr=0.5, momentum=0.9), model)
+    new.load_state_dict(old.state_dict())
+    for p in model.parameters():
+        assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    assert [group["lr"] for group in new.param_groups] == [0.01, 0.01]  # the checkpoint's settings
+    assert new.param_groups[0]["weight_decay"] == 5e-4 + 2e3 / 64  # the regulariser's share kept
 
 
 # ---------------------------------------------------------------------------------------------

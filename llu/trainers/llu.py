@@ -11,13 +11,15 @@ to the data: the anchor sets D_image (training image features) and D_text (train
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
 
-from llu.engine import CN, compute_accuracy, config_extension
+import torch.nn.functional as F
+
+from llu.engine import CN, build_optimizer, compute_accuracy, config_extension
 from llu.utils import UserError
 
 from . import trainer
 from .clip_common import ClipTrainer
 from .coop import coop_epochs
-from .llu_adapter import SETTINGS, InvalidSetting, LocalizedLinearAdapter, check_settings
+from .llu_adapter import SETTINGS, InvalidSetting, LocalizedLinearAdapter, RegularizerInUpdate, check_settings
 
 
 @config_extension
@@ -66,7 +68,20 @@ class LLU(ClipTrainer):
             adapt=llu.ADAPT, reg_form=llu.REG_FORM, dirac_threshold=llu.DIRAC_THRESHOLD).to(self.device)
         # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
         self.text_features = self.class_text_features()
-        self.register_learned("adapter", self.adapter)
+        self.register_learned("adapter", self.adapter, self.build_optimizer())
+
+    def build_optimizer(self):
+        """CoOp's optimiser on the adapter. With SGD and the "mse" form, lambda * Eq. 6 is applied by
+        the optimiser (``RegularizerInUpdate``: its gradient is a weight decay toward the identity), the
+        same update as through the loss up to round-off; otherwise it is part of the loss."""
+        llu = self.cfg.TRAINER.LLU
+        self.regularizer_in_update = None
+        if self.cfg.OPTIM.NAME != "sgd" or llu.REG_FORM != "mse":
+            return build_optimizer(self.adapter, self.cfg.OPTIM)
+        self.regularizer_in_update = RegularizerInUpdate(self.adapter.adapters.values(), llu.LAMBDA)
+        groups = self.regularizer_in_update.param_groups(self.cfg.OPTIM.WEIGHT_DECAY)
+        return self.regularizer_in_update.attach(build_optimizer(self.adapter, self.cfg.OPTIM, param_groups=groups),
+                                                 self.adapter)
 
     def before_train(self):
         super().before_train()
@@ -84,7 +99,13 @@ class LLU(ClipTrainer):
             self.train_text_alpha = self.adapter.interpolation_weights(self.text_features, "text")
         # Eq. 1 on the updated embeddings (Eq. 4-5)
         logits = self.adapter.logits(image_features, self.text_features, self.logit_scale, self.train_text_alpha)
-        total, ce, reg = self.adapter.objective(logits, label, lam=self.cfg.TRAINER.LLU.LAMBDA)  # Eq. 3 + Eq. 6
+        lam = self.cfg.TRAINER.LLU.LAMBDA
+        if self.regularizer_in_update:  # Eq. 3 + Eq. 6, whose gradient the optimiser applies
+            ce = F.cross_entropy(logits, label)
+            reg = self.regularizer_in_update.value()
+            total = ce + lam * reg
+        else:
+            total, ce, reg = self.adapter.objective(logits, label, lam=lam)  # Eq. 3 + Eq. 6
         self.model_backward_and_update(total)
         return {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
                 "acc": compute_accuracy(logits.detach(), label)[0].item()}

@@ -152,6 +152,87 @@ def identity_regularizer(adapters, form="mse"):
     return torch.as_tensor(total)
 
 
+def squared_distance_to_identity(weight):
+    """||W - I||_F^2 of a square matrix in one read of W, without forming W - I.
+
+    In W's row-major storage the off-diagonal entries are, after the first diagonal entry, the
+    first d of every d + 1 entries (the last of each d + 1 is the next diagonal entry): a strided
+    [d - 1, d] view of them needs no copy (its row norms are a fast reduction; its whole norm is not).
+    The d diagonal entries contribute (W_ii - 1)^2.
+    """
+    d = weight.shape[0]
+    if d < 2 or not weight.is_contiguous():
+        return (weight - _identity(d, weight.dtype, weight.device)).square().sum()
+    off_diagonal = weight.reshape(-1)[1:].as_strided((d - 1, d), (d + 1, 1))
+    return torch.linalg.vector_norm(off_diagonal, dim=1).square().sum() + (weight.diagonal() - 1).square().sum()
+
+
+class RegularizerInUpdate:
+    """lambda * Eq. 6 in its "mse" form, applied by an SGD optimiser instead of through the loss.
+
+    Its gradient is linear in the parameters: lambda mean((W - I)^2) gives c_W (W - I) with
+    c_W = 2 lambda / d^2, lambda mean(b^2) gives c_b b with c_b = 2 lambda / d. With the optimiser's
+    own (L2) weight decay wd, SGD's direction on W is g + wd W + c_W W - c_W I: the part proportional
+    to W joins the weight decay, which the fused SGD kernel applies in the pass that updates W, and
+    the constant part is subtracted from the d diagonal entries of W's gradient before each step
+    (``attach``). The update is that of (cross-entropy + lambda * Eq. 6).backward() up to float
+    round-off (tests/test_llu_adapter.py), without the regulariser's forward and backward passes
+    over every d x d weight, which were a quarter of LLU's step on cached features.
+    ``value`` is the unweighted regulariser for the log, computed without a graph.
+    """
+
+    def __init__(self, adapters, lam):
+        self.adapters, self.lam = list(adapters), float(lam)
+
+    def param_groups(self, weight_decay):
+        """The adapters' parameters as two SGD groups: the weights and the biases, each with its
+        weight decay plus its share of lambda * Eq. 6."""
+        weights = [g.weight for g in self.adapters]
+        biases = [g.bias for g in self.adapters]
+        d = weights[0].shape[0]
+        return [{"params": weights, "weight_decay": weight_decay + 2 * self.lam / d ** 2,
+                 "identity_pull": 2 * self.lam / d ** 2},
+                {"params": biases, "weight_decay": weight_decay + 2 * self.lam / d}]
+
+    def attach(self, optimizer, module):
+        """Make ``optimizer`` (built on ``param_groups``; ``module`` holds the adapters) subtract c_W
+        from the diagonal of every weight's gradient before each step, and read the state of an
+        optimiser with one group over ``module.parameters()`` (a checkpoint written before the
+        regulariser moved into the update) into its two groups."""
+        def pull_toward_identity(optimizer, args, kwargs):
+            for group in optimizer.param_groups:
+                if group.get("identity_pull"):
+                    for weight in group["params"]:
+                        if weight.grad is not None:
+                            weight.grad.diagonal().sub_(group["identity_pull"])
+
+        def regroup_one_group_state(optimizer, state_dict):
+            if len(state_dict["param_groups"]) != 1 or len(optimizer.param_groups) == 1:
+                return state_dict
+            old_position = {id(p): i for i, p in enumerate(module.parameters())}
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            saved_group, saved_state = state_dict["param_groups"][0], state_dict["state"]
+            if len(saved_group["params"]) != len(params):
+                return state_dict  # not that layout: torch's own error follows
+            new_id = {saved_group["params"][old_position[id(p)]]: i for i, p in enumerate(params)}
+            groups, start = [], 0
+            for group in optimizer.param_groups:
+                settings = {key: value for key, value in saved_group.items() if key not in ("params", "weight_decay")}
+                groups.append({**group, **settings, "params": list(range(start, start + len(group["params"])))})
+                start += len(group["params"])
+            return {"state": {new_id[key]: value for key, value in saved_state.items()}, "param_groups": groups}
+
+        optimizer.register_step_pre_hook(pull_toward_identity)
+        optimizer.register_load_state_dict_pre_hook(regroup_one_group_state)
+        return optimizer
+
+    @torch.no_grad()
+    def value(self):
+        """Eq. 6 in its "mse" form without lambda (``identity_regularizer``'s value up to round-off)."""
+        return sum(squared_distance_to_identity(g.weight) / g.weight.numel() + g.bias.square().mean()
+                   for g in self.adapters)
+
+
 # ---------------------------------------------------------------------------------------------
 # The adapter
 
