@@ -12,7 +12,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from llu.trainers import llu_adapter
 from llu.trainers.clustering import cluster_anchors, complete_linkage
 from llu.trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, RegularizerInUpdate, identity_regularizer,
-                                     interpolation_weight, squared_distance_to_identity)
+                                     interpolation_weight, localized_update, squared_distance_to_identity)
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -182,9 +182,9 @@ def test_squared_distance_to_identity_is_the_sum_of_squares_of_w_minus_i(d):
 def test_regularizer_in_update_values_eq6s_mse_form():
     torch.manual_seed(0)
     model = LocalizedLinearAdapter(16, init="random")
-    in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3)
+    in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
     assert_close(in_update.value(), model.regularizer())
-    assert RegularizerInUpdate(LocalizedLinearAdapter(16).adapters.values(), lam=1e3).value().item() == 0.0
+    assert RegularizerInUpdate(LocalizedLinearAdapter(16).adapters.values(), 1e3, 5e-4).value().item() == 0.0
 
 
 def sgd_steps(model, lam, in_update, steps=30, weight_decay=5e-4):
@@ -195,8 +195,9 @@ def sgd_steps(model, lam, in_update, steps=30, weight_decay=5e-4):
     model.set_anchors(images, texts)
     settings = dict(lr=0.002 * 50, momentum=0.9, fused=True)  # a large rate: the parameters move far
     if in_update:
-        regularizer = RegularizerInUpdate(model.adapters.values(), lam)
-        optimizer = regularizer.attach(torch.optim.SGD(regularizer.param_groups(weight_decay), **settings), model)
+        regularizer = RegularizerInUpdate(model.adapters.values(), lam, weight_decay)
+        optimizer = regularizer.attach(torch.optim.SGD(model.parameters(), weight_decay=regularizer.weight_decay,
+                                                       **settings))
     else:
         optimizer = torch.optim.SGD(model.parameters(), weight_decay=weight_decay, **settings)
     losses = []
@@ -229,20 +230,45 @@ def test_the_regulariser_in_the_update_gives_the_losss_update_up_to_round_off(in
     assert not torch.allclose(unregularised[0], loss_params[0], rtol=0, atol=1e-4)  # lambda did act
 
 
-def test_a_one_group_optimiser_state_loads_into_the_regulariser_in_update_groups():
+def test_an_optimiser_state_without_the_regulariser_loads_with_it():
     torch.manual_seed(0)
     model = LocalizedLinearAdapter(8, init="random")
     old = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     old.step()
-    regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3)
-    new = regularizer.attach(torch.optim.SGD(regularizer.param_groups(5e-4), lr=0.5, momentum=0.9), model)
+    regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+    new = regularizer.attach(torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9,
+                                             weight_decay=regularizer.weight_decay))
     new.load_state_dict(old.state_dict())
     for p in model.parameters():
         assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
-    assert [group["lr"] for group in new.param_groups] == [0.01, 0.01]  # the checkpoint's settings
+    assert new.param_groups[0]["lr"] == 0.01  # the checkpoint's settings
     assert new.param_groups[0]["weight_decay"] == 5e-4 + 2e3 / 64  # the regulariser's share kept
+
+
+def test_logits_through_fixed_texts_and_cached_anchors_are_eq1_to_5_bit_for_bit():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(32, init="random", gamma=5.0)
+    images, texts = 3 * unit(40, 32, seed=50), 2 * unit(6, 32, seed=51)  # not unit: each side normalises
+    model.set_anchors(unit(20, 32, seed=52), texts)
+
+    def literal(images):
+        adapted_images = localized_update(images, model.adapter("image"), interpolation_weight(
+            images, model.image_anchors, model.beta, model.gamma))
+        adapted_texts = localized_update(texts, model.adapter("text"), interpolation_weight(
+            texts, model.text_anchors, model.beta, model.gamma))
+        return 100.0 * adapted_images @ adapted_texts.t()
+
+    fixed = model.fixed_texts(texts)
+    for batch in (images[:32], images[32:], images[:32]):  # the normalised anchors are reused
+        assert torch.equal(model.logits(batch, fixed, 100.0), literal(batch))
+        assert torch.equal(model.logits(batch, texts, 100.0), literal(batch))
+    model.set_anchors(unit(9, 32, seed=53), None, n_clusters=0)  # new anchors: not the cached ones
+    assert torch.equal(model.logits(images, fixed, 100.0), literal(images))
+    with torch.no_grad():
+        model.image_anchors.copy_(unit(9, 32, seed=54))  # changed in place
+    assert torch.equal(model.logits(images, fixed, 100.0), literal(images))
 
 
 # ---------------------------------------------------------------------------------------------

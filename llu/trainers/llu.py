@@ -78,14 +78,14 @@ class LLU(ClipTrainer):
         self.regularizer_in_update = None
         if self.cfg.OPTIM.NAME != "sgd" or llu.REG_FORM != "mse":
             return build_optimizer(self.adapter, self.cfg.OPTIM)
-        self.regularizer_in_update = RegularizerInUpdate(self.adapter.adapters.values(), llu.LAMBDA)
-        groups = self.regularizer_in_update.param_groups(self.cfg.OPTIM.WEIGHT_DECAY)
-        return self.regularizer_in_update.attach(build_optimizer(self.adapter, self.cfg.OPTIM, param_groups=groups),
-                                                 self.adapter)
+        self.regularizer_in_update = RegularizerInUpdate(self.adapter.adapters.values(), llu.LAMBDA,
+                                                         self.cfg.OPTIM.WEIGHT_DECAY)
+        parameters = [{"params": list(self.adapter.parameters()), "weight_decay": self.regularizer_in_update.weight_decay}]
+        return self.regularizer_in_update.attach(build_optimizer(self.adapter, self.cfg.OPTIM, param_groups=parameters))
 
     def before_train(self):
         super().before_train()
-        self.train_text_alpha = None  # computed at the first step, once the anchors are set
+        self.train_texts = None  # computed at the first step, once the anchors are set
         if self.start_epoch == 0:
             # D_image: the training images' (un-augmented) features; D_text: the training class prompts.
             image_features = self.split_features("train")[0].to(self.device)
@@ -95,10 +95,10 @@ class LLU(ClipTrainer):
 
     def forward_backward(self, batch):
         image_features, label = self.parse_batch_train(batch)
-        if getattr(self, "train_text_alpha", None) is None:  # fixed class texts and anchors: fixed weights
-            self.train_text_alpha = self.adapter.interpolation_weights(self.text_features, "text")
+        if getattr(self, "train_texts", None) is None:  # fixed class texts and anchors: their weights are fixed
+            self.train_texts = self.adapter.fixed_texts(self.text_features)
         # Eq. 1 on the updated embeddings (Eq. 4-5)
-        logits = self.adapter.logits(image_features, self.text_features, self.logit_scale, self.train_text_alpha)
+        logits = self.adapter.logits(image_features, self.train_texts, self.logit_scale)
         lam = self.cfg.TRAINER.LLU.LAMBDA
         if self.regularizer_in_update:  # Eq. 3 + Eq. 6, whose gradient the optimiser applies
             ce = F.cross_entropy(logits, label)
