@@ -315,6 +315,19 @@ def test_clusters_match_scipy_complete_linkage(k):
     np.testing.assert_allclose(heights.numpy(), z[:60 - k, 2], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [64, 768])
+def test_clusters_match_scipy_and_scikit_learn_at_other_widths(dim):
+    from sklearn.cluster import AgglomerativeClustering
+    x = unit(300, dim, seed=dim, dtype=torch.float64)
+    for k in (75, 150):
+        assignment, heights = complete_linkage(x, k)
+        z = linkage(x.numpy(), method="complete", metric="cosine")
+        assert same_partition(assignment, fcluster(z, k, criterion="maxclust"))
+        np.testing.assert_allclose(heights.numpy(), z[:300 - k, 2], rtol=0, atol=1e-6)
+        sklearn = AgglomerativeClustering(n_clusters=k, linkage="complete", metric="cosine").fit_predict(x.numpy())
+        assert same_partition(assignment, sklearn)
+
+
 def test_scipy_comparison_separates_complete_from_single_and_average_linkage():
     # The reference test above would also pass for another linkage if the data could not tell them apart.
     x = unit(60, 8, seed=26, dtype=torch.float64).numpy()
