@@ -28,6 +28,10 @@ ARCHITECTURES = {
     "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
                      transformer_layers=12),
+    # A two-layer CLIP of OpenAI's format at 32 px: bench/gpu.sh's CPU dry run (seconds, not hours).
+    "tiny": dict(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                 transformer_layers=1),
 }
 RANDOM_PREFIX = "random:"  # --backbone random:ViT-B/32 in the benchmarks
 
