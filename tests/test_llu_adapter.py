@@ -271,6 +271,31 @@ def test_logits_through_fixed_texts_and_cached_anchors_are_eq1_to_5_bit_for_bit(
     assert torch.equal(model.logits(images, fixed, 100.0), literal(images))
 
 
+def test_a_step_under_bf16_autocast_runs_and_stays_near_float32():
+    # What a CPU can check of the mixed-precision paths (fp16 autocast needs a GPU): logits through
+    # fixed texts and the regulariser in the update, under torch.autocast on bfloat16.
+    results = {}
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = LocalizedLinearAdapter(32, init="random")
+        images, texts, labels = unit(16, 32, seed=60), unit(4, 32, seed=61), torch.arange(16) % 4
+        model.set_anchors(images, texts)
+        regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+        optimizer = regularizer.attach(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True,
+                                                       weight_decay=regularizer.weight_decay))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model.logits(images, model.fixed_texts(texts), 100.0)
+            loss = F.cross_entropy(logits, labels)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        loss.backward()
+        optimizer.step()
+        results[autocast] = (logits.float(), [p.detach().clone() for p in model.parameters()])
+    assert_close(results[True][0], results[False][0], rel=3e-2)
+    for low, full in zip(results[True][1], results[False][1]):
+        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        assert_close(low, full, rel=3e-2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: a local update
 
