@@ -6,10 +6,10 @@ and reports the wall time of the clustering and the growth of its resident memor
 every 2 ms against the size just before; torch allocations are invisible to tracemalloc). Partitions are compared by the
 adjusted Rand index (ARI).
 
-    python bench/bench_clustering.py                 # 2k-16k exact vs scipy, scalable at 16k and 1M
-    python bench/bench_clustering.py --sizes 2000 4000 --scalable-sizes 100000   # smaller
+    python bench/bench_clustering.py                 # d 64/512/768, 2k-16k exact vs scipy and sklearn, scalable
+    python bench/bench_clustering.py --sizes 2000 4000 --dims 64 --scalable-sizes 100000   # smaller
 
-Data, d = 512 (unit vectors): "random" Gaussian directions (no cluster structure: any two methods
+Data (unit vectors; exact against scipy and scikit-learn at each of --dims, the rest at d = 512): "random" Gaussian directions (no cluster structure: any two methods
 disagree on which points to group); "classes1000" ImageNet-like 16-shot features (1000 class
 centres, points at cosine ~0.8 to their centre: 1000 classes into 512 clusters, an arbitrary
 pairing); "classes512" the same with 512 centres (a structure the 512 clusters can recover).
@@ -28,7 +28,9 @@ sys.path.insert(0, REPO)
 
 from llu.utils import write_json  # noqa: E402
 
-# The targets of issue 13 (ratios measured side by side in one run).
+EXACT_RIVALS = ("exact", "scipy", "sklearn")  # ours first
+# The targets of issue 13 (ratios measured side by side in one run); issue 24: <= 1x scipy and
+# scikit-learn at every width and size.
 TARGETS = {"exact_time_vs_scipy": 0.25, "exact_memory_vs_scipy": 0.6, "scalable_ari_16k": 0.9,
            "scalable_1m_peak_mb": 2000, "scalable_1m_seconds": 120}
 
@@ -50,6 +52,9 @@ x = F.normalize(x, dim=-1)
 if method == "scipy":
     from scipy.cluster.hierarchy import fcluster, linkage
     x_np = x.double().numpy()
+elif method == "sklearn":
+    from sklearn.cluster import AgglomerativeClustering
+    x_np = x.numpy()
 else:
     from llu.trainers.llu_adapter import cluster_anchors
 # Peak memory of the clustering alone: the resident size polled every 2 ms, against the resident
@@ -70,6 +75,8 @@ poller.start()
 t0 = time.perf_counter()
 if method == "scipy":
     labels = fcluster(linkage(x_np, method="complete", metric="cosine"), k, criterion="maxclust")
+elif method == "sklearn":
+    labels = AgglomerativeClustering(n_clusters=k, linkage="complete", metric="cosine").fit_predict(x_np)
 else:
     anchors, labels = cluster_anchors(x, k, exact_limit=0 if method == "scalable" else n)
     labels = labels.numpy()
@@ -83,17 +90,18 @@ print(json.dumps({"seconds": seconds, "peak_rss_growth_mb": (peak[0] - rss0) / 2
 """
 
 
-def measure(method, data, n, args):
-    out = os.path.join(args.tmp, f"bench_clustering_{method}_{data}_{n}.npy")
+def measure(method, data, n, args, dim=None):
+    dim = dim or args.dim
+    out = os.path.join(args.tmp, f"bench_clustering_{method}_{data}_{n}_{dim}.npy")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, "-c", WORKER, method, data, str(n), str(args.dim), str(args.clusters),
+    result = subprocess.run([sys.executable, "-c", WORKER, method, data, str(n), str(dim), str(args.clusters),
                              out], env=env, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise SystemExit(f"{method} on {data} n={n} failed:\n{result.stderr[-2000:]}")
     row = json.loads(result.stdout.strip().splitlines()[-1])
     labels = np.load(out)
     os.remove(out)
-    print(f"{data:12s} {n:8d} {method:9s} {row['seconds']:8.2f} s {row['peak_rss_growth_mb']:8.0f} MB "
+    print(f"{data:12s} {n:8d} d={dim:<4d} {method:9s} {row['seconds']:8.2f} s {row['peak_rss_growth_mb']:8.0f} MB "
           f"{row['clusters']:5d} clusters", flush=True)
     return row, labels
 
@@ -116,7 +124,11 @@ def main(argv=None):
                         help="the scalable path alone at these n (random data)")
     parser.add_argument("--agreement-size", type=int, default=16000, help="n of the scalable-vs-exact ARI")
     parser.add_argument("--data", nargs="*", default=["random", "classes1000", "classes512"])
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=512, help="width of the agreement and scalable data")
+    parser.add_argument("--dims", type=int, nargs="*", default=[64, 512, 768],
+                        help="widths of the exact clustering against scipy and scikit-learn")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each method per (width, n), in turns; the median time is kept")
     parser.add_argument("--clusters", type=int, default=512)
     parser.add_argument("--tmp", default="/tmp")
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results", "clustering.json"))
@@ -124,13 +136,22 @@ def main(argv=None):
 
     result = {"dim": args.dim, "clusters": args.clusters, "exact_vs_scipy": [], "agreement": [], "scalable": [],
               "targets": TARGETS, "verdicts": {}}
-    for n in args.sizes:  # random data: the worst case for time (no early, easy merges)
-        (ours, our_labels), (scipy, scipy_labels) = (measure(method, "random", n, args)
-                                                     for method in ("exact", "scipy"))
-        result["exact_vs_scipy"].append({
-            "n": n, "exact": ours, "scipy": scipy, "time_ratio": ours["seconds"] / scipy["seconds"],
-            "memory_ratio": ours["peak_rss_growth_mb"] / max(scipy["peak_rss_growth_mb"], 1.0),
-            "ari": ari(our_labels, scipy_labels)})
+    for dim in args.dims:
+        for n in args.sizes:  # random data: the worst case for time (no early, easy merges)
+            runs = {method: [] for method in EXACT_RIVALS}
+            for _ in range(args.repeats):  # in turns, so that a change in load falls on all of them
+                for method in EXACT_RIVALS:
+                    runs[method].append(measure(method, "random", n, args, dim))
+            row = {"n": n, "dim": dim}
+            for method, measured in runs.items():
+                times = sorted(run[0]["seconds"] for run in measured)
+                row[method] = {**measured[0][0], "seconds": float(np.median(times)), "runs_seconds": times}
+            for rival in EXACT_RIVALS[1:]:
+                row[f"time_ratio_{rival}"] = row["exact"]["seconds"] / row[rival]["seconds"]
+                row[f"ari_{rival}"] = ari(runs["exact"][0][1], runs[rival][0][1])
+            row["time_ratio"], row["ari"] = row["time_ratio_scipy"], row["ari_scipy"]
+            row["memory_ratio"] = row["exact"]["peak_rss_growth_mb"] / max(row["scipy"]["peak_rss_growth_mb"], 1.0)
+            result["exact_vs_scipy"].append(row)
     for data in args.data:
         n = args.agreement_size
         (exact, exact_labels), (scalable, scalable_labels) = (measure(method, data, n, args)
@@ -140,13 +161,15 @@ def main(argv=None):
     for n in args.scalable_sizes:
         result["scalable"].append({"n": n, "data": "random", **measure("scalable", "random", n, args)[0]})
 
-    print("\nExact complete linkage against scipy (random data, one thread):")
-    print("| n | ours s | scipy s | time ratio | ours MB | scipy MB | memory ratio | ARI |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\nExact complete linkage against scipy and scikit-learn (random data, one thread, median of "
+          f"{args.repeats}):")
+    print("| d | n | ours s | scipy s | sklearn s | vs scipy | vs sklearn | ours MB | scipy MB | memory ratio | ARI scipy, sklearn |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in result["exact_vs_scipy"]:
-        print(f"| {row['n']} | {row['exact']['seconds']:.2f} | {row['scipy']['seconds']:.2f} | {row['time_ratio']:.2f}x "
+        print(f"| {row['dim']} | {row['n']} | {row['exact']['seconds']:.2f} | {row['scipy']['seconds']:.2f} "
+              f"| {row['sklearn']['seconds']:.2f} | {row['time_ratio_scipy']:.2f}x | {row['time_ratio_sklearn']:.2f}x "
               f"| {row['exact']['peak_rss_growth_mb']:.0f} | {row['scipy']['peak_rss_growth_mb']:.0f} "
-              f"| {row['memory_ratio']:.2f}x | {row['ari']:.3f} |")
+              f"| {row['memory_ratio']:.2f}x | {row['ari_scipy']:.3f}, {row['ari_sklearn']:.3f} |")
     print(f"\nScalable path against exact at n = {args.agreement_size}:")
     print("| data | exact s | scalable s | ARI |")
     print("| --- | --- | --- | --- |")
@@ -158,7 +181,11 @@ def main(argv=None):
               f"{row['peak_rss_growth_mb']:.0f} MB, {row['clusters']} clusters")
 
     verdicts = result["verdicts"]
-    largest = max(result["exact_vs_scipy"], key=lambda row: row["n"], default=None)
+    rows = result["exact_vs_scipy"]
+    if rows:
+        verdicts["exact_faster_than_scipy_and_sklearn_everywhere"] = verdict(
+            max(max(row["time_ratio_scipy"], row["time_ratio_sklearn"]) for row in rows), 1.0)
+    largest = max(rows, key=lambda row: (row["n"], row["dim"] == 512), default=None)
     if largest:
         verdicts["exact_time_vs_scipy"] = verdict(largest["time_ratio"], TARGETS["exact_time_vs_scipy"])
         verdicts["exact_memory_vs_scipy"] = verdict(largest["memory_ratio"], TARGETS["exact_memory_vs_scipy"])

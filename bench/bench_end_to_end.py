@@ -58,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--test-per-class", type=int, default=20)
     parser.add_argument("--coop-epochs", type=int, default=2, help="CoOp's epochs actually run (see above)")
     parser.add_argument("--workers", type=int, default=1, help="DATALOADER.NUM_WORKERS (image decoding processes)")
+    parser.add_argument("--out", default="", help="the results file (default: bench/results/end_to_end.json)")
     args = parser.parse_args(argv)
     label = args.backbone or common.default_backbone()
     args.backbone = common.resolve_backbone(label)
@@ -97,7 +98,11 @@ def main(argv=None):
           f"{coop['base_accuracy']:.1f} / {coop['new_accuracy']:.1f} | - |")
     for name, target in result["targets"].items():
         print(f"target {name}: {target['text']}")
-    common.write_result(result, "end_to_end")
+    if args.out:
+        common.write_json(result, args.out)
+        print(f"wrote {args.out}")
+    else:
+        common.write_result(result, "end_to_end")
     return result
 
 

@@ -67,6 +67,10 @@ def build_parser():
     parser.add_argument("--root", default="", help="dataset root (default: the built-in world)")
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 100],
                         help="classes of the generated image folder (real-size backbones without --dataset)")
+    parser.add_argument("--stored-features", action="store_true",
+                        help="features from a generated embeddings file (--backbone embeddings) instead of images "
+                             "encoded by the backbone: for --inputs features at class counts whose images would "
+                             "take hours to encode on a CPU; times the feature trainers only")
     parser.add_argument("--shots", type=int, default=16, help="training images per class (the anchors of LLU)")
     parser.add_argument("--trainers", nargs="+", default=TRAINERS)
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=None,
@@ -115,6 +119,8 @@ def skip_reason(trainer_name, args):
         return "not registered in llu/trainers/"
     if not osp.isfile(config_file(trainer_name, args.cfg)):
         return f"no config {osp.relpath(config_file(trainer_name, args.cfg), REPO)}"
+    if args.stored_features and hasattr(TRAINER_REGISTRY.get(trainer_name), "augments_images"):
+        return "a prompt learner needs images (--stored-features)"
     return None
 
 
@@ -165,24 +171,28 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def median_ms(step, device, repeats, warmup, max_seconds=float("inf")):
-    """The median of ``repeats`` timed steps after ``warmup`` untimed ones; warm-up stops after one slow
-    step, timing after ``max_seconds`` (with at least 2 timed steps)."""
-    began = time.perf_counter()
-    for _ in range(warmup):
-        step()
-        if time.perf_counter() - began > max_seconds / 10:
-            break
+def interleaved_medians(steps, device, repeats, warmup, max_seconds=float("inf")):
+    """{name: (median ms, timed steps)} of the ``steps`` (name: a function running one step), timed
+    in turns, one step of each per round, so that a change in the machine's load falls on all of them
+    alike. ``warmup`` untimed rounds first (a step's warm-up stops after one slow step); a step stops
+    being timed after ``max_seconds`` of its own time (with at least 2 timed steps)."""
+    for step in steps.values():
+        began = time.perf_counter()
+        for _ in range(warmup):
+            step()
+            if time.perf_counter() - began > max_seconds / 10:
+                break
     synchronize(device)
-    times, began = [], time.perf_counter()
+    times = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        if len(times) >= 2 and time.perf_counter() - began > max_seconds:
-            break
-    return 1000 * statistics.median(times), len(times)
+        for name, step in steps.items():
+            if len(times[name]) >= 2 and sum(times[name]) > max_seconds:
+                continue
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (1000 * statistics.median(values), len(values)) for name, values in times.items()}
 
 
 def is_out_of_memory(error):
@@ -190,28 +200,44 @@ def is_out_of_memory(error):
 
 
 def measure(trainers, args, inputs):
-    """{trainer: {batch size: ms}}, the trainers taking turns at each batch size; steps timed per point;
-    and out-of-memory points."""
+    """{trainer: {batch size: ms}}, the trainers' steps interleaved at each batch size; steps timed per
+    point; and out-of-memory points (a trainer that runs out is not tried at larger batches)."""
     times = {name: {} for name in trainers}
     steps = {name: {} for name in trainers}
     out_of_memory = {}
     for batch_size in sorted(args.batch_sizes):
+        point = {}
         for name, trainer in trainers.items():
             allowed = args.cocoop_batch_sizes if name == "CoCoOp" else args.batch_sizes
-            if batch_size not in allowed or name in out_of_memory:
-                continue
+            if batch_size in allowed and name not in out_of_memory:
+                point[name] = make_step(trainer, batch_size, inputs)
+        while point:
             try:
-                times[name][str(batch_size)], steps[name][str(batch_size)] = median_ms(
-                    make_step(trainer, batch_size, inputs), trainer.device, args.repeats, args.warmup,
-                    args.max_seconds)
-            except RuntimeError as e:
+                measured = interleaved_medians(point, next(iter(trainers.values())).device, args.repeats,
+                                               args.warmup, args.max_seconds)
+                break
+            except RuntimeError as e:  # which step ran out is not known: try each alone once
                 if not is_out_of_memory(e):
                     raise
-                out_of_memory[name] = batch_size
-                print(f"note: {name} runs out of memory at batch size {batch_size}; larger ones are not tried")
                 torch.cuda.empty_cache()
-            print(f"{name:>14} batch {batch_size:>3}: {times[name].get(str(batch_size), float('nan')):11.3f} ms",
-                  flush=True)
+                before = len(point)
+                for name in list(point):
+                    try:
+                        point[name]()
+                    except RuntimeError as alone:
+                        if not is_out_of_memory(alone):
+                            raise
+                        del point[name]
+                        out_of_memory[name] = batch_size
+                        print(f"note: {name} runs out of memory at batch size {batch_size}; larger ones are not tried")
+                        torch.cuda.empty_cache()
+                if len(point) == before:
+                    raise  # none runs out alone: the steps together do not fit; not a trainer's point
+        else:
+            measured = {}
+        for name, (ms, count) in measured.items():
+            times[name][str(batch_size)], steps[name][str(batch_size)] = ms, count
+            print(f"{name:>14} batch {batch_size:>3}: {ms:11.3f} ms", flush=True)
     return times, steps, out_of_memory
 
 
@@ -263,12 +289,22 @@ def data_settings(args):
         return [("", ["--dataset-config-file", dataset_config_file(dataset)])]
     settings = []
     for classes in args.classes:
-        args.root, name = common.image_folder(classes, train_per_class=args.shots)
-        settings.append((f"{classes}c", common.folder_options(name)))
+        if args.stored_features:
+            args.root, name = common.embeddings_file(classes, train_per_class=args.shots)
+            settings.append((f"{classes}c", common.embeddings_options(name)))
+        else:
+            args.root, name = common.image_folder(classes, train_per_class=args.shots)
+            settings.append((f"{classes}c", common.folder_options(name)))
     return settings
 
 
 def run(args):
+    train.load_project()  # the trainers' registry, before skip_reason reads it
+    if args.stored_features:
+        if args.inputs not in (None, ["features"]) or args.dataset or args.backbone not in ("", "embeddings"):
+            raise UserError("--stored-features times steps on features of a generated embeddings file: "
+                            "no --inputs images, --dataset or --backbone with it")
+        args.backbone, args.inputs = "embeddings", ["features"]
     args.backbone = args.backbone or common.default_backbone()
     backbone_label = args.backbone
     args.backbone = common.resolve_backbone(args.backbone)

@@ -28,6 +28,10 @@ ARCHITECTURES = {
     "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                      context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
                      transformer_layers=12),
+    # A two-layer CLIP of OpenAI's format at 32 px: bench/gpu.sh's CPU dry run (seconds, not hours).
+    "tiny": dict(embed_dim=64, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                 transformer_layers=1),
 }
 RANDOM_PREFIX = "random:"  # --backbone random:ViT-B/32 in the benchmarks
 
@@ -127,6 +131,38 @@ def encoder_forward_seconds(cache, pixels):
         for first in range(0, pixels.shape[0], size):
             cache.encode_full_batch(pixels[first:first + size].to(cache.device))
     return time.perf_counter() - start
+
+
+def embeddings_file(classes, train_per_class=16, val_per_class=1, test_per_class=2, dim=512, seed=0):
+    """(root, file name) of a generated embeddings file (``configs/datasets/embeddings.yaml``'s layout)
+    of ``classes`` classes: unit image features scattered around one random direction per class, the
+    class texts near them, a fixed split. Made once. For timing a step on cached features at class
+    counts whose images would take hours to encode on a CPU (a step reads features and class texts,
+    never the encoder, so where the features came from does not change its cost)."""
+    root = user_cache_dir("bench", "data")
+    name = f"bench_{classes}c_{train_per_class}-{val_per_class}-{test_per_class}_{dim}d.npz"
+    path = osp.join(root, name)
+    if osp.isfile(path):
+        return root, name
+    rng = np.random.default_rng(seed)
+    per_class = train_per_class + val_per_class + test_per_class
+    centres = rng.normal(size=(classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    features = np.repeat(centres, per_class, axis=0) + 0.05 * rng.normal(size=(classes * per_class, dim))
+    texts = centres + 0.05 * rng.normal(size=(classes, dim))
+    split = np.tile(np.repeat([0, 1, 2], [train_per_class, val_per_class, test_per_class]), classes)
+    os.makedirs(root, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, image_features=features.astype(np.float32), text_features=texts.astype(np.float32),
+                     labels=np.repeat(np.arange(classes), per_class), split=split,
+                     classnames=np.array([f"class {label:04d}" for label in range(classes)]))
+    return root, name
+
+
+def embeddings_options(name):
+    return ["--dataset-config-file", osp.join(REPO, "configs", "datasets", "embeddings.yaml"),
+            "DATASET.EMBEDDINGS.FILE", name]
 
 
 def folder_options(name):

@@ -52,3 +52,26 @@ def test_extraction_bench_times_the_cache_against_the_encoder_and_checks_the_bit
     assert all(len(times) == 2 and min(times) > 0 for times in written["seconds"].values())
     assert written["ratio_to_encoder_forward"]["encoder_forward"] == 1.0
     assert written["target"]["value"] == result["target"]["value"]
+
+@pytest.mark.slow
+def test_gpu_sh_dry_run_writes_every_result_and_figure3(tmp_path):
+    """bench/gpu.sh --device cpu --quick: the GPU command's benchmarks on a tiny CLIP, each result
+    written and Figure 3 drawn from the step times (minutes on a loaded 2-core machine)."""
+    import subprocess
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, LLU_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), "--device", "cpu", "--quick"], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for inputs in ("features", "images"):
+        result = json.loads((tmp_path / f"gpu_step_time_{inputs}_4c.json").read_text())
+        assert set(result["step_time_ms"]["LLU"]) == {"1", "2"} and result["device"].startswith("cpu")
+        assert (tmp_path / f"gpu_figure3_{inputs}_4c.png").stat().st_size > 0
+    assert json.loads((tmp_path / "gpu_end_to_end.json").read_text())["LLU"]["process_wall_seconds"] > 0
+    assert (tmp_path / "gpu_predict.json").is_file()
+
+
+def test_gpu_sh_refuses_an_unknown_device_with_one_line():
+    import subprocess
+    done = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), "--device", "tpu"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.strip() == "bench/gpu.sh: --device must be cpu or cuda, got tpu"

@@ -11,7 +11,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 
 from llu.trainers import llu_adapter
 from llu.trainers.clustering import cluster_anchors, complete_linkage
-from llu.trainers.llu_adapter import DIRAC_THRESHOLD, LocalizedLinearAdapter, identity_regularizer, interpolation_weight
+from llu.trainers.llu_adapter import (DIRAC_THRESHOLD, LocalizedLinearAdapter, RegularizerInUpdate, identity_regularizer,
+                                     interpolation_weight, localized_update, squared_distance_to_identity)
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -169,6 +170,132 @@ def test_loss_is_cross_entropy_plus_lambda_times_regularizer():
     torch.testing.assert_close(total, ce + 1e3 * model.regularizer())
 
 
+@pytest.mark.parametrize("d", [1, 2, 7, 64])
+def test_squared_distance_to_identity_is_the_sum_of_squares_of_w_minus_i(d):
+    weight = torch.eye(d) + 0.1 * torch.randn(d, d, generator=torch.Generator().manual_seed(d))
+    expected = (weight - torch.eye(d)).pow(2).sum()
+    assert_close(squared_distance_to_identity(weight), expected)
+    assert_close(squared_distance_to_identity(weight.t()), expected)  # a non-contiguous view
+    assert squared_distance_to_identity(torch.eye(d)).item() == 0.0
+
+
+def test_regularizer_in_update_values_eq6s_mse_form():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(16, init="random")
+    in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+    assert_close(in_update.value(), model.regularizer())
+    assert RegularizerInUpdate(LocalizedLinearAdapter(16).adapters.values(), 1e3, 5e-4).value().item() == 0.0
+
+
+def sgd_steps(model, lam, in_update, steps=30, weight_decay=5e-4):
+    """``steps`` SGD steps (CoOp's settings, the fused kernel) on cross-entropy + lam * Eq. 6, with the
+    regulariser in the loss or in the update; the adapters' parameters and losses after each step."""
+    images, texts = unit(24, 16, seed=40), unit(4, 16, seed=41)
+    labels = torch.arange(24) % 4
+    model.set_anchors(images, texts)
+    settings = dict(lr=0.002 * 50, momentum=0.9, fused=True)  # a large rate: the parameters move far
+    if in_update:
+        regularizer = RegularizerInUpdate(model.adapters.values(), lam, weight_decay)
+        optimizer = regularizer.attach(torch.optim.SGD(model.parameters(), weight_decay=regularizer.weight_decay,
+                                                       **settings))
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), weight_decay=weight_decay, **settings)
+    losses = []
+    for _ in range(steps):
+        logits = model.logits(images, texts, 100.0)
+        if in_update:
+            ce = F.cross_entropy(logits, labels)
+            total = ce + lam * regularizer.value()
+        else:
+            total = model.objective(logits, labels, lam)[0]
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        losses.append(total.item())
+    return [p.detach().clone() for p in model.parameters()], losses
+
+
+@pytest.mark.parametrize("init", ["identity", "random"])
+def test_the_regulariser_in_the_update_gives_the_losss_update_up_to_round_off(init):
+    results = {}
+    for in_update in (False, True):
+        torch.manual_seed(0)
+        results[in_update] = sgd_steps(LocalizedLinearAdapter(16, init=init), 1e3, in_update)
+    (loss_params, loss_losses), (update_params, update_losses) = results[False], results[True]
+    for by_loss, by_update in zip(loss_params, update_params):
+        assert_close(by_update, by_loss)
+    assert_close(torch.tensor(update_losses), torch.tensor(loss_losses))
+    torch.manual_seed(0)
+    unregularised = sgd_steps(LocalizedLinearAdapter(16, init=init), 0.0, False)[0]
+    assert not torch.allclose(unregularised[0], loss_params[0], rtol=0, atol=1e-4)  # lambda did act
+
+
+def test_an_optimiser_state_without_the_regulariser_loads_with_it():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(8, init="random")
+    old = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+    new = regularizer.attach(torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9,
+                                             weight_decay=regularizer.weight_decay))
+    new.load_state_dict(old.state_dict())
+    for p in model.parameters():
+        assert torch.equal(new.state[p]["momentum_buffer"], old.state[p]["momentum_buffer"])
+    assert new.param_groups[0]["lr"] == 0.01  # the checkpoint's settings
+    assert new.param_groups[0]["weight_decay"] == 5e-4 + 2e3 / 64  # the regulariser's share kept
+
+
+def test_logits_through_fixed_texts_and_cached_anchors_are_eq1_to_5_bit_for_bit():
+    torch.manual_seed(0)
+    model = LocalizedLinearAdapter(32, init="random", gamma=5.0)
+    images, texts = 3 * unit(40, 32, seed=50), 2 * unit(6, 32, seed=51)  # not unit: each side normalises
+    model.set_anchors(unit(20, 32, seed=52), texts)
+
+    def literal(images):
+        adapted_images = localized_update(images, model.adapter("image"), interpolation_weight(
+            images, model.image_anchors, model.beta, model.gamma))
+        adapted_texts = localized_update(texts, model.adapter("text"), interpolation_weight(
+            texts, model.text_anchors, model.beta, model.gamma))
+        return 100.0 * adapted_images @ adapted_texts.t()
+
+    fixed = model.fixed_texts(texts)
+    for batch in (images[:32], images[32:], images[:32]):  # the normalised anchors are reused
+        assert torch.equal(model.logits(batch, fixed, 100.0), literal(batch))
+        assert torch.equal(model.logits(batch, texts, 100.0), literal(batch))
+    model.set_anchors(unit(9, 32, seed=53), None, n_clusters=0)  # new anchors: not the cached ones
+    assert torch.equal(model.logits(images, fixed, 100.0), literal(images))
+    with torch.no_grad():
+        model.image_anchors.copy_(unit(9, 32, seed=54))  # changed in place
+    assert torch.equal(model.logits(images, fixed, 100.0), literal(images))
+
+
+def test_a_step_under_bf16_autocast_runs_and_stays_near_float32():
+    # What a CPU can check of the mixed-precision paths (fp16 autocast needs a GPU): logits through
+    # fixed texts and the regulariser in the update, under torch.autocast on bfloat16.
+    results = {}
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        model = LocalizedLinearAdapter(32, init="random")
+        images, texts, labels = unit(16, 32, seed=60), unit(4, 32, seed=61), torch.arange(16) % 4
+        model.set_anchors(images, texts)
+        regularizer = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+        optimizer = regularizer.attach(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True,
+                                                       weight_decay=regularizer.weight_decay))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model.logits(images, model.fixed_texts(texts), 100.0)
+            loss = F.cross_entropy(logits, labels)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        loss.backward()
+        optimizer.step()
+        results[autocast] = (logits.float(), [p.detach().clone() for p in model.parameters()])
+    assert_close(results[True][0], results[False][0], rel=3e-2)
+    for low, full in zip(results[True][1], results[False][1]):
+        assert low.dtype == torch.float32 and torch.isfinite(low).all()
+        assert_close(low, full, rel=3e-2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training: a local update
 
@@ -211,6 +338,19 @@ def test_clusters_match_scipy_complete_linkage(k):
     assignment, heights = complete_linkage(x, k)
     assert same_partition(assignment, fcluster(z, k, criterion="maxclust"))
     np.testing.assert_allclose(heights.numpy(), z[:60 - k, 2], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [64, 768])
+def test_clusters_match_scipy_and_scikit_learn_at_other_widths(dim):
+    from sklearn.cluster import AgglomerativeClustering
+    x = unit(300, dim, seed=dim, dtype=torch.float64)
+    for k in (75, 150):
+        assignment, heights = complete_linkage(x, k)
+        z = linkage(x.numpy(), method="complete", metric="cosine")
+        assert same_partition(assignment, fcluster(z, k, criterion="maxclust"))
+        np.testing.assert_allclose(heights.numpy(), z[:300 - k, 2], rtol=0, atol=1e-6)
+        sklearn = AgglomerativeClustering(n_clusters=k, linkage="complete", metric="cosine").fit_predict(x.numpy())
+        assert same_partition(assignment, sklearn)
 
 
 def test_scipy_comparison_separates_complete_from_single_and_average_linkage():

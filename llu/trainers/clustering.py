@@ -4,10 +4,11 @@ clustering on the cosine distance, exact up to ``EXACT_CLUSTER_LIMIT`` features 
 the normalised mean of its members (``cluster_anchors``).
 
 Like ``llu_adapter.py``, which uses it, this file imports nothing from the rest of the project
-(torch only): ``from llu import cluster_anchors, complete_linkage`` loads these two modules alone.
+(torch and NumPy only): ``from llu import cluster_anchors, complete_linkage`` loads these two modules alone.
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,15 +51,22 @@ def _complete_linkage(distance, n_clusters):
     """Complete linkage on a distance matrix (overwritten). A merge of i and j replaces row and column
     i by max(d(., i), d(., j)) (Lance-Williams for complete linkage) and retires j. Each row caches
     its nearest neighbour; as complete-linkage distances never decrease, only rows whose cached
-    neighbour was i or j are rescanned. Ties go to the lowest index (deterministic)."""
-    n = distance.shape[0]
+    neighbour was i or j are rescanned. Ties go to the lowest index (deterministic).
+
+    The merge loop runs on NumPy views of the matrix (on the CPU; a matrix on another device is
+    copied there): each merge is a dozen vector operations on rows of n, where a call's fixed cost
+    (about 1 us in NumPy, several in torch) was most of the loop's time at n = 2,000."""
+    device = distance.device
+    matrix = distance.cpu().numpy()
+    n = matrix.shape[0]
     n_merges = n - max(1, int(n_clusters))
-    storage = distance.view(-1)
-    nearest_distance, nearest = distance.min(dim=1)
-    active = torch.ones(n, dtype=torch.bool, device=distance.device)
-    point = torch.arange(n, device=distance.device)  # the original index of each row
+    storage = matrix.reshape(-1)
+    nearest = matrix.argmin(axis=1)
+    nearest_distance = matrix[np.arange(n), nearest]
+    active = np.ones(n, dtype=bool)
+    point = np.arange(n)  # the original index of each row
     parent = list(range(n))  # merged clusters point at the cluster they went into
-    heights = torch.empty(max(n_merges, 0), dtype=torch.float32)
+    heights = np.empty(max(n_merges, 0), dtype=np.float32)
     alive = size = n
     for step in range(n_merges):
         a = int(nearest_distance.argmin())
@@ -66,34 +74,38 @@ def _complete_linkage(distance, n_clusters):
         i, j = min(a, b), max(a, b)
         heights[step] = nearest_distance[a]
         active[j] = False
-        nearest_distance[j] = math.inf
-        parent[int(point[j])] = int(point[i])
-        merged = torch.maximum(distance[i], distance[j])  # d(k, i u j) = max(d(k, i), d(k, j))
-        merged[i] = math.inf
-        distance[i] = merged
-        distance[:, i] = merged  # retired rows get values too: never read
-        stale = ((nearest == i) | (nearest == j)) & active
+        nearest_distance[j] = np.inf
+        parent[point[j]] = point[i]
+        merged = np.maximum(matrix[i], matrix[j])  # d(k, i u j) = max(d(k, i), d(k, j))
+        merged[i] = np.inf
+        matrix[i] = merged
+        matrix[:, i] = merged  # retired rows get values too: never read
+        stale = (nearest == i) | (nearest == j)
+        stale &= active
         stale[i] = True
-        stale = stale.nonzero().squeeze(1)
-        nearest_distance[stale], nearest[stale] = distance[stale].masked_fill_(~active, math.inf).min(dim=1)
+        stale = stale.nonzero()[0]
+        rows = matrix[stale]
+        rows[:, ~active] = np.inf
+        nearest[stale] = rows.argmin(axis=1)
+        nearest_distance[stale] = rows[np.arange(stale.size), nearest[stale]]
         alive -= 1
         if alive <= _COMPACT_FRACTION * size and step + 1 < n_merges:
-            keep = active.nonzero().squeeze(1)
-            distance, size = _compact(storage, distance, keep), keep.numel()
-            renumber = torch.full_like(nearest, -1)
-            renumber[keep] = torch.arange(size, device=keep.device)
+            keep = active.nonzero()[0]
+            matrix, size = _compact(storage, matrix, keep), keep.size
+            renumber = np.full(nearest.shape, -1)
+            renumber[keep] = np.arange(size)
             nearest, nearest_distance = renumber[nearest[keep]], nearest_distance[keep]
             point, active = point[keep], active[keep]
-    return _roots(parent), heights
+    return _roots(parent).to(device), torch.from_numpy(heights)
 
 
 def _compact(storage, distance, keep):
     """The rows and columns ``keep`` of ``distance``, moved to the front of its own storage (each row
     lands at or before where it was read, so copying in order overwrites nothing still needed)."""
-    m = keep.numel()
+    m = keep.size
     for row, source in enumerate(keep.tolist()):
         storage[row * m:(row + 1) * m] = distance[source, keep]
-    return storage[:m * m].view(m, m)
+    return storage[:m * m].reshape(m, m)
 
 
 def _roots(parent):

@@ -11,13 +11,15 @@ to the data: the anchor sets D_image (training image features) and D_text (train
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
 
-from llu.engine import CN, compute_accuracy, config_extension
+import torch.nn.functional as F
+
+from llu.engine import CN, build_optimizer, compute_accuracy, config_extension
 from llu.utils import UserError
 
 from . import trainer
 from .clip_common import ClipTrainer
 from .coop import coop_epochs
-from .llu_adapter import SETTINGS, InvalidSetting, LocalizedLinearAdapter, check_settings
+from .llu_adapter import SETTINGS, InvalidSetting, LocalizedLinearAdapter, RegularizerInUpdate, check_settings
 
 
 @config_extension
@@ -66,13 +68,26 @@ class LLU(ClipTrainer):
             adapt=llu.ADAPT, reg_form=llu.REG_FORM, dirac_threshold=llu.DIRAC_THRESHOLD).to(self.device)
         # Class texts use the dataset's hand-made template (the zero-shot table); they are frozen.
         self.text_features = self.class_text_features()
-        self.register_learned("adapter", self.adapter)
+        self.register_learned("adapter", self.adapter, self.build_optimizer())
         if self.cfg.MODEL.INIT_WEIGHTS:  # continue a trained adapter on this run's data (its anchors become this data's)
             self.load_init_weights(self.cfg.MODEL.INIT_WEIGHTS, "adapter")
 
+    def build_optimizer(self):
+        """CoOp's optimiser on the adapter. With SGD and the "mse" form, lambda * Eq. 6 is applied by
+        the optimiser (``RegularizerInUpdate``: its gradient is a weight decay toward the identity), the
+        same update as through the loss up to round-off; otherwise it is part of the loss."""
+        llu = self.cfg.TRAINER.LLU
+        self.regularizer_in_update = None
+        if self.cfg.OPTIM.NAME != "sgd" or llu.REG_FORM != "mse":
+            return build_optimizer(self.adapter, self.cfg.OPTIM)
+        self.regularizer_in_update = RegularizerInUpdate(self.adapter.adapters.values(), llu.LAMBDA,
+                                                         self.cfg.OPTIM.WEIGHT_DECAY)
+        parameters = [{"params": list(self.adapter.parameters()), "weight_decay": self.regularizer_in_update.weight_decay}]
+        return self.regularizer_in_update.attach(build_optimizer(self.adapter, self.cfg.OPTIM, param_groups=parameters))
+
     def before_train(self):
         super().before_train()
-        self.train_text_alpha = None  # computed at the first step, once the anchors are set
+        self.train_texts = None  # computed at the first step, once the anchors are set
         if self.start_epoch == 0:
             # D_image: the training images' (un-augmented) features; D_text: the training class prompts.
             image_features = self.split_features("train")[0].to(self.device)
@@ -82,11 +97,17 @@ class LLU(ClipTrainer):
 
     def forward_backward(self, batch):
         image_features, label = self.parse_batch_train(batch)
-        if getattr(self, "train_text_alpha", None) is None:  # fixed class texts and anchors: fixed weights
-            self.train_text_alpha = self.adapter.interpolation_weights(self.text_features, "text")
+        if getattr(self, "train_texts", None) is None:  # fixed class texts and anchors: their weights are fixed
+            self.train_texts = self.adapter.fixed_texts(self.text_features)
         # Eq. 1 on the updated embeddings (Eq. 4-5)
-        logits = self.adapter.logits(image_features, self.text_features, self.logit_scale, self.train_text_alpha)
-        total, ce, reg = self.adapter.objective(logits, label, lam=self.cfg.TRAINER.LLU.LAMBDA)  # Eq. 3 + Eq. 6
+        logits = self.adapter.logits(image_features, self.train_texts, self.logit_scale)
+        lam = self.cfg.TRAINER.LLU.LAMBDA
+        if self.regularizer_in_update:  # Eq. 3 + Eq. 6, whose gradient the optimiser applies
+            ce = F.cross_entropy(logits, label)
+            reg = self.regularizer_in_update.value()
+            total = ce + lam * reg
+        else:
+            total, ce, reg = self.adapter.objective(logits, label, lam=lam)  # Eq. 3 + Eq. 6
         self.model_backward_and_update(total)
         return {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
                 "acc": compute_accuracy(logits.detach(), label)[0].item()}

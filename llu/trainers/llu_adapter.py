@@ -20,6 +20,8 @@ Table 4's ablations are constructor / fit arguments: "no cluster" n_clusters=0, 
 "no mask" gamma=0, "Dirac mask" mask="dirac", "no reg" lam=0, "rand. init" init="random", "Linear"
 beta=1, gamma=0, init="random", lam=0 (alpha = 1 everywhere: a plain linear adapter).
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,6 +84,8 @@ class AffineAdapter(nn.Linear):
 def _max_cosine(x, anchors):
     """max_{d in D} x^T d per row of x, in row chunks so that 10^5 x 10^4 cosines never coexist."""
     rows = max(1, _CHUNK_ELEMENTS // anchors.shape[0])
+    if x.shape[0] <= rows:
+        return (x @ anchors.t()).amax(dim=1)
     return torch.cat([(chunk @ anchors.t()).amax(dim=1) for chunk in x.split(rows)])
 
 
@@ -103,6 +107,11 @@ def interpolation_weight(x, anchors, beta, gamma, mask="exp", dirac_threshold=DI
         return x.new_zeros(x.shape[0], dtype=dtype)
     x = F.normalize(x.to(dtype), dim=-1)
     anchors = F.normalize(anchors.to(device=x.device, dtype=dtype), dim=-1)
+    return _weight_of_unit_rows(x, anchors, beta, gamma, mask, dirac_threshold)
+
+
+def _weight_of_unit_rows(x, anchors, beta, gamma, mask, dirac_threshold):
+    """Eq. 5 for unit rows x and a non-empty set of unit anchors."""
     distance = 1 - _max_cosine(x, anchors).clamp(-1, 1)
     return weight_at_distance(distance, beta, gamma, mask, dirac_threshold)
 
@@ -123,9 +132,23 @@ def localized_update(f, adapter, alpha):
     norm of g(f) (which under a random init is far from 1), and the result is renormalised because
     the logits of Eq. 1 are cosines. At alpha = 0 the result is f, at alpha = 1 it is g(f)/|g(f)|.
     """
-    f = F.normalize(f, dim=-1)
+    return _blend(F.normalize(f, dim=-1), adapter, alpha)
+
+
+def _blend(f, adapter, alpha, kept=None):
+    """Eq. 4 on unit rows f; ``kept``: (1 - alpha) f when the caller has it already (fixed texts)."""
     alpha = alpha.unsqueeze(-1).to(f.dtype)
-    return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + (1 - alpha) * f, dim=-1)
+    if kept is None:
+        kept = (1 - alpha) * f
+    return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + kept, dim=-1)
+
+
+class FixedTexts(NamedTuple):
+    """What every training step shares while the class texts and D_text stay fixed (``fixed_texts``):
+    the unit texts, their weights alpha (Eq. 5) and the zero-shot share (1 - alpha) t of Eq. 4."""
+    unit: torch.Tensor
+    alpha: torch.Tensor
+    kept: torch.Tensor
 
 
 _identities = {}
@@ -159,6 +182,69 @@ def identity_regularizer(adapters, form="mse"):
     return torch.as_tensor(total)
 
 
+def squared_distance_to_identity(weight):
+    """||W - I||_F^2 of a square matrix in one read of W, without forming W - I.
+
+    In W's row-major storage the off-diagonal entries are, after the first diagonal entry, the
+    first d of every d + 1 entries (the last of each d + 1 is the next diagonal entry): a strided
+    [d - 1, d] view of them needs no copy (its row norms are a fast reduction; its whole norm is not).
+    The d diagonal entries contribute (W_ii - 1)^2.
+    """
+    d = weight.shape[0]
+    if d < 2 or not weight.is_contiguous():
+        return (weight - _identity(d, weight.dtype, weight.device)).square().sum()
+    off_diagonal = weight.reshape(-1)[1:].as_strided((d - 1, d), (d + 1, 1))
+    return torch.linalg.vector_norm(off_diagonal, dim=1).square().sum() + (weight.diagonal() - 1).square().sum()
+
+
+class RegularizerInUpdate:
+    """lambda * Eq. 6 in its "mse" form, applied by an SGD optimiser instead of through the loss.
+
+    Its gradient is linear in the parameters: lambda mean((W - I)^2) gives c_W (W - I) with
+    c_W = 2 lambda / d^2, lambda mean(b^2) gives c_b b with c_b = 2 lambda / d. With the optimiser's
+    own (L2) weight decay wd, SGD's direction on W is g + (wd + c_W) W - c_W I: the part proportional
+    to W joins the weight decay, which the fused SGD kernel applies in the pass that updates W, and
+    the constant part is subtracted from the d diagonal entries of W's gradient before each step; the
+    biases (d entries) get the rest of their share, (c_b - c_W) b, there too (``attach``). The update
+    is that of (cross-entropy + lambda * Eq. 6).backward() up to float round-off
+    (tests/test_llu_adapter.py), without the regulariser's forward and backward passes over every
+    d x d weight, which were a quarter of LLU's step on cached features. ``value`` is the unweighted
+    regulariser for the log, computed without a graph.
+    """
+
+    def __init__(self, adapters, lam, weight_decay):
+        self.adapters, self.lam = list(adapters), float(lam)
+        d = self.adapters[0].weight.shape[0]
+        self.weight_pull, self.bias_decay = 2 * self.lam / d ** 2, 2 * self.lam / d  # c_W, c_b
+        self.weight_decay = weight_decay + self.weight_pull  # the optimiser's, for every parameter
+
+    def attach(self, optimizer):
+        """Make ``optimizer`` (SGD over the adapters with ``self.weight_decay``) apply the rest of the
+        regulariser's gradient before each step, and keep ``self.weight_decay`` when it loads a state
+        (a checkpoint written before the regulariser moved into the update holds wd alone)."""
+        @torch.no_grad()
+        def rest_of_the_gradient(optimizer, args, kwargs):
+            for g in self.adapters:
+                if g.weight.grad is not None:
+                    g.weight.grad.diagonal().sub_(self.weight_pull)
+                if g.bias.grad is not None:
+                    g.bias.grad.add_(g.bias, alpha=self.bias_decay - self.weight_pull)
+
+        def keep_weight_decay(optimizer):
+            for group in optimizer.param_groups:
+                group["weight_decay"] = self.weight_decay
+
+        optimizer.register_step_pre_hook(rest_of_the_gradient)
+        optimizer.register_load_state_dict_post_hook(keep_weight_decay)
+        return optimizer
+
+    @torch.no_grad()
+    def value(self):
+        """Eq. 6 in its "mse" form without lambda (``identity_regularizer``'s value up to round-off)."""
+        return sum(squared_distance_to_identity(g.weight) / g.weight.numel() + g.bias.square().mean()
+                   for g in self.adapters)
+
+
 # ---------------------------------------------------------------------------------------------
 # The adapter
 
@@ -185,6 +271,7 @@ class LocalizedLinearAdapter(nn.Module, PyTorchModelHubMixin):
         self.register_buffer("gamma", torch.tensor(float(gamma)))
         self.register_buffer("image_anchors", torch.empty(0, dim))  # D_image
         self.register_buffer("text_anchors", torch.empty(0, dim))  # D_text
+        self._unit_anchors = {}  # (side, dtype, device): (anchors, their version, normalised)
 
     def init_arguments(self):
         """The constructor's arguments as JSON values (config.json of ``save_pretrained`` / ``llu export``)."""
@@ -232,12 +319,31 @@ class LocalizedLinearAdapter(nn.Module, PyTorchModelHubMixin):
         anchors = self.image_anchors if side == "image" else self.text_anchors
         return interpolation_weight(f, anchors, self.beta, self.gamma, self.mask, self.dirac_threshold)
 
+    def _weights_of_unit_rows(self, unit, side):
+        """``interpolation_weights`` of the rows that ``unit`` normalises (the same values, with the
+        normalised anchors kept between calls while the anchors do not change); None where that path
+        does not apply (the Dirac mask in training, no anchors, a dtype below float32)."""
+        anchors = self.image_anchors if side == "image" else self.text_anchors
+        if (self.mask == "dirac" and self.training) or anchors.shape[0] == 0 \
+                or unit.dtype != torch.promote_types(unit.dtype, torch.float32):
+            return None
+        key = (side, unit.dtype, unit.device)
+        cached = self._unit_anchors.get(key)
+        if cached is None or cached[0] is not anchors or cached[1] != anchors._version:
+            cached = (anchors, anchors._version, F.normalize(anchors.to(device=unit.device, dtype=unit.dtype), dim=-1))
+            self._unit_anchors[key] = cached
+        return _weight_of_unit_rows(unit, cached[2], self.beta, self.gamma, self.mask, self.dirac_threshold)
+
     def _transform(self, f, side, alpha=None):
         f = f.to(self.beta.dtype)
         g = self.adapter(side)
         if g is None:
             return F.normalize(f, dim=-1)
         if alpha is None:
+            unit = F.normalize(f, dim=-1)
+            alpha = self._weights_of_unit_rows(unit, side)
+            if alpha is not None:
+                return _blend(unit, g, alpha)  # Eq. 4 with Eq. 5's alpha, f normalised once for both
             alpha = self.interpolation_weights(f, side)  # Eq. 5
         return localized_update(f, g, alpha)  # Eq. 4
 
@@ -245,14 +351,28 @@ class LocalizedLinearAdapter(nn.Module, PyTorchModelHubMixin):
         return self._transform(image_features, "image", alpha)
 
     def transform_text(self, text_features, alpha=None):
-        """``alpha``: the texts' weights when the caller has them already (fixed texts: fixed weights)."""
+        """``alpha``: the texts' weights when the caller has them already (fixed texts: fixed weights);
+        ``text_features`` may be ``fixed_texts(...)`` of them."""
+        if isinstance(text_features, FixedTexts):
+            g = self.adapter("text")
+            return text_features.unit if g is None else _blend(text_features.unit, g, text_features.alpha,
+                                                               text_features.kept)
         return self._transform(text_features, "text", alpha)
+
+    def fixed_texts(self, text_features):
+        """``FixedTexts`` of class texts for steps in which they and D_text do not change: ``logits``
+        and ``transform_text`` take it in place of the texts, with the same result, computing only
+        what depends on g_T."""
+        unit = F.normalize(text_features.to(self.beta.dtype), dim=-1)
+        alpha = self.interpolation_weights(text_features, "text")
+        return FixedTexts(unit, alpha, (1 - alpha.unsqueeze(-1).to(unit.dtype)) * unit)
 
     def forward(self, image_features, text_features, logit_scale):
         return self.logits(image_features, text_features, logit_scale)
 
     def logits(self, image_features, text_features, logit_scale, text_alpha=None):
-        """Eq. 1: logit_scale (1 / tau) times the cosine of the updated image and text embeddings."""
+        """Eq. 1: logit_scale (1 / tau) times the cosine of the updated image and text embeddings
+        (``text_features``: [K, D], or ``fixed_texts`` of them)."""
         return logit_scale * self.transform_image(image_features) @ self.transform_text(text_features, text_alpha).t()
 
     def regularizer(self):
