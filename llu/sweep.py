@@ -277,6 +277,8 @@ def duration(seconds):
 
 
 HEARTBEAT_SECONDS = 30.0  # at most this long without a line while runs are in flight
+BAR_WIDTH = 24
+LIVE_REFRESH_SECONDS = 2.0  # in a terminal: the status block under the finished runs is redrawn this often
 
 
 def run_kind(args):
@@ -324,7 +326,9 @@ def time_left(finished, running, pending, workers):
 class Progress:
     """Prints a ``[k/N] state run`` line as each run ends, with the time elapsed and an estimate of the
     rest (``time_left``); while runs are in flight and nothing else was printed for ``heartbeat``
-    seconds, one line on them and one per run (its epoch), so that a sweep is never long silent."""
+    seconds, one line on them and one per run (its epoch), so that a sweep is never long silent. In a
+    terminal (``live``) that block is a status block under the finished runs' lines, with a bar of the
+    runs done, redrawn in place every ``LIVE_REFRESH_SECONDS``."""
     tasks: list  # the runs to do (Task), their states kept by the scheduler
     stream: object = None  # default: sys.stdout
     workers: int = 1
@@ -332,14 +336,30 @@ class Progress:
     start: float = field(default_factory=time.time)
     count: int = 0
     last_line: float = None  # when a line was last printed
+    live: bool = None  # default: whether the stream is a terminal
+    drawn: int = 0  # lines of the live status block on screen
+
+    def __post_init__(self):
+        stream = self.stream or sys.stdout
+        if self.live is None:
+            self.live = getattr(stream, "isatty", lambda: False)() and os.environ.get("TERM") != "dumb"
+        if self.live:
+            self.heartbeat = min(self.heartbeat, LIVE_REFRESH_SECONDS)
 
     @property
     def total(self):
         return len(self.tasks)
 
     def say(self, text):
+        self.erase()
         print(text, file=self.stream or sys.stdout, flush=True)
         self.last_line = time.time()
+
+    def erase(self):
+        """Take the live status block off the screen (the cursor goes up a line and clears it, per line)."""
+        if self.drawn:
+            (self.stream or sys.stdout).write("\x1b[1A\x1b[2K" * self.drawn)
+            self.drawn = 0
 
     def time_left(self, in_flight, now):
         finished = [(run_kind(t.args), t.seconds) for t in self.tasks if t.state == "done"]
@@ -373,12 +393,18 @@ class Progress:
         now = time.time()
         if not in_flight or now < (self.last_line or self.start) + self.heartbeat:
             return
-        lines = [f"[{self.count}/{self.total}] {len(in_flight)} running ({self.times(in_flight, now)})"]
+        bar = ""
+        if self.live:
+            done = round(BAR_WIDTH * self.count / max(self.total, 1))
+            bar = f"{'#' * done}{'.' * (BAR_WIDTH - done)} "
+        lines = [f"[{self.count}/{self.total}] {bar}{len(in_flight)} running ({self.times(in_flight, now)})"]
         for task in sorted(in_flight, key=lambda t: t.index):
             epoch = epoch_progress(task.output_dir, task.started)
             at = f"epoch {epoch[0]}/{epoch[1]}, " if epoch else ""
             lines.append(f"    {osp.relpath(task.output_dir, relative_to)}: {at}running {duration(now - task.started)}")
         self.say("\n".join(lines))
+        if self.live:
+            self.drawn = len(lines)  # the next line or block replaces it
 
 
 def worker_context():

@@ -476,6 +476,53 @@ def test_runs_in_flight_get_a_line_while_nothing_ends(tmp_path, monkeypatch):
     assert re.search(HEARTBEAT, out.getvalue())
 
 
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def screen(text):
+    """What a terminal shows after ``text``: lines, with "cursor up one line, clear it" applied."""
+    lines = [""]
+    for part in re.split(r"(\x1b\[1A\x1b\[2K|\n)", text):
+        if part == "\n":
+            lines.append("")
+        elif part.startswith("\x1b"):
+            lines.pop()  # the empty line the cursor was on, then the line above is cleared: the cursor is there
+            lines[-1] = ""
+        else:
+            lines[-1] += part
+    return lines
+
+
+def test_in_a_terminal_the_status_block_is_redrawn_in_place_under_the_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TERM", "xterm")
+    runs = [Run(("--output-dir", str(tmp_path / name), "--trainer", "CoOp"), str(tmp_path / name)) for name in "abc"]
+    tasks = [sweep.Task(i, run, state="running", started=time.time()) for i, run in enumerate(runs)]
+    write_log(tmp_path / "b", "epoch [1/4] batch [1/2] time 0.1 loss 1.0\n")
+    write_log(tmp_path / "c", "epoch [3/4] batch [1/2] time 0.1 loss 1.0\n")
+    term = Terminal()
+    progress = sweep.Progress(tasks, term, workers=3, heartbeat=30.0)
+    assert progress.live and progress.heartbeat == sweep.LIVE_REFRESH_SECONDS
+    progress.last_line = time.time() - 60
+    progress.beat(tasks, str(tmp_path))
+    tasks[0].state, tasks[0].seconds = "done", 12.0
+    progress.report(tasks[0], str(tmp_path), tasks[1:])
+    write_log(tmp_path / "b", "epoch [2/4] batch [1/2] time 0.1 loss 1.0\n")
+    progress.last_line = time.time() - 60
+    progress.beat(tasks[1:], str(tmp_path))
+    progress.last_line = time.time() - 60
+    progress.beat(tasks[1:], str(tmp_path))  # redrawn: the same block once on screen
+    shown = screen(term.getvalue())
+    assert shown[0].startswith("[1/3] done    a in 12.0 s")
+    assert re.fullmatch(r"\[1/3\] #{8}\.{16} 2 running \(elapsed .*\)", shown[1])
+    assert re.fullmatch(r"    b: epoch 2/4, running 0:00:0\d", shown[2])
+    assert re.fullmatch(r"    c: epoch 3/4, running 0:00:0\d", shown[3]) and shown[4:] == [""]
+    assert "epoch 1/4" in term.getvalue()  # the first block was drawn, then replaced
+    plain = io.StringIO()  # a log or CI: no escape sequences, a heartbeat at most every 30 s
+    assert not sweep.Progress(tasks, plain).live and sweep.Progress(tasks, plain).heartbeat == 30.0
+
+
 # ---------------------------------------------------------------------------------------------
 # Same numbers in a worker
 
