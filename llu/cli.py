@@ -10,63 +10,41 @@ only when it runs, so ``llu --help`` and every argument error answer without imp
     llu cache list|clear     the feature cache
     llu world generate       the built-in world's datasets, where you ask for them
 """
+import importlib
 import os
 import sys
 
 
-def train(argv):
-    from llu.train import cli
-    return cli(argv, prog="llu train")
+def lazily(module, function):
+    """A command that imports ``module`` only when it runs (``llu --help`` imports no torch)."""
+    def command(argv, prog):
+        return getattr(importlib.import_module(module), function)(argv, prog=prog)
+    return command
 
 
-def sweep(argv):
-    from llu.sweep import cli
-    return cli(argv, prog="llu sweep")
-
-
-def report(argv):
-    from llu.report import main
-    return main(argv, prog="llu report")
-
-
-def predict(argv):
-    from llu.predict import cli
-    return cli(argv, prog="llu predict")
-
-
-def export(argv):
-    from llu.export import cli
-    return cli(argv, prog="llu export")
-
-
-def compose(argv):
-    from llu.trainers.llu_bank import cli
-    return cli(argv, prog="llu compose")
-
-
-def world(argv):
+def world(argv, prog):
     if argv[:1] != ["generate"]:
         print("usage: llu world generate [--root DIR] [--datasets NAME ...]\n\nerror: the one world command is "
               "'generate'", file=sys.stderr)
         return 2
     from llu.world.generate import main
-    return main(argv[1:], prog="llu world generate")
+    return main(argv[1:], prog=f"{prog} generate")
 
 
-def cache(argv):
+def cache(argv, prog):
     from llu.trainers.feature_cache import main
     from llu.utils import exit_on_user_error
-    return exit_on_user_error(main, argv, prog="llu cache")
+    return exit_on_user_error(main, argv, prog=prog)
 
 
 COMMANDS = {
-    "train": (train, "one run: train (or evaluate) a trainer on a dataset, CoOp's flags"),
-    "sweep": (sweep, "a protocol (base2new, fewshot, xd, dg, ablation): its runs, then its tables"),
-    "report": (report, "every results.json under a folder -> Tables 1-4, Figures 2-3"),
-    "predict": (predict, "classify images with a trained model and any class names"),
-    "export": (export, "a trained model as a self-contained folder (config.json + model.safetensors)"),
+    "train": (lazily("llu.train", "cli"), "one run: train (or evaluate) a trainer on a dataset, CoOp's flags"),
+    "sweep": (lazily("llu.sweep", "cli"), "a protocol (base2new, fewshot, xd, dg, ablation, multidataset): its runs, then its tables"),
+    "report": (lazily("llu.report", "main"), "every results.json under a folder -> Tables 1-4, Figures 2-3"),
+    "predict": (lazily("llu.predict", "cli"), "classify images with a trained model and any class names"),
+    "export": (lazily("llu.export", "cli"), "a trained model as a self-contained folder (config.json + model.safetensors)"),
     "cache": (cache, "list or clear the feature cache"),
-    "compose": (compose, "trained LLU runs composed into one model (LLUBank), without retraining"),
+    "compose": (lazily("llu.trainers.llu_bank", "cli"), "trained LLU runs composed into one model (LLUBank), without retraining"),
     "world": (world, "generate the built-in world's datasets (in $LLU_CACHE/world, or --root DIR)"),
 }
 
@@ -102,7 +80,7 @@ def dispatch(argv):
     if command is None:
         print(f"{usage()}\n\nerror: unknown command {argv[0]!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return command[0](argv[1:]) or 0
+    return command[0](argv[1:], prog=f"llu {argv[0]}") or 0
 
 
 if __name__ == "__main__":
