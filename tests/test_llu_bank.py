@@ -234,6 +234,14 @@ def test_a_member_that_is_not_an_llu_run_is_refused(run_train, tmp_path):
         compose([str(tmp_path / "adapter")], str(tmp_path / "bank"))
 
 
+
+def test_composing_into_a_folder_that_holds_a_run_is_refused_and_leaves_it_as_it_was(run_train, tmp_path):
+    assert run_train("LLU", tmp_path / "a")[0] == 0
+    before = {name: (tmp_path / "a" / name).read_bytes() for name in ("config.yaml", "results.json")}
+    with pytest.raises(UserError, match="holds a run already; choose another --output-dir"):
+        compose([str(tmp_path / "a")], str(tmp_path / "a"))
+    assert {name: (tmp_path / "a" / name).read_bytes() for name in before} == before
+
 # ---------------------------------------------------------------------------------------------
 # The multi-dataset table (llu/report/multidataset.py)
 
