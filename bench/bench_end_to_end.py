@@ -98,11 +98,7 @@ def main(argv=None):
           f"{coop['base_accuracy']:.1f} / {coop['new_accuracy']:.1f} | - |")
     for name, target in result["targets"].items():
         print(f"target {name}: {target['text']}")
-    if args.out:
-        common.write_json(result, args.out)
-        print(f"wrote {args.out}")
-    else:
-        common.write_result(result, "end_to_end")
+    common.write_result(result, "end_to_end", args.out)
     return result
 
 

@@ -75,7 +75,6 @@ def extraction_seconds(cfg, model, device, data, transform, cache_dir, workers):
 def main(argv=None):
     from llu.engine import Datum, build_transform, read_image
     from llu.trainers.feature_cache import FeatureCache, decoding_workers
-    from llu.utils import write_json
     args = build_parser().parse_args(argv)
     backbone = args.backbone or common.default_backbone()
     cfg, model, device = setup(backbone)
@@ -117,8 +116,7 @@ def main(argv=None):
     for mode in MODES:
         print(f"  {mode:<22} {medians[mode]:8.2f} s   {ratios[mode]:.3f} x the encoder's forward")
     print(f"extraction: {result['target']['text']}; features bit-identical to the encoder's forward")
-    write_json(result, args.out)
-    print(f"wrote {args.out}")
+    common.write_result(result, "extraction", args.out)
     return result
 
 

@@ -43,7 +43,6 @@ def start_up_seconds(checkout, weights):
 
 
 def main(argv=None):
-    from llu.utils import write_json
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="ca3d1b5", help="the earlier commit")
     parser.add_argument("--backbone", default="random:ViT-B/32")
@@ -74,8 +73,7 @@ def main(argv=None):
     for name in checkouts:
         print(f"  {name:<20} {medians['wall'][name]:7.2f} s wall  {medians['cpu'][name]:7.2f} s CPU")
     print(f"this checkout: {ratios['cpu']:.3f} x {commit}'s CPU time, {ratios['wall']:.3f} x its wall time")
-    write_json(result, args.out)
-    print(f"wrote {args.out}")
+    common.write_result(result, "startup", args.out)
     return result
 
 

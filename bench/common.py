@@ -215,8 +215,9 @@ def verdict(value, target, smaller_is_better=True):
             "text": f"{value:.3g} ({'met' if met else 'MISSED'}: target {'<=' if smaller_is_better else '>='} {target})"}
 
 
-def write_result(result, name):
-    path = osp.join(REPO, "bench", "results", f"{name}.json")
+def write_result(result, name, path=""):
+    """Write ``result`` to ``path`` (default: bench/results/<name>.json) and say where."""
+    path = path or osp.join(REPO, "bench", "results", f"{name}.json")
     write_json(result, path)
     print(f"wrote {path}")
     return path
