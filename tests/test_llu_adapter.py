@@ -187,6 +187,43 @@ def test_regularizer_in_update_values_eq6s_mse_form():
     assert RegularizerInUpdate(LocalizedLinearAdapter(16).adapters.values(), 1e3, 5e-4).value().item() == 0.0
 
 
+def test_eq4s_written_out_gradient_is_autograds_and_its_values_f_normalizes():
+    torch.manual_seed(0)
+    f = F.normalize(torch.randn(12, 16, dtype=torch.float64), dim=-1)
+    alpha = torch.rand(12, 1, dtype=torch.float64)
+    y = torch.randn(12, 16, dtype=torch.float64, requires_grad=True)
+    blend = llu_adapter._BlendOfAdapted.apply
+    assert torch.autograd.gradcheck(lambda y: blend(y, alpha, (1 - alpha) * f), (y,))
+    g = llu_adapter.AffineAdapter(16, init="random")
+    f32, alpha32 = f.float(), alpha.squeeze(-1).float()
+    written_out = llu_adapter._blend(f32, g, alpha32)
+    assert written_out.grad_fn.name() == "_BlendOfAdaptedBackward"  # the written-out gradient is in use
+    with torch.no_grad():
+        literal = F.normalize(alpha32[:, None] * F.normalize(g(f32), dim=-1) + (1 - alpha32[:, None]) * f32, dim=-1)
+    assert torch.equal(written_out, literal)  # the forward is F.normalize's, bit for bit
+    weights = torch.randn(12, 16)
+    (written_out * weights).sum().backward()
+    by_function = [p.grad.clone() for p in g.parameters()]
+    g.zero_grad()
+    (F.normalize(alpha32[:, None] * F.normalize(g(f32), dim=-1) + (1 - alpha32[:, None]) * f32, dim=-1)
+     * weights).sum().backward()
+    for mine, autograds in zip(by_function, (p.grad for p in g.parameters())):
+        assert_close(mine, autograds)
+
+
+def test_the_regularisers_value_follows_every_change_of_the_parameters():
+    model = LocalizedLinearAdapter(16)
+    in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)
+    assert in_update.value().item() == 0.0
+    torch.manual_seed(0)
+    model.load_state_dict(LocalizedLinearAdapter(16, init="random").state_dict())
+    assert_close(in_update.value(), model.regularizer())
+    with torch.no_grad():
+        model.adapters["text"].bias.add_(1.0)
+    assert_close(in_update.value(), model.regularizer())
+    assert in_update.value() is in_update.value()  # no change in between: computed once
+
+
 def sgd_steps(model, lam, in_update, steps=30, weight_decay=5e-4):
     """``steps`` SGD steps (CoOp's settings, the fused kernel) on cross-entropy + lam * Eq. 6, with the
     regulariser in the loss or in the update; the adapters' parameters and losses after each step."""

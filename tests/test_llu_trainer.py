@@ -155,6 +155,39 @@ def test_one_step_computes_the_logits_once(world, monkeypatch):
     assert calls == [1] and set(summary) == {"loss", "ce", "reg", "acc"}
 
 
+def test_a_step_computes_the_regulariser_once_and_it_checks_every_parameter(world, monkeypatch):
+    from llu.trainers import llu_adapter
+    from llu.trainers.clip_common import ClipTrainer, TrainingDiverged
+    trainer = llu_trainer(world, world["tmp"] / "a")
+    trainer.before_train()
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    batch = next(trainer.feature_batches())
+    trainer.forward_backward(batch)
+    before = float(trainer.adapter.regularizer())
+    assert before > 0
+    calls = []
+    distance = llu_adapter.squared_distance_to_identity
+    monkeypatch.setattr(llu_adapter, "squared_distance_to_identity", lambda w: calls.append(1) or distance(w))
+    generic = []  # ClipTrainer's check: a second pass over every parameter
+    with monkeypatch.context() as patch:
+        patch.setattr(ClipTrainer, "check_parameters", lambda self, names=None: generic.append(1))
+        summary = trainer.forward_backward(batch)
+    assert len(calls) == 2 and not generic  # after the update, once per adapter; the log's value is from before it
+    assert summary["reg"] == pytest.approx(before, rel=1e-5)
+    assert trainer.regularizer_in_update.value().item() == pytest.approx(float(trainer.adapter.regularizer()), rel=1e-5)
+    with torch.no_grad():
+        trainer.adapter.adapters["text"].bias[3] = float("nan")
+    with pytest.raises(TrainingDiverged, match="adapter.adapters.text.bias is no longer finite"):
+        trainer.check_parameters()
+    with torch.no_grad():
+        trainer.adapter.adapters["text"].bias[3] = 0.0
+        # finite, but its square overflows float32: so would the loss (cross-entropy + lambda * Eq. 6)
+        trainer.adapter.adapters["image"].weight[0, 1] = 1e30
+    with pytest.raises(TrainingDiverged, match="overflow float32"):
+        trainer.check_parameters()
+
+
 def test_training_batches_come_from_the_augmented_views_only(world):
     trainer = llu_trainer(world, world["tmp"] / "a", "toy", "FEATURES.AUG_VIEWS", "3")
     views = trainer.train_views()

@@ -11,6 +11,7 @@ to the data: the anchor sets D_image (training image features) and D_text (train
 prompts), the training loop, checkpoints and evaluation on other class sets.
 """
 
+import torch
 import torch.nn.functional as F
 
 from llu.engine import CN, build_optimizer, compute_accuracy, config_extension
@@ -111,6 +112,16 @@ class LLU(ClipTrainer):
         self.model_backward_and_update(total)
         return {"loss": total.item(), "ce": ce.item(), "reg": reg.item(),
                 "acc": compute_accuracy(logits.detach(), label)[0].item()}
+
+    def check_parameters(self, names=None):
+        """After each update. With lambda * Eq. 6 in the update, the regulariser's value (a sum of the
+        squares of every adapter parameter, logged at the next step) is the check that they are still
+        finite: one pass over the parameters instead of two."""
+        if not self.regularizer_in_update:
+            return super().check_parameters(names)
+        if not torch.isfinite(self.regularizer_in_update.value()):
+            super().check_parameters(names)  # names a parameter that is NaN or infinite
+            self._diverged("the parameters' values overflow float32")
 
     def model_inference(self, image_features):
         return self.class_logits(image_features, self.text_features)

@@ -140,7 +140,35 @@ def _blend(f, adapter, alpha, kept=None):
     alpha = alpha.unsqueeze(-1).to(f.dtype)
     if kept is None:
         kept = (1 - alpha) * f
+    if torch.is_grad_enabled() and not (alpha.requires_grad or kept.requires_grad):
+        return _BlendOfAdapted.apply(adapter(f), alpha, kept)  # the same values; a shorter backward
     return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + kept, dim=-1)
+
+
+class _BlendOfAdapted(torch.autograd.Function):
+    """z = normalize(alpha * normalize(y) + kept) for y = g(f), with its gradient w.r.t. y written out
+    (alpha and kept, from f and the anchors, take none here). For a unit row u = x / |x| the
+    gradient is dL/dx = (dL/du - u <u, dL/du>) / |x|, applied through both normalisations: a few
+    operations instead of the dozen autograd records for each ``F.normalize``, about a tenth of
+    LLU's step on cached features. The forward is ``F.normalize``'s, operation for operation."""
+
+    @staticmethod
+    def forward(ctx, y, alpha, kept):
+        y_norm = y.norm(2, -1, keepdim=True).clamp_min(1e-12)
+        y_unit = y / y_norm
+        v = alpha * y_unit + kept
+        v_norm = v.norm(2, -1, keepdim=True).clamp_min(1e-12)
+        z = v / v_norm
+        ctx.save_for_backward(alpha, y_unit, y_norm, z, v_norm)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        alpha, y_unit, y_norm, z, v_norm = ctx.saved_tensors
+        grad_v = (grad_z - z * (z * grad_z).sum(-1, keepdim=True)) / v_norm
+        grad_y_unit = alpha * grad_v
+        grad_y = (grad_y_unit - y_unit * (y_unit * grad_y_unit).sum(-1, keepdim=True)) / y_norm
+        return grad_y, None, None
 
 
 class FixedTexts(NamedTuple):
@@ -217,6 +245,7 @@ class RegularizerInUpdate:
         d = self.adapters[0].weight.shape[0]
         self.weight_pull, self.bias_decay = 2 * self.lam / d ** 2, 2 * self.lam / d  # c_W, c_b
         self.weight_decay = weight_decay + self.weight_pull  # the optimiser's, for every parameter
+        self._value, self._value_versions = None, None
 
     def attach(self, optimizer):
         """Make ``optimizer`` (SGD over the adapters with ``self.weight_decay``) apply the rest of the
@@ -234,15 +263,26 @@ class RegularizerInUpdate:
             for group in optimizer.param_groups:
                 group["weight_decay"] = self.weight_decay
 
+        def parameters_moved(optimizer, args, kwargs):
+            self._value_versions = None  # the fused kernel updates in place without a version change
+
         optimizer.register_step_pre_hook(rest_of_the_gradient)
+        optimizer.register_step_post_hook(parameters_moved)
         optimizer.register_load_state_dict_post_hook(keep_weight_decay)
         return optimizer
 
     @torch.no_grad()
     def value(self):
-        """Eq. 6 in its "mse" form without lambda (``identity_regularizer``'s value up to round-off)."""
-        return sum(squared_distance_to_identity(g.weight) / g.weight.numel() + g.bias.square().mean()
-                   for g in self.adapters)
+        """Eq. 6 in its "mse" form without lambda (``identity_regularizer``'s value up to round-off).
+        Computed once per state of the parameters: the value after an update (the trainer's check that
+        the parameters are finite) is the next step's, until the attached optimiser steps or another
+        in-place change (a loaded state) moves a parameter's version counter."""
+        versions = [(id(p), p._version) for g in self.adapters for p in (g.weight, g.bias)]
+        if versions != self._value_versions:
+            self._value = sum(squared_distance_to_identity(g.weight) / g.weight.numel() + g.bias.square().mean()
+                              for g in self.adapters)
+            self._value_versions = versions
+        return self._value
 
 
 # ---------------------------------------------------------------------------------------------
