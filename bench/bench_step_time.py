@@ -25,8 +25,11 @@ they exceed ``--max-seconds`` (at least 2; a prompt learner's step over 100 clas
 seconds on a CPU). Writes one JSON per setting, ``step_time_ms[trainer][batch size]``
 (``bench/results/step_time_<inputs>_<classes>c.json``; ``--out`` for a single setting), which
 ``parse_results.py`` draws as Figure 3, and prints the times with their ratios to LLU and the
-targets at batch 32 on features. ``--profile`` prints where LLU's and CLIP-Adapter's steps spend
-their time (torch.profiler).
+targets at batch 32 on features. On features, LLU's and CLIP-Adapter's floors (``floor_step``: the
+matrix products and the parameter update of their steps, bare) are timed in the same turns and kept
+as ``floor_ms``: their ratio is the least LLU's step can be of CLIP-Adapter's when both are
+implemented alike. ``--profile`` prints where LLU's and CLIP-Adapter's steps spend their time
+(torch.profiler).
 """
 import argparse
 import os.path as osp
@@ -53,7 +56,7 @@ REAL_BATCH_SIZES = [1, 8, 32]
 # Issue 13's targets for a step on cached features at batch 32.
 TARGET_BATCH = 32
 TARGET_SPEEDUP_OVER_COOP = 100.0  # LLU at least this many times faster than CoOp
-TARGET_RATIO_TO_CLIP_ADAPTER = 1.15  # LLU at most this many times CLIP-Adapter's time
+TARGET_RATIO_TO_CLIP_ADAPTER = 2.0  # LLU at most this many times CLIP-Adapter's time (issue 24; issue 13 asked 1.15)
 
 
 def build_parser():
@@ -164,6 +167,60 @@ def make_step(trainer, batch_size, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# The floor: a step's own arithmetic and its parameter update, nothing else
+
+def floor_step(trainer, batch_size):
+    """A function doing, bare, the work that no implementation of the trainer's step on cached
+    features avoids: its matrix products forward and backward at the trainer's shapes, and the fused
+    SGD update (CoOp's settings) of parameters of the trainer's sizes, whose memory traffic grows with
+    them. No normalisation, blend, loss, autograd or check. None for a trainer without a counted floor.
+
+    LLU (Eq. 1, 4, 5): g_I on the batch and g_T on the K class texts, the cosines to the A image
+    anchors, the logits; backward the logits' two products and both weight gradients; W_I, b_I, W_T,
+    b_T updated. CLIP-Adapter: the bottleneck's two products and the logits; backward the logits'
+    product, both weight gradients and the hidden layer's gradient; its two weights updated."""
+    name = type(trainer).__name__
+    if name not in ("LLU", "CLIP_Adapter"):
+        return None
+    features, texts = feature_batch(trainer, batch_size)[0], trainer.text_features
+    if name == "LLU":
+        modules, anchors = trainer.adapter.adapters, trainer.adapter.image_anchors
+        inputs = {"image": features, "text": texts}
+    else:
+        hidden_weight, out_weight = (layer.weight.detach() for layer in trainer.adapter.fc[::2])
+    learned = trainer._optims[trainer.get_model_names()[0]]
+    parameters = [p.detach().clone() for group in learned.param_groups for p in group["params"]]
+    optim = trainer.cfg.OPTIM
+    update = torch.optim.SGD(parameters, lr=optim.LR, momentum=optim.MOMENTUM, weight_decay=optim.WEIGHT_DECAY,
+                             fused=True)
+    logits_grad = torch.randn(batch_size, texts.shape[0], device=features.device)
+
+    def llu():
+        outputs = {side: torch.addmm(g.bias.detach(), inputs[side], g.weight.detach().t())
+                   for side, g in modules.items()}
+        features @ anchors.t()  # Eq. 5's cosines to D_image
+        outputs["image"] @ outputs["text"].t()  # Eq. 1
+        output_grads = {"image": logits_grad @ outputs["text"], "text": logits_grad.t() @ outputs["image"]}
+        for parameter, (side, gradient) in zip(parameters[::2], output_grads.items()):
+            parameter.grad = gradient.t() @ inputs[side]
+        for parameter, gradient in zip(parameters[1::2], output_grads.values()):
+            parameter.grad = gradient.sum(0)
+        update.step()
+
+    def clip_adapter():
+        hidden = features @ hidden_weight.t()
+        adapted = hidden @ out_weight.t()
+        adapted @ texts.t()
+        adapted_grad = logits_grad @ texts
+        parameters[1].grad = adapted_grad.t() @ hidden
+        hidden_grad = adapted_grad @ out_weight
+        parameters[0].grad = hidden_grad.t() @ features
+        update.step()
+
+    return llu if name == "LLU" else clip_adapter
+
+
+# ---------------------------------------------------------------------------------------------
 # Timing
 
 def synchronize(device):
@@ -199,9 +256,13 @@ def is_out_of_memory(error):
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
 
 
+FLOOR = " floor"  # the key of a trainer's floor (``floor_step``) among the interleaved steps
+
+
 def measure(trainers, args, inputs):
     """{trainer: {batch size: ms}}, the trainers' steps interleaved at each batch size; steps timed per
-    point; and out-of-memory points (a trainer that runs out is not tried at larger batches)."""
+    point; out-of-memory points (a trainer that runs out is not tried at larger batches); and, on
+    features, {trainer: {batch size: ms}} of the floors (``floor_step``) timed in the same turns."""
     times = {name: {} for name in trainers}
     steps = {name: {} for name in trainers}
     out_of_memory = {}
@@ -211,6 +272,9 @@ def measure(trainers, args, inputs):
             allowed = args.cocoop_batch_sizes if name == "CoCoOp" else args.batch_sizes
             if batch_size in allowed and name not in out_of_memory:
                 point[name] = make_step(trainer, batch_size, inputs)
+                floor = floor_step(trainer, batch_size) if inputs == "features" else None
+                if floor:
+                    point[name + FLOOR] = floor
         while point:
             try:
                 measured = interleaved_medians(point, next(iter(trainers.values())).device, args.repeats,
@@ -236,9 +300,11 @@ def measure(trainers, args, inputs):
         else:
             measured = {}
         for name, (ms, count) in measured.items():
-            times[name][str(batch_size)], steps[name][str(batch_size)] = ms, count
-            print(f"{name:>14} batch {batch_size:>3}: {ms:11.3f} ms", flush=True)
-    return times, steps, out_of_memory
+            times.setdefault(name, {})[str(batch_size)] = ms
+            steps.setdefault(name, {})[str(batch_size)] = count
+            print(f"{name:>20} batch {batch_size:>3}: {ms:11.3f} ms", flush=True)
+    floors = {name[:-len(FLOOR)]: times.pop(name) for name in list(times) if name.endswith(FLOOR)}
+    return times, steps, out_of_memory, floors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,10 +317,17 @@ def device_name(device):
     return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
 
 
-def targets(times):
-    """LLU against CoOp and CLIP-Adapter at batch 32 (issue 13's targets for a step on features)."""
+def targets(times, floors=None):
+    """LLU against CoOp and CLIP-Adapter at batch 32 (issue 13's and 24's targets for a step on
+    features), and the ratio of their floors, which no implementation of the two methods goes under."""
     llu = times.get("LLU", {}).get(str(TARGET_BATCH))
     out = {}
+    llu_floor, clip_adapter_floor = ((floors or {}).get(name, {}).get(str(TARGET_BATCH)) for name in
+                                     ("LLU", "CLIP_Adapter"))
+    if llu_floor and clip_adapter_floor:
+        ratio = llu_floor / clip_adapter_floor
+        out["floor_ratio_to_clip_adapter"] = {"value": ratio, "text": f"{ratio:.2f} (the floors' ratio: "
+                                              f"{llu_floor:.3f} vs {clip_adapter_floor:.3f} ms)"}
     if llu and times.get("CoOp", {}).get(str(TARGET_BATCH)):
         out["speedup_over_coop"] = common.verdict(times["CoOp"][str(TARGET_BATCH)] / llu, TARGET_SPEEDUP_OVER_COOP,
                                                   smaller_is_better=False)
@@ -330,7 +403,7 @@ def run(args):
                 trainers[name] = build(name, args, options, osp.join(output_dir, name))
             if not trainers:
                 raise UserError("no trainer to time (all were skipped)")
-            times, steps, out_of_memory = measure(trainers, args, inputs)
+            times, steps, out_of_memory, floors = measure(trainers, args, inputs)
             if args.profile and inputs == "features":
                 profile(trainers, max(args.batch_sizes))
         some = next(iter(trainers.values()))
@@ -338,8 +411,8 @@ def run(args):
                   "dataset": some.cfg.DATASET.NAME, "num_classes": some.num_classes, "inputs": inputs,
                   "repeats": args.repeats, "warmup": args.warmup, "max_seconds": args.max_seconds,
                   "statistic": "median", "timed_steps": steps, "torch": torch.__version__,
-                  "step_time_ms": times, "skipped": skipped, "out_of_memory_at": out_of_memory,
-                  "targets": targets(times) if inputs == "features" else {}}
+                  "step_time_ms": times, "floor_ms": floors, "skipped": skipped, "out_of_memory_at": out_of_memory,
+                  "targets": targets(times, floors) if inputs == "features" else {}}
         out = args.out or osp.join(REPO, "bench", "results", f"step_time_{inputs}_{some.num_classes}c.json")
         write_json(result, out)
         print(f"\n{result['num_classes']} classes, inputs: {inputs}")

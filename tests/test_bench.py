@@ -36,6 +36,9 @@ def test_bench_times_each_trainer_and_writes_what_parse_results_reads(tmp_path, 
     assert result["skipped"] == {"NoSuchTrainer": "not registered in llu/trainers/"}
     assert result["num_classes"] == 4 and result["inputs"] == inputs
     assert load_bench(str(out))["step_time_ms"] == times
+    floors = result["floor_ms"]  # the bare products and update of the two feature adapters, on features only
+    assert floors == {} if inputs == "images" else (
+        set(floors) == {"LLU", "CLIP_Adapter"} and all(floors[name]["2"] > 0 for name in floors))
     assert "(1.00x)" in markdown(step_time_table(result))  # LLU is the reference of the ratios
 
 
