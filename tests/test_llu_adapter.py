@@ -211,6 +211,22 @@ def test_eq4s_written_out_gradient_is_autograds_and_its_values_f_normalizes():
         assert_close(mine, autograds)
 
 
+def test_eq4_passes_the_gradient_through_alpha_when_the_features_need_one():
+    torch.manual_seed(0)
+    g = llu_adapter.AffineAdapter(8, init="random").double()
+    anchors = F.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    f = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)  # features from an encoder being trained
+
+    def eq4(f):
+        return localized_update(f, g, interpolation_weight(f, anchors, 0.5, 5.0))
+
+    assert torch.autograd.gradcheck(eq4, (f,))  # the written-out gradient would drop alpha's and kept's
+    with torch.no_grad():
+        unit, alpha = F.normalize(f, dim=-1), interpolation_weight(f, anchors, 0.5, 5.0)[:, None]
+        literal = F.normalize(alpha * F.normalize(g(unit), dim=-1) + (1 - alpha) * unit, dim=-1)
+    assert torch.equal(eq4(f).detach(), literal)
+
+
 def test_the_regularisers_value_follows_every_change_of_the_parameters():
     model = LocalizedLinearAdapter(16)
     in_update = RegularizerInUpdate(model.adapters.values(), lam=1e3, weight_decay=5e-4)

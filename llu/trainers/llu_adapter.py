@@ -142,7 +142,18 @@ def _blend(f, adapter, alpha, kept=None):
         kept = (1 - alpha) * f
     if torch.is_grad_enabled() and not (alpha.requires_grad or kept.requires_grad):
         return _BlendOfAdapted.apply(adapter(f), alpha, kept)  # the same values; a shorter backward
-    return F.normalize(alpha * F.normalize(adapter(f), dim=-1) + kept, dim=-1)
+    return _blend_of_adapted(adapter(f), alpha, kept)[0]
+
+
+def _blend_of_adapted(y, alpha, kept):
+    """normalize(alpha * normalize(y) + kept), each normalisation ``F.normalize``'s operations; also
+    what ``_BlendOfAdapted`` keeps for its backward (y / |y|, |y|, the result, the blend's norm)."""
+    y_norm = y.norm(2, -1, keepdim=True).clamp_min(1e-12)
+    y_unit = y / y_norm
+    v = alpha * y_unit + kept
+    v_norm = v.norm(2, -1, keepdim=True).clamp_min(1e-12)
+    z = v / v_norm
+    return z, (y_unit, y_norm, z, v_norm)
 
 
 class _BlendOfAdapted(torch.autograd.Function):
@@ -154,12 +165,8 @@ class _BlendOfAdapted(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, alpha, kept):
-        y_norm = y.norm(2, -1, keepdim=True).clamp_min(1e-12)
-        y_unit = y / y_norm
-        v = alpha * y_unit + kept
-        v_norm = v.norm(2, -1, keepdim=True).clamp_min(1e-12)
-        z = v / v_norm
-        ctx.save_for_backward(alpha, y_unit, y_norm, z, v_norm)
+        z, kept_for_backward = _blend_of_adapted(y, alpha, kept)
+        ctx.save_for_backward(alpha, *kept_for_backward)
         return z
 
     @staticmethod
